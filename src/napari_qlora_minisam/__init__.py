@@ -1,0 +1,23 @@
+"""napari-qlora-minisam: 4-bit, LoRA-adapted Segment Anything for medical images.
+
+The public API imports lazily so ``import napari_qlora_minisam`` (done by napari at start-up) stays cheap.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["load_model", "MiniSamPredictor", "MiniSamError", "ModelLoadError", "InputError", "AdapterError"]
+
+from .errors import AdapterError, InputError, MiniSamError, ModelLoadError
+
+
+def __getattr__(name):
+    if name == "load_model":
+        from .loading import load_model
+
+        return load_model
+    if name == "MiniSamPredictor":
+        from .predictor import MiniSamPredictor
+
+        return MiniSamPredictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,148 @@
+"""``load_model``: the one entry point from a source name or path to a ready ``SamBackend``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+from .quantization import check_quantize, fix_cpu_packing, nf4_config, quantize_linear_layers
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+def resolve_device(device="auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'.")
+    return dev
+
+
+def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, device="auto"):
+    """Load a SAM-family model behind the common :class:`~.models.SamBackend` interface.
+
+    Args:
+        source: ``"litemedsam"`` (bundled, offline default); an HF hub id (``facebook/sam-vit-base``) or a
+            local directory written by ``save_pretrained``; an original segment-anything / MedSAM ``.pth``
+            checkpoint; or a named random spec (``tiny_hf_sam``, ``random_vit_b``, ``random_vit_h``...).
+        adapters: one adapter directory or a list of them (peft format + ``minisam_adapter.json``); the
+            first is made active. Each must have been trained on this base.
+        quantize: ``None`` (fp32) or ``"nf4"`` (bitsandbytes 4-bit NF4, double quantization; CPU or CUDA).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+
+    Raises:
+        ModelLoadError: the source is unknown, missing, corrupt or of the wrong kind.
+        AdapterError: an adapter is malformed or was made for another base.
+    """
+    from .models.registry import HF_SPECS, available_sources
+
+    quantize = check_quantize(quantize)
+    dev = resolve_device(device)
+    src = str(source).strip()
+    path = Path(src).expanduser()
+
+    if src.lower() in ("litemedsam", "lite_medsam", "lite-medsam"):
+        backend = _litemedsam(dev, quantize)
+    elif src in HF_SPECS:
+        backend = _random_hf(src, dev, quantize)
+    elif path.is_dir():
+        backend = _hf_pretrained(src, path, dev, quantize)
+    elif path.suffix in CHECKPOINT_SUFFIXES or path.is_file():
+        backend = _sam_checkpoint(src, path, dev, quantize)
+    elif _HUB_ID.match(src):
+        backend = _hf_pretrained(src, src, dev, quantize)
+    else:
+        raise ModelLoadError(
+            f"Unknown model source {src!r}: not a known name, an existing directory or a checkpoint file. "
+            f"Use one of {', '.join(available_sources())}, a folder written by save_pretrained, or a "
+            "segment-anything .pth file."
+        )
+    if adapters:
+        from .adapters import load_adapter
+
+        paths = [adapters] if isinstance(adapters, (str, Path)) else list(adapters)
+        first = None
+        for p in paths:
+            name = load_adapter(backend, p)
+            first = first or name
+        from .adapters import set_adapter
+
+        set_adapter(backend, first)
+    return backend.eval()
+
+
+def _litemedsam(dev, quantize):
+    from .models.litemedsam import LiteMedSamBackend, build_litemedsam_net
+
+    net = build_litemedsam_net(pretrained=True)
+    backend = LiteMedSamBackend(net)  # identity from fp32 weights, before quantization
+    if quantize:
+        quantize_linear_layers(net, dev)
+    else:
+        net.to(dev)
+    backend.quantization = quantize
+    return backend
+
+
+def _random_hf(name, dev, quantize):
+    from .models.hf_sam import HfSamBackend
+    from .models.registry import build_random_hf_sam
+
+    net = build_random_hf_sam(name)
+    backend = HfSamBackend(net, name)
+    if quantize:
+        quantize_linear_layers(net, dev)
+    else:
+        net.to(dev)
+    backend.quantization = quantize
+    return backend
+
+
+def _hf_pretrained(src, where, dev, quantize):
+    from transformers import SamModel
+
+    from .models.hf_sam import HfSamBackend
+
+    if isinstance(where, Path) and not (where / "config.json").exists():
+        raise ModelLoadError(
+            f"Model directory {src!r} has no config.json; point to a folder written by "
+            "SamModel.save_pretrained (e.g. a minisam-train distill output)."
+        )
+    kwargs = {}
+    if quantize:
+        kwargs = {"quantization_config": nf4_config(dev), "device_map": {"": str(dev)}}
+    try:
+        net = SamModel.from_pretrained(str(where), **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"Could not load {src!r} with SamModel.from_pretrained ({exc}). Hub ids need network access "
+            "and downloaded weights; offline, use source='litemedsam' or a local save_pretrained folder."
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{src!r} is not a loadable SAM model ({type(exc).__name__}: {exc}).") from exc
+    if quantize:
+        fix_cpu_packing(net)
+    else:
+        net.to(dev)
+    return HfSamBackend(net.eval(), src, quantization=quantize)
+
+
+def _sam_checkpoint(src, path, dev, quantize):
+    from .models.hf_sam import HfSamBackend
+    from .models.sam_checkpoint import load_sam_checkpoint
+
+    if not path.exists():
+        raise ModelLoadError(f"Checkpoint {src!r} does not exist; check the path.")
+    net = load_sam_checkpoint(path)
+    backend = HfSamBackend(net, src)
+    if quantize:
+        quantize_linear_layers(net, dev)
+    else:
+        net.to(dev)
+    backend.quantization = quantize
+    return backend

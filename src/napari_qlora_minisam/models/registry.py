@@ -1,0 +1,83 @@
+"""Named model specs: random-weight HF SAM shapes for tests (tiny) and benchmarks (full size).
+
+Random full-size shapes cost what the real models cost, so speed and memory can be measured without hub
+weights. Random weights are seeded, so a spec always builds the same network (and the same identity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class HfSamSpec:
+    """Shape of an HF ``SamModel`` vision encoder (prompt encoder and decoder are SAM's standard ones)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    global_attn_indexes: tuple
+    image_size: int = 1024
+    patch_size: int = 16
+    mlp_dim: int | None = None
+    window_size: int = 14
+    output_channels: int = 256
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def config(self):
+        from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+        vision = SamVisionConfig(
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            global_attn_indexes=list(self.global_attn_indexes),
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            mlp_dim=self.mlp_dim or 4 * self.hidden_size,
+            window_size=self.window_size,
+            output_channels=self.output_channels,
+            **self.extra,
+        )
+        # The prompt encoder's grid must match the encoder's output grid, or the decoder fails.
+        prompt = SamPromptEncoderConfig(image_size=self.image_size, patch_size=self.patch_size)
+        return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
+                         mask_decoder_config=SamMaskDecoderConfig().to_dict())
+
+
+HF_SPECS: dict[str, HfSamSpec] = {
+    # Tiny: CI runs the real code path in well under a second per image.
+    "tiny_hf_sam": HfSamSpec(96, 2, 2, (1,), image_size=256, window_size=4, mlp_dim=192,
+                             description="tiny random HF SAM for tests (256² input)"),
+    "tiny_hf_sam_small": HfSamSpec(64, 2, 2, (1,), image_size=256, window_size=4, mlp_dim=128,
+                                   description="smaller tiny random HF SAM (distillation student in tests)"),
+    # Full-size shapes of the published SAM encoders, random weights: for speed/memory benchmarks.
+    "random_vit_b": HfSamSpec(768, 12, 12, (2, 5, 8, 11), description="SAM ViT-B shape, random weights"),
+    "random_vit_l": HfSamSpec(1024, 24, 16, (5, 11, 17, 23), description="SAM ViT-L shape, random weights"),
+    "random_vit_h": HfSamSpec(1280, 32, 16, (7, 15, 23, 31), description="SAM ViT-H shape, random weights"),
+}
+
+# Hub ids users load with weights (not reachable offline: tests use local directories instead).
+HUB_IDS = ("facebook/sam-vit-base", "facebook/sam-vit-large", "facebook/sam-vit-huge")
+
+
+def build_random_hf_sam(name: str, seed: int = 0):
+    """Build the named spec with seeded random weights."""
+    from transformers import SamModel
+
+    spec = HF_SPECS[name]
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = SamModel(spec.config())
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval()
+
+
+def available_sources() -> list[str]:
+    """Every named source ``load_model`` knows without a path."""
+    return ["litemedsam", *HF_SPECS, *HUB_IDS]

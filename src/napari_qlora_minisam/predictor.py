@@ -1,0 +1,181 @@
+"""``MiniSamPredictor``: set an image once, then prompt it many times (segment-anything's predictor API)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from .embedding_cache import CachedEmbedding, EmbeddingCache, image_digest
+from .errors import InputError
+from .intensity import INTENSITY_POLICIES
+from .transforms import postprocess_logits, prepare_image, scale_boxes, scale_coords, validate_image
+
+
+class MiniSamPredictor:
+    """Stateful predictor over any backend returned by :func:`load_model`.
+
+    Example:
+        >>> model = load_model("litemedsam")
+        >>> predictor = MiniSamPredictor(model)
+        >>> predictor.set_image(ct_slice, intensity="ct_soft_tissue")
+        >>> masks, scores, logits = predictor.predict(box=[40, 60, 120, 150], multimask=False)
+    """
+
+    def __init__(self, model, intensity: str = "minmax", cache: EmbeddingCache | None = None):
+        self.model = model
+        self.intensity = intensity
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self._current: CachedEmbedding | None = None
+        self._lock = threading.RLock()  # the widget embeds and decodes from worker threads
+
+    # -- image --------------------------------------------------------------------------------------
+    def embedding_key(self, image: np.ndarray, intensity: str | None = None) -> tuple:
+        policy = intensity or self.intensity
+        return (image_digest(image), self.model.cache_key, policy, self.model.spec)
+
+    def set_image(self, image, intensity: str | None = None) -> CachedEmbedding:
+        """Embed ``image`` (2D grey or RGB, any dtype) or take its embedding from the cache."""
+        policy = intensity or self.intensity
+        if policy not in INTENSITY_POLICIES:
+            raise InputError(f"Unknown intensity policy {policy!r}; choose one of {', '.join(INTENSITY_POLICIES)}.")
+        arr = validate_image(image)
+        key = self.embedding_key(arr, policy)
+        with self._lock:
+            item = self.cache.get(key)
+            if item is None:
+                pixels, original_hw, input_hw = prepare_image(arr, self.model.spec, policy)
+                with torch.inference_mode():
+                    emb = self.model.encode(pixels.to(self.model.device))
+                item = CachedEmbedding(emb.float(), original_hw, input_hw)
+                self.cache.put(key, item)
+            self._current = item
+        return item
+
+    def reset_image(self) -> None:
+        self._current = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._current is not None
+
+    @property
+    def original_size(self) -> tuple:
+        self._require_image()
+        return self._current.original_hw
+
+    def _require_image(self):
+        if self._current is None:
+            raise InputError("No image is set; call set_image(image) before predict().")
+
+    # -- prompts ------------------------------------------------------------------------------------
+    def predict(self, points=None, point_labels=None, box=None, mask_input=None, multimask: bool = True):
+        """Segment one object.
+
+        Args:
+            points: ``(N, 2)`` (x, y) in original pixels.
+            point_labels: ``(N,)`` 1 = positive, 0 = negative.
+            box: ``(4,)`` x0, y0, x1, y1 in original pixels.
+            mask_input: low-res logits ``(256, 256)`` / ``(1, 256, 256)`` from an earlier call.
+            multimask: three candidates if True (ambiguous prompts), else one.
+
+        Returns:
+            masks ``(M, H, W)`` bool, scores ``(M,)`` predicted IoU, low-res logits ``(M, 256, 256)``.
+        """
+        pts = lbl = bx = None
+        if points is not None or point_labels is not None:
+            pts, lbl = self._check_points(points, point_labels)
+            pts, lbl = pts[None], lbl[None]
+        if box is not None:
+            bx = self._check_boxes(np.asarray(box, dtype=np.float32).reshape(-1, 4))
+            if bx.shape[0] != 1:
+                raise InputError(f"predict() takes one box, got {bx.shape[0]}; use predict_batch for several.")
+        masks, scores, logits = self._run(pts, lbl, bx, mask_input, multimask)
+        return masks[0], scores[0], logits[0]
+
+    def predict_batch(self, boxes=None, points=None, point_labels=None, multimask: bool = False):
+        """Segment ``B`` objects in one decoder call: ``boxes (B, 4)`` and/or ``points (B, N, 2)``.
+
+        Returns masks ``(B, M, H, W)``, scores ``(B, M)``, logits ``(B, M, 256, 256)``.
+        """
+        pts = lbl = bx = None
+        if boxes is not None:
+            bx = self._check_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        if points is not None:
+            p = np.asarray(points, dtype=np.float32)
+            if p.ndim != 3:
+                raise InputError(f"predict_batch points must be (B, N, 2), got shape {p.shape}.")
+            checked = [self._check_points(p[i], np.asarray(point_labels)[i]) for i in range(p.shape[0])]
+            pts = np.stack([c[0] for c in checked])
+            lbl = np.stack([c[1] for c in checked])
+        if bx is not None and pts is not None and bx.shape[0] != pts.shape[0]:
+            raise InputError(f"{bx.shape[0]} boxes but {pts.shape[0]} point sets; give one of each per object.")
+        return self._run(pts, lbl, bx, None, multimask)
+
+    def _check_points(self, points, labels):
+        self._require_image()
+        if points is None or labels is None:
+            raise InputError("Points need labels (1 = positive, 0 = negative) and labels need points.")
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if np.size(points) else np.zeros((0, 2))
+        lbl = np.asarray(labels).reshape(-1)
+        if len(pts) != len(lbl):
+            raise InputError(f"{len(pts)} points but {len(lbl)} labels; give one label per point.")
+        if len(pts) == 0:
+            raise InputError("Empty point prompt; add at least one point or use a box.")
+        if not np.isfinite(pts).all():
+            raise InputError("Point coordinates contain NaN or infinity.")
+        if not np.isin(lbl, (0, 1)).all():
+            raise InputError(f"Point labels must be 1 (positive) or 0 (negative); got {sorted(set(lbl.tolist()))}.")
+        h, w = self._current.original_hw
+        outside = (pts[:, 0] < 0) | (pts[:, 0] > w - 1) | (pts[:, 1] < 0) | (pts[:, 1] > h - 1)
+        if outside.any():
+            x, y = pts[np.argmax(outside)]
+            raise InputError(f"Point (x={x:g}, y={y:g}) lies outside the {w}x{h} image (x in 0..{w - 1}, "
+                             f"y in 0..{h - 1}).")
+        return pts.astype(np.float32), lbl.astype(np.int64)
+
+    def _check_boxes(self, boxes):
+        self._require_image()
+        if not np.isfinite(boxes).all():
+            raise InputError("Box coordinates contain NaN or infinity.")
+        bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        if bad.any():
+            b = boxes[np.argmax(bad)]
+            raise InputError(f"Box {b.tolist()} has x1 < x0 or y1 < y0; boxes are (x0, y0, x1, y1).")
+        h, w = self._current.original_hw
+        # Boxes drawn a little past the border are clipped, not refused: users drag loosely.
+        out = boxes.copy()
+        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w - 1)
+        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h - 1)
+        if ((boxes[:, 2] < 0) | (boxes[:, 0] > w - 1) | (boxes[:, 3] < 0) | (boxes[:, 1] > h - 1)).any():
+            raise InputError(f"Box {boxes[0].tolist()} lies entirely outside the {w}x{h} image.")
+        return out
+
+    def _run(self, pts, lbl, bx, mask_input, multimask):
+        self._require_image()
+        if pts is None and bx is None and mask_input is None:
+            raise InputError("No prompt given: pass points with labels, a box, or both.")
+        item = self._current
+        size = self.model.spec.image_size
+        dev = self.model.device
+        t_pts = t_lbl = t_box = t_mask = None
+        if pts is not None:
+            t_pts = torch.from_numpy(scale_coords(pts, item.original_hw, size)).to(dev)
+            t_lbl = torch.from_numpy(lbl).to(dev)
+        if bx is not None:
+            t_box = torch.from_numpy(scale_boxes(bx, item.original_hw, size)).to(dev)
+        if mask_input is not None:
+            m = np.asarray(mask_input, dtype=np.float32)
+            low = tuple(4 * s for s in item.embedding.shape[-2:])  # SAM's mask input is 4x the grid
+            if m.shape[-2:] != low:
+                raise InputError(f"mask_input must be low-res logits of shape (1, {low[0]}, {low[1]}) as "
+                                 f"returned by predict(); got {m.shape}.")
+            t_mask = torch.from_numpy(m.reshape(-1, 1, *low)).to(dev)
+            n = (t_pts if t_pts is not None else t_box).shape[0] if (t_pts is not None or t_box is not None) else 1
+            t_mask = t_mask.expand(n, -1, -1, -1)
+        with self._lock, torch.inference_mode():
+            logits, iou = self.model.decode(item.embedding, t_pts, t_lbl, t_box, t_mask, multimask)
+            full = postprocess_logits(logits, item.input_hw, item.original_hw, size)
+        masks = (full > 0).cpu().numpy()
+        return masks, iou.float().cpu().numpy(), logits.float().cpu().numpy()
