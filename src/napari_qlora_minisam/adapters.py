@@ -118,9 +118,12 @@ def add_lora(backend, name: str, r: int = 8, alpha: int = 16, dropout: float = 0
     if backend.peft_model is None:
         backend.peft_model = get_peft_model(backend.net, config, adapter_name=name)
     else:
+        if name in backend.peft_model.peft_config:
+            raise AdapterError(f"An adapter named {name!r} is already attached; pick another name.")
         backend.peft_model.add_adapter(name, config)
-    backend.peft_model.set_adapter(name)
-    backend.active_adapter = name
+    backend.trainable_adapters.add(name)
+    backend.adapter_info.setdefault(name, {"name": name})
+    set_adapter(backend, name)
     return backend.peft_model
 
 
@@ -131,6 +134,9 @@ def load_adapter(backend, path, name: str | None = None) -> str:
     meta = read_adapter_metadata(path)
     name = name or meta.get("name") or Path(path).name
     base = meta.get("base_identity")
+    if str(backend.active_adapter or "").startswith("merged:"):
+        raise AdapterError(f"{backend.name} has adapter {backend.active_adapter[7:]!r} merged into its weights; "
+                           f"load a fresh base to use adapter {name!r}.")
     if base != backend.identity:
         raise AdapterError(
             f"Adapter {name!r} ({path}) was trained on base {meta.get('base_source', '?')} "
@@ -163,7 +169,8 @@ def set_adapter(backend, name: str | None) -> None:
         loaded = [] if backend.peft_model is None else list(backend.peft_model.peft_config)
         raise AdapterError(f"No adapter named {name!r} is loaded (loaded: {loaded}); load it first.")
     backend.peft_model.base_model.enable_adapter_layers()
-    backend.peft_model.set_adapter(name)
+    # peft makes the active adapter trainable by default; adapters loaded from disk stay frozen.
+    backend.peft_model.set_adapter(name, inference_mode=name not in backend.trainable_adapters)
     backend.active_adapter = name
 
 
@@ -174,18 +181,27 @@ def merge_active_adapter(backend) -> None:
                            "load the base with quantize=None to merge.")
     if backend.peft_model is None or backend.active_adapter is None:
         raise AdapterError("No active adapter to merge.")
+    name = backend.active_adapter
     backend.net = backend.peft_model.merge_and_unload()
     backend.peft_model = None
     backend.adapter_info = {}
-    backend.active_adapter = f"merged:{backend.active_adapter}"
+    backend.trainable_adapters = set()
+    # The weights are no longer the base's: embeddings cached before must not be reused, and no adapter
+    # made for the bare base may be stacked on top (load_adapter refuses while "merged:" is active).
+    backend.active_adapter = f"merged:{name}"
 
 
 def save_adapter(backend, out_dir, name: str, metadata: dict) -> Path:
     """Write adapter ``name`` + metadata to ``out_dir`` atomically (never a half-written adapter)."""
     out_dir = Path(out_dir)
+    if backend.peft_model is None or name not in backend.peft_model.peft_config:
+        loaded = [] if backend.peft_model is None else list(backend.peft_model.peft_config)
+        raise AdapterError(f"No adapter named {name!r} is attached to {backend.name} (attached: {loaded}); "
+                           "create it with add_lora or load it first.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"name": out_dir.name, "base_identity": backend.identity, "base_source": backend.source,
-            "base_kind": backend.kind, **metadata}
+    # The base fields come last: they are facts about this backend, not something a caller may override.
+    meta = {"name": out_dir.name, **(metadata or {}), "base_identity": backend.identity,
+            "base_source": backend.source, "base_kind": backend.kind}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         backend.peft_model.save_pretrained(str(tmp), selected_adapters=[name])

@@ -138,7 +138,7 @@ def _sam_checkpoint(src, path, dev, quantize):
 
     if not path.exists():
         raise ModelLoadError(f"Checkpoint {src!r} does not exist; check the path.")
-    net = load_sam_checkpoint(path)
+    net = load_sam_checkpoint(path, source=src)
     backend = HfSamBackend(net, src)
     if quantize:
         quantize_linear_layers(net, dev)

@@ -7,6 +7,8 @@ memory (LiteMedSAM, random specs) get their ``nn.Linear`` layers swapped for ``b
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import torch
 from torch import nn
 
@@ -28,8 +30,13 @@ def compute_dtype_for(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def nf4_config(device):
-    """The ``BitsAndBytesConfig`` used for every NF4 load (double quantization on)."""
+def nf4_config(device, skip_modules=None):
+    """The ``BitsAndBytesConfig`` used for every NF4 load (double quantization on).
+
+    Args:
+        device: target device (picks the compute dtype).
+        skip_modules: module names transformers must leave in full precision (see :func:`misaligned_linears`).
+    """
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -37,6 +44,7 @@ def nf4_config(device):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype_for(device),
+        llm_int8_skip_modules=list(skip_modules) if skip_modules else None,
     )
 
 
@@ -48,20 +56,59 @@ def _require_bnb():
     return bnb
 
 
-def quantize_linear_layers(module: nn.Module, device="cpu", skip: tuple[str, ...] = ()) -> nn.Module:
+DEFAULT_BLOCKSIZE = 64  # bitsandbytes' own default: 4-bit codes + one absmax per 64 weights
+CPU_BLOCKSIZES = (64, 32)
+
+
+def blocksize_for(in_features: int, device="cpu") -> int | None:
+    """NF4 block size for a linear layer with ``in_features`` inputs, or ``None`` to keep it in fp32.
+
+    bitsandbytes quantizes the flattened weight in blocks of ``blocksize`` values, but its CPU
+    dequantization kernel (0.50) assumes every block lies inside one row. When ``in_features`` is not a
+    multiple of the block size the two disagree and whole rows come back scaled by a neighbour's absmax
+    (weight error 0.39-0.88 instead of 0.09, see docs/quantization.md). LiteMedSAM's 160-wide TinyViT
+    stage is such a layer, and it is what made NF4 LiteMedSAM lose half its Dice. On the CPU we therefore
+    take the largest supported block size that divides the row; the CUDA kernels index blocks over the
+    flat tensor and keep bitsandbytes' default.
+    """
+    if torch.device(device).type != "cpu":
+        return DEFAULT_BLOCKSIZE
+    for size in CPU_BLOCKSIZES:
+        if in_features % size == 0:
+            return size
+    return None
+
+
+def misaligned_linears(module: nn.Module, device="cpu") -> list[str]:
+    """Names of ``nn.Linear`` layers that cannot be NF4-quantized correctly on ``device`` at block size 64.
+
+    Used to keep them in fp32 when transformers quantizes a checkpoint (its config has one block size).
+    """
+    return [name for name, m in module.named_modules()
+            if isinstance(m, nn.Linear) and blocksize_for(m.in_features, device) != DEFAULT_BLOCKSIZE]
+
+
+def quantize_linear_layers(module: nn.Module, device="cpu", skip: tuple[str, ...] = (),
+                           blocksize: int | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` in ``module`` (in place) by an NF4 ``bnb.nn.Linear4bit``.
 
     Args:
         module: an fp32 network.
         device: where the 4-bit weights live; quantization happens when ``Params4bit`` is moved there.
-        skip: names (suffixes) of linear layers to keep in full precision.
+        skip: linear layers to keep in full precision: name suffixes (``"iou_prediction_head.layers.2"``)
+            or ``fnmatch`` patterns over the full name (``"image_encoder.*.mlp.fc2"``).
+        blocksize: force one NF4 block size for every layer; ``None`` (default) picks a correct one per
+            layer with :func:`blocksize_for` (layers with no correct block size stay fp32).
     """
     bnb = _require_bnb()
     compute_dtype = compute_dtype_for(device)
     for parent_name, parent in list(module.named_modules()):
         for child_name, child in list(parent.named_children()):
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            if type(child) is not nn.Linear or any(full.endswith(s) for s in skip):
+            if type(child) is not nn.Linear or any(full.endswith(s) or fnmatch(full, s) for s in skip):
+                continue
+            size = blocksize or blocksize_for(child.in_features, device)
+            if size is None:
                 continue
             q = bnb.nn.Linear4bit(
                 child.in_features, child.out_features, bias=child.bias is not None,
@@ -69,7 +116,7 @@ def quantize_linear_layers(module: nn.Module, device="cpu", skip: tuple[str, ...
             )
             q.weight = bnb.nn.Params4bit(
                 child.weight.data.to("cpu", torch.float32), requires_grad=False,
-                compress_statistics=True, quant_type="nf4",
+                compress_statistics=True, quant_type="nf4", blocksize=size,
             )
             if child.bias is not None:
                 q.bias = nn.Parameter(child.bias.data.clone(), requires_grad=False)

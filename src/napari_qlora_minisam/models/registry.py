@@ -54,6 +54,16 @@ HF_SPECS: dict[str, HfSamSpec] = {
                              description="tiny random HF SAM for tests (256² input)"),
     "tiny_hf_sam_small": HfSamSpec(64, 2, 2, (1,), image_size=256, window_size=4, mlp_dim=128,
                                    description="smaller tiny random HF SAM (distillation student in tests)"),
+    # Distillation (minisam-train distill). The CPU student: 256² input like LiteMedSAM, patch 4 so the
+    # embedding grid is LiteMedSAM's 64x64 (its decoder is reused as is), windowed attention only.
+    "minisam_student_256": HfSamSpec(128, 6, 4, (), image_size=256, patch_size=4, window_size=8, mlp_dim=512,
+                                     description="distillation student for LiteMedSAM (256², 64x64 grid, 2.4 M)"),
+    # Tiny random models with the input size, grid and window layout of ViT-H / ViT-B (1024², 64x64, window
+    # 14): the ViT-H -> ViT-B distillation recipe runs end to end on them in tests.
+    "tiny_vit_h_shape": HfSamSpec(64, 4, 2, (1, 3), window_size=14, mlp_dim=128,
+                                  description="tiny random HF SAM shaped like ViT-H (1024², tests)"),
+    "tiny_vit_b_shape": HfSamSpec(32, 2, 2, (1,), window_size=14, mlp_dim=64,
+                                  description="tiny random HF SAM shaped like ViT-B (1024², tests)"),
     # Full-size shapes of the published SAM encoders, random weights: for speed/memory benchmarks.
     "random_vit_b": HfSamSpec(768, 12, 12, (2, 5, 8, 11), description="SAM ViT-B shape, random weights"),
     "random_vit_l": HfSamSpec(1024, 24, 16, (5, 11, 17, 23), description="SAM ViT-L shape, random weights"),

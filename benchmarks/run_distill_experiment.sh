@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CPU distillation experiment of docs/distillation.md: LiteMedSAM teacher -> minisam_student_256.
+#   1. distil on the unlabelled slices (volumes, COSMOS non-test images, ultrasound frames; test patients out)
+#   2. evaluate teacher and student in one `minisam-train eval` run, box prompts, on the COSMOS test split
+#   3. measure encoder latency and memory of both, and draw the figures
+# Usage: benchmarks/run_distill_experiment.sh [OUT_DIR] [extra distill overrides...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/distill_experiment}; shift || true
+DATA=../shared/data
+mkdir -p "$OUT"
+uptime | tee "$OUT/uptime_start.txt"
+
+/usr/bin/time -v minisam-train distill \
+  teacher.source=litemedsam student.source=minisam_student_256 \
+  cache.dir="$OUT/teacher_cache" output_dir="$OUT/student" \
+  train.device=cpu train.steps=${STEPS:-150} train.batch_size=2 train.lr=1e-3 train.alpha=0.5 \
+  train.temperature=2.0 train.checkpoint_every=25 train.log_every=5 prompts.per_image=3 \
+  logging.tensorboard=true "$@" 2> >(tee "$OUT/distill_stderr.txt" >&2)
+
+uptime | tee "$OUT/uptime_after_train.txt"
+minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" \
+  data.split_file=$DATA/splits.json data.split_key=test \
+  "models=[{source: litemedsam, name: teacher_litemedsam}, {source: $OUT/student, name: student}]" \
+  "prompts=[box]" device=cpu output_dir="$OUT/eval"
+
+python benchmarks/distill_figures.py "$OUT"
+uptime | tee "$OUT/uptime_end.txt"

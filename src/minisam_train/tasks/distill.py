@@ -1,0 +1,194 @@
+"""``minisam-train distill``: teach a small dense ``StudentSAM`` to reproduce a teacher SAM.
+
+Steps: list the slices (any image/volume folders + COSMOS roots, test split excluded) -> teacher pass, once
+per image, into an fp16 disk cache -> build the student (decoder from the teacher) -> Accelerate loop on
+``alpha * feature MSE + (1 - alpha) * mask KL`` with atomic checkpoints -> ``save_pretrained`` into
+``output_dir``, which ``load_model(output_dir)``, ``minisam-train eval`` and the napari plugin all load.
+See ``docs/distillation.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DECODER_FILE = "teacher_decoder.pt"
+SUMMARY_FILE = "distill_summary.json"
+
+
+def _flat(cfg) -> dict:
+    """Hydra config -> flat {a.b.c: scalar} for trackers (TensorBoard hparams take scalars only)."""
+    from omegaconf import OmegaConf
+
+    out = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
+
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    return out
+
+
+def _accelerator(cfg, out: Path, resume_step_hint: int):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    from ..training.distill_loop import CSVTracker
+
+    device = str(cfg.train.device)
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    mixed = str(cfg.train.mixed_precision) if not cpu else "no"  # fp16/bf16 autocast is a GPU feature here
+    trackers = []
+    if cfg.logging.csv:
+        trackers.append(CSVTracker("distill", out / "logs", resume_step=resume_step_hint))
+    if cfg.logging.tensorboard:
+        trackers.append("tensorboard")
+    if cfg.logging.wandb.enabled:
+        trackers.append("wandb")
+    # Parameters a batch does not use (point embeddings under box prompts) must not stall DDP.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=trackers or None, kwargs_handlers=[ddp],
+                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+
+
+def _resume_step(out: Path, resume: bool) -> int:
+    from ..training.checkpointing import CheckpointManager
+
+    if not resume:
+        return 0
+    latest = CheckpointManager.__new__(CheckpointManager)
+    latest.root = out / "checkpoints"
+    found = CheckpointManager.latest(latest)
+    return int(json.loads((found / "trainer_state.json").read_text())["step"]) if found else 0
+
+
+def build_items(cfg):
+    from ..data.unlabelled import gather_slices
+
+    d = cfg.data
+    return gather_slices(list(d.folders or []), list(d.cosmos_roots or []), volume_stride=int(d.volume_stride),
+                         exclude=list(d.exclude or []), exclude_split_file=d.exclude_split_file,
+                         exclude_split_key=str(d.exclude_split_key), use_labels=bool(d.use_labels),
+                         max_slices=d.max_slices)
+
+
+def prompt_settings(cfg):
+    from ..training.teacher_cache import PromptSettings
+
+    fields = {f.name for f in dataclasses.fields(PromptSettings)}
+    return PromptSettings(**{k: v for k, v in dict(cfg.prompts).items() if k in fields})
+
+
+def run(cfg) -> dict:
+    """Run a distillation described by the composed ``distill`` config; returns the run summary."""
+    from accelerate.utils import set_seed
+
+    from napari_qlora_minisam import load_model
+    from napari_qlora_minisam.models.hf_sam import HfSamBackend
+
+    from ..data.unlabelled import SliceReader
+    from ..training.distill_loop import DistillSamples, LoopSettings, train_student
+    from ..training.student import (StudentForDistillation, build_student_net, load_decoder_state, set_trainable,
+                                    teacher_decoder_state)
+    from ..training.teacher_cache import TeacherCache, fill_cache
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_run = time.perf_counter()
+    accelerator = _accelerator(cfg, out, _resume_step(out, bool(cfg.train.resume)))
+    set_seed(int(cfg.seed))
+    accelerator.init_trackers("distill", config=_flat(cfg))
+    progress = bool(cfg.logging.progress)
+
+    # 1. data and the teacher pass (once per image, into the fp16 cache)
+    items = build_items(cfg)
+    prompts = prompt_settings(cfg)
+    intensity = str(cfg.data.intensity)
+    cache = TeacherCache(cfg.cache.dir, {
+        "teacher": str(Path(cfg.teacher.source).resolve()) if Path(cfg.teacher.source).exists()
+        else str(cfg.teacher.source),
+        "quantize": cfg.teacher.quantize, "prompts": dataclasses.asdict(prompts), "intensity": intensity,
+        "use_labels": bool(cfg.data.use_labels), "min_object_pixels": int(cfg.data.min_object_pixels)})
+    loaded = {}
+
+    def load_teacher():
+        if "teacher" not in loaded:
+            log.info("loading teacher %s", cfg.teacher.source)
+            loaded["teacher"] = load_model(str(cfg.teacher.source), quantize=cfg.teacher.quantize,
+                                           device=accelerator.device)
+        return loaded["teacher"]
+
+    reader = SliceReader(int(cfg.data.min_object_pixels))
+    t0 = time.perf_counter()
+    usable, stats = fill_cache(items, cache, reader, load_teacher, prompts, intensity=intensity,
+                               accelerator=accelerator, progress=progress)
+    decoder_file = cache.dir / DECODER_FILE
+    if accelerator.is_main_process and not decoder_file.is_file():
+        # Kept beside the targets, so a run on a warm cache never needs the teacher at all.
+        torch.save(teacher_decoder_state(load_teacher()), decoder_file)
+    accelerator.wait_for_everyone()
+    teacher_pass_s = time.perf_counter() - t0
+    loaded.clear()  # free the teacher before the student trains (ViT-H is 2.5 GB)
+    gc.collect()
+    if not usable:
+        raise RuntimeError("The teacher found no object to prompt on any slice; check data.* and prompts.*")
+
+    # 2. the student
+    student = build_student_net(cfg.student.source, dict(cfg.student.config) if cfg.student.config else None,
+                                seed=int(cfg.seed))
+    if str(cfg.student.init_decoder) == "teacher":
+        load_decoder_state(student, torch.load(decoder_file, weights_only=True))
+    set_trainable(student, bool(cfg.student.train_decoder))
+    spec = HfSamBackend(student, "student").spec
+    samples = DistillSamples(usable, cache, reader, spec, intensity)
+
+    # 3. the loop
+    t = cfg.train
+    steps_per_epoch = max(1, len(samples) // (int(t.batch_size) * accelerator.num_processes * int(t.grad_accum)))
+    steps = int(t.steps) if t.epochs is None else int(t.epochs) * steps_per_epoch
+    settings = LoopSettings(
+        steps=steps, batch_size=int(t.batch_size), grad_accum=int(t.grad_accum), lr=float(t.lr),
+        weight_decay=float(t.weight_decay), warmup_fraction=float(t.warmup_fraction),
+        max_grad_norm=float(t.max_grad_norm or 0), alpha=float(t.alpha), temperature=float(t.temperature),
+        checkpoint_every=int(t.checkpoint_every), log_every=int(t.log_every), seed=int(cfg.seed),
+        resume=bool(t.resume), stop_after=t.stop_after, num_workers=int(t.num_workers), progress=progress)
+    result = train_student(accelerator, StudentForDistillation(student), samples, settings, out / "checkpoints")
+
+    # 4. the output: a plain save_pretrained folder (config.json + model.safetensors)
+    summary = {
+        "teacher": str(cfg.teacher.source), "teacher_quantize": cfg.teacher.quantize,
+        "student": str(cfg.student.source) if not cfg.student.config else dict(cfg.student.config),
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "student_encoder_parameters": sum(p.numel() for p in student.vision_encoder.parameters()),
+        "slices_listed": len(items), "slices_used": len(usable), "cache_dir": str(cache.dir),
+        "cache": stats.as_dict(), "teacher_pass_seconds": teacher_pass_s,
+        "teacher_seconds_per_slice": stats.teacher_seconds / max(1, stats.computed),
+        "cache_read_seconds_per_slice": samples.read_seconds / max(1, cache.reads),
+        "steps": result["step"], "steps_planned": steps, "steps_per_epoch": steps_per_epoch,
+        "resumed_from_step": result["resumed_from"], "stopped_early": result["stopped_early"],
+        "train_seconds": result["train_seconds"], "run_seconds": time.perf_counter() - t_run,
+        "history": result["history"], "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
+    }
+    if not result["stopped_early"] and accelerator.is_main_process:
+        net = accelerator.unwrap_model(result["model"]).student
+        net.eval().save_pretrained(str(out))
+        summary["output"] = str(out)
+    if accelerator.is_main_process:
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+

@@ -1,0 +1,255 @@
+"""The adapter training loop: sampled prompts on few-shot views, validation Dice, early stopping, resume.
+
+Exact resume: every random draw of the loop (which views, which prompts) comes from one numpy Generator
+that is checkpointed with the optimizer, scheduler and the global RNGs (Accelerate), and checkpoints fall
+on optimizer-step boundaries; the best-so-far weights and the log rows are checkpointed too. A resumed run
+therefore produces the same weights, log and adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_qlora_minisam.transforms import postprocess_logits, scale_boxes, scale_coords
+
+from .checkpointing import CheckpointManager, load_trainable_state_dict, trainable_state_dict
+from .prompt_sampling import PromptBatch, centroid, tight_box
+from .run_log import plot_curves, write_csv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptLoopSettings:
+    steps: int
+    batch_size: int = 4
+    val_every: int = 20
+    checkpoint_every: int = 50
+    log_every: int = 5
+    max_minutes: float | None = None
+    max_grad_norm: float | None = 1.0
+    early_stopping: bool = True
+    patience: int = 4
+    min_delta: float = 0.002
+    restore_best: bool = True
+    resume: bool = True
+    progress: bool = True
+    stop_after: int | None = None  # tests: stop (as if interrupted) after this many steps of this call
+
+
+class SamplingRng:
+    """The loop's numpy Generator, checkpointable through ``accelerator.register_for_checkpointing``."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+class BestWeights:
+    """The trainable weights at the best validation score so far (checkpointed with the run)."""
+
+    def __init__(self):
+        self.score = -math.inf
+        self.step = -1
+        self.weights: dict | None = None
+
+    def offer(self, score: float, step: int, model, min_delta: float) -> bool:
+        if score > self.score + min_delta or self.weights is None:
+            self.score, self.step = float(score), int(step)
+            self.weights = {k: v for k, v in trainable_state_dict(model).items()}
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"score": self.score, "step": self.step, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.score, self.step, self.weights = state["score"], state["step"], state["weights"]
+
+
+@dataclass
+class LoopResult:
+    steps_done: int
+    stopped: str                    # "steps" | "early_stopping" | "time_budget" | "interrupted"
+    rows: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+    step_seconds: list = field(default_factory=list)
+
+
+def _targets(view, size: int):
+    """Object masks and the valid (non-padding) area at the decoder's output size, cached per view."""
+    cache = getattr(view, "_targets", None)
+    if cache is None or cache[0] != size:
+        m = F.interpolate(view.masks[:, None].float(), size=(size, size), mode="area")[:, 0] > 0.5
+        v = F.interpolate(view.valid[None, None].float(), size=(size, size), mode="area")[0, 0] > 0.5
+        # Objects too small to survive the down-sampling still need a target: fall back to nearest.
+        empty = ~m.flatten(1).any(1)
+        if empty.any():
+            m[empty] = F.interpolate(view.masks[empty][:, None].float(), size=(size, size), mode="nearest")[:, 0] > 0.5
+        cache = (size, m, v.expand_as(m))
+        view._targets = cache
+    return cache[1], cache[2]
+
+
+def _embedding(model, view):
+    return view.embedding if view.embedding is not None else model.encode(view.pixels)
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    s = pred.sum() + gt.sum()
+    return 1.0 if s == 0 else float(2.0 * (pred & gt).sum() / s)
+
+
+@torch.no_grad()
+def validate(model, views) -> dict:
+    """Box and 1-point (centroid, deployable selection) Dice at the original resolution, averaged over objects.
+
+    The prompts follow the COSMOS protocol (tight box; centroid click) so the score tracks what
+    ``minisam-train eval`` will report.
+    """
+    was_training = model.training
+    model.eval()
+    box_scores, point_scores = [], []
+    size = model.backend.spec.image_size
+    try:
+        for view in views:
+            rec = view.original
+            emb = _embedding(model, view)
+            gts = [rec.objects[n] for n in view.names]
+            boxes = scale_boxes(np.stack([tight_box(g) for g in gts]), view.original_hw, size)
+            pts = scale_coords(np.stack([centroid(g) for g in gts])[:, None], view.original_hw, size)
+            for mode, out in (("box", box_scores), ("point1", point_scores)):
+                if mode == "box":
+                    prompts = PromptBatch("box", boxes=torch.from_numpy(boxes))
+                else:
+                    prompts = PromptBatch("points", points=torch.from_numpy(pts),
+                                          labels=torch.ones(len(gts), 1, dtype=torch.long))
+                low, iou = model.decode(emb, prompts)
+                pick = iou.argmax(dim=1)  # the deployable choice: highest predicted IoU
+                low = low[torch.arange(len(gts)), pick]
+                masks = postprocess_logits(low.cpu(), view.input_hw, view.original_hw, size) > 0
+                out.extend(dice(m.numpy(), g) for m, g in zip(masks, gts))
+    finally:
+        model.train(was_training)
+    box = float(np.mean(box_scores)) if box_scores else float("nan")
+    point = float(np.mean(point_scores)) if point_scores else float("nan")
+    return {"val_dice_box": box, "val_dice_point1": point, "val_dice": float(np.nanmean([box, point]))}
+
+
+def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_views, sampler, loss_fn,
+                  settings: AdaptLoopSettings, run_dir, identity: str, rng: SamplingRng,
+                  best: BestWeights) -> LoopResult:
+    """Run (or resume) the loop; ``rng`` and ``best`` must be registered for checkpointing already."""
+    from tqdm.auto import tqdm
+
+    ckpt = CheckpointManager(run_dir / "checkpoints", accelerator, model, keep=2)
+    state = ckpt.load() if settings.resume else None
+    rows, bad, stopped, elapsed, step_secs = [], 0, None, 0.0, []
+    start = 0
+    if state is not None:
+        if state.get("base_identity") != identity:
+            raise RuntimeError(
+                f"The checkpoint in {ckpt.root} was written for base identity {state.get('base_identity')}, "
+                f"not for this base ({identity}); use another output_dir or train.resume=false."
+            )
+        start, rows, bad = state["step"], state["rows"], state["bad_validations"]
+        stopped, elapsed, step_secs = state.get("stopped"), state["elapsed_s"], state["step_seconds"]
+        log.info("resumed from %s at step %d", ckpt.latest(), start)
+    elif val_views:
+        rows.append({"step": 0, "elapsed_s": 0.0, **validate(model, val_views)})
+        if settings.early_stopping:
+            best.offer(rows[-1]["val_dice"], 0, model.net, settings.min_delta)
+
+    model.train()
+    total = settings.steps
+    bar = tqdm(total=total, initial=start, desc="adapt", disable=not settings.progress, dynamic_ncols=True)
+    acc_terms, run_steps = [], 0
+    step = start
+    t_origin = time.perf_counter() - elapsed
+    try:
+        while step < total and stopped is None:
+            if settings.stop_after is not None and run_steps >= settings.stop_after:
+                stopped = "interrupted"
+                break
+            if settings.max_minutes is not None and time.perf_counter() - t_origin > 60 * settings.max_minutes:
+                stopped = "time_budget"
+                break
+            t0 = time.perf_counter()
+            picks = rng.rng.choice(len(train_views), size=min(settings.batch_size, len(train_views)), replace=False)
+            optimizer.zero_grad(set_to_none=True)
+            parts = []
+            for i in picks:
+                view = train_views[int(i)]
+                prompts = sampler.sample(view.masks.numpy(), rng.rng)
+                low, iou = model.decode(_embedding(model, view), prompts)
+                target, valid = _targets(view, low.shape[-1])
+                terms = loss_fn(low, target.to(low.device), iou, valid.to(low.device))
+                accelerator.backward(terms.total / len(picks))
+                parts.append((float(terms.total.detach()), terms.bce, terms.dice, terms.iou))
+            if settings.max_grad_norm:
+                accelerator.clip_grad_norm_(model.trainable_parameters(), settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            run_steps += 1
+            step_secs.append(time.perf_counter() - t0)
+            acc_terms.append(np.mean(parts, axis=0))
+            bar.update(1)
+            row = None
+            if step % settings.log_every == 0 or step == total:
+                mean = np.mean(acc_terms, axis=0)
+                acc_terms = []
+                row = {"step": step, "loss": float(mean[0]), "bce": float(mean[1]), "dice_loss": float(mean[2]),
+                       "iou_loss": float(mean[3]), "lr": float(scheduler.get_last_lr()[0])}
+            if val_views and (step % settings.val_every == 0 or step == total):
+                scores = validate(model, val_views)
+                row = {**(row or {"step": step}), **scores}
+                if settings.early_stopping:
+                    if best.offer(scores["val_dice"], step, model.net, settings.min_delta):
+                        bad = 0
+                    else:
+                        bad += 1
+                        if bad >= settings.patience:
+                            stopped = "early_stopping"
+            if row is not None:
+                row["elapsed_s"] = round(time.perf_counter() - t_origin, 2)
+                rows.append(row)
+                bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "val_dice") if row.get(k) is not None})
+            if step % settings.checkpoint_every == 0 or step == total or stopped == "early_stopping":
+                ckpt.save(step, {"base_identity": identity, "rows": rows, "bad_validations": bad,
+                                 "stopped": stopped, "elapsed_s": time.perf_counter() - t_origin,
+                                 "step_seconds": step_secs})
+    finally:
+        bar.close()
+        ckpt.close()
+    if stopped == "time_budget":  # checkpoint where the clock stopped, so a rerun can continue
+        ckpt = CheckpointManager(run_dir / "checkpoints", accelerator, model, keep=2)
+        ckpt.save(step, {"base_identity": identity, "rows": rows, "bad_validations": bad, "stopped": None,
+                         "elapsed_s": time.perf_counter() - t_origin, "step_seconds": step_secs})
+        ckpt.close()
+    result = LoopResult(step, stopped or "steps", rows, {}, time.perf_counter() - t_origin, step_secs)
+    if best.weights is not None:
+        result.best = {"val_dice": best.score, "step": best.step}
+        if settings.restore_best and stopped != "interrupted":
+            load_trainable_state_dict(model.net, best.weights)
+    write_csv(rows, run_dir / "metrics.csv")
+    plot_curves(rows, run_dir / "curves.png")
+    return result
+
+
+def median_step_seconds(result: LoopResult) -> float | None:
+    return statistics.median(result.step_seconds) if result.step_seconds else None

@@ -1,0 +1,242 @@
+"""Atomic training checkpoints with exact resume, built on Accelerate's ``save_state`` / ``load_state``.
+
+Accelerate already saves and restores what an exact resume needs besides the model: optimizer and
+scheduler state, the gradient scaler, registered custom objects and the python / numpy / torch (and CUDA)
+RNG states. What it does not do is write atomically, keep the last good checkpoint, or save only the
+*trainable* part of a model (a QLoRA run must not rewrite the frozen 4-bit base at every checkpoint).
+This module adds those three things.
+
+Layout under ``root``::
+
+    root/step-00000050/   a complete checkpoint (Accelerate files + model_trainable.pt + trainer_state.json)
+    root/step-00000100/
+    root/latest           text file naming the newest complete checkpoint (replaced atomically)
+
+A checkpoint is written to ``root/.tmp-...``, every file fsynced, then renamed into place; only then does
+``latest`` move. A crash at any moment leaves the previous checkpoint intact and ``latest`` pointing at it.
+
+Usage::
+
+    accelerator = Accelerator(cpu=...)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)   # model optional
+    ckpt = CheckpointManager(run_dir / "checkpoints", accelerator, model, keep=2)
+    state = ckpt.load()                   # None on a fresh start, else the dict given to save()
+    start = state["step"] if state else 0
+    for step in range(start, total):
+        ...
+        if (step + 1) % every == 0:
+            ckpt.save(step + 1, {"best_dice": best})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+TRAINABLE_FILE = "model_trainable.pt"
+STATE_FILE = "trainer_state.json"  # written last inside the temp dir: its presence marks a complete checkpoint
+LATEST_FILE = "latest"
+PREFIX = "step-"
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters that require grad, plus floating-point buffers (e.g. BatchNorm statistics).
+
+    Buffers are included because a network trained in ``train()`` mode updates them even when its weights
+    are frozen; without them a resumed run would not match an uninterrupted one.
+    """
+    out = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for n, b in model.named_buffers():
+        if b is not None and torch.is_floating_point(b):
+            out[n] = b.detach().cpu().clone()
+    return out
+
+
+def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a :func:`trainable_state_dict` back in place; every trainable parameter must be present."""
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unknown = [n for n in state if n not in params and n not in buffers]
+    if missing or unknown:
+        raise RuntimeError(
+            f"Checkpoint does not match the model: {len(missing)} trainable tensors missing "
+            f"(e.g. {missing[:3]}), {len(unknown)} unknown (e.g. {unknown[:3]}). Was it written by a run with "
+            "another model or LoRA configuration? Delete the checkpoint folder or set train.resume=false."
+        )
+    with torch.no_grad():
+        for n, t in state.items():
+            target = params.get(n, buffers.get(n))
+            target.copy_(t.to(target.device, target.dtype))
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file so readers see the old or the new content, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _unwrap(model):
+    # Accelerate may wrap a prepared model (DDP, compile); compare against the module we were given.
+    seen = model
+    while hasattr(seen, "module") and isinstance(seen.module, torch.nn.Module):
+        seen = seen.module
+    return getattr(seen, "_orig_mod", seen)
+
+
+class CheckpointManager:
+    """Save / restore a training run under ``root`` atomically; see the module docstring.
+
+    Args:
+        root: folder holding the checkpoints of one run.
+        accelerator: the run's ``accelerate.Accelerator`` (optimizer / scheduler prepared with it).
+        model: the network being trained; only its trainable state (+ float buffers) is saved. It may or
+            may not have gone through ``accelerator.prepare``.
+        keep: how many complete checkpoints to keep (>= 1; the newest are kept).
+    """
+
+    def __init__(self, root, accelerator, model: torch.nn.Module | None = None, keep: int = 2):
+        self.root = Path(root)
+        self.accelerator = accelerator
+        self.model = model
+        self.keep = max(1, int(keep))
+        self._handles = []
+        if model is not None:
+            # Stop Accelerate from writing/reading the full state dict of the model we save ourselves.
+            self._handles.append(accelerator.register_save_state_pre_hook(self._drop_own_model_on_save))
+            self._handles.append(accelerator.register_load_state_pre_hook(self._drop_own_model_on_load))
+
+    # -- accelerate hooks ---------------------------------------------------------------------------
+    def _is_own(self, m) -> bool:
+        return self.model is not None and _unwrap(m) is _unwrap(self.model)
+
+    def _drop_own_model_on_save(self, models, weights, output_dir):
+        for i in reversed(range(len(models))):
+            if self._is_own(models[i]) and i < len(weights):
+                weights.pop(i)
+
+    def _drop_own_model_on_load(self, models, input_dir):
+        for i in reversed(range(len(models))):
+            if self._is_own(models[i]):
+                models.pop(i)
+
+    def close(self) -> None:
+        """Remove the hooks from the accelerator (when it outlives this manager)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # -- save ---------------------------------------------------------------------------------------
+    def save(self, step: int, state: dict | None = None) -> Path:
+        """Write checkpoint ``step`` atomically and return its folder.
+
+        Args:
+            step: number of optimizer steps done; :meth:`load` returns it as ``state["step"]``.
+            state: any JSON-serialisable trainer state (best score, early-stopping counter, log rows...).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"{PREFIX}{int(step):08d}"
+        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self.accelerator.save_state(str(tmp), safe_serialization=False)
+            if self.model is not None:
+                torch.save(trainable_state_dict(_unwrap(self.model)), tmp / TRAINABLE_FILE)
+            payload = {"step": int(step), **(state or {})}
+            (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1, default=_json_default))
+            _fsync_tree(tmp)
+            if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
+                old = final.with_name(f".old-{final.name}-{os.getpid()}")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(self.root)
+            atomic_write_text(self.root / LATEST_FILE, final.name + "\n")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._prune(keep_name=final.name)
+        return final
+
+    def _prune(self, keep_name: str) -> None:
+        complete = self.complete_checkpoints()
+        for old in complete[: max(0, len(complete) - self.keep)]:
+            if old.name != keep_name:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob(".tmp-*"):  # left by a crashed earlier process
+            if not stale.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(stale, ignore_errors=True)
+
+    # -- load ---------------------------------------------------------------------------------------
+    def complete_checkpoints(self) -> list[Path]:
+        """Complete checkpoint folders, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.glob(f"{PREFIX}*") if p.is_dir() and (p / STATE_FILE).exists()]
+        return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint: the one ``latest`` names, else the highest step found."""
+        pointer = self.root / LATEST_FILE
+        if pointer.exists():
+            cand = self.root / pointer.read_text().strip()
+            if cand.is_dir() and (cand / STATE_FILE).exists():
+                return cand
+        complete = self.complete_checkpoints()
+        return complete[-1] if complete else None
+
+    def load(self, path=None) -> dict | None:
+        """Restore model trainable state, optimizer, scheduler and RNG states; return the trainer state.
+
+        Returns ``None`` when there is no checkpoint to resume from.
+        """
+        path = Path(path) if path is not None else self.latest()
+        if path is None:
+            return None
+        self.accelerator.load_state(str(path))
+        if self.model is not None:
+            state = torch.load(path / TRAINABLE_FILE, map_location="cpu", weights_only=True)
+            load_trainable_state_dict(_unwrap(self.model), state)
+        return json.loads((path / STATE_FILE).read_text())
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

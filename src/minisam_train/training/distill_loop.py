@@ -1,0 +1,220 @@
+"""The distillation training loop on HF Accelerate: one code path for 1 CPU, 1 GPU or many processes.
+
+Exact resume: the data order of epoch ``e`` is a permutation seeded by ``seed + e`` and the position inside
+it follows from the optimizer step, so a run restarted from a checkpoint (model, optimizer, scheduler and
+RNG states restored by :class:`~.checkpointing.CheckpointManager`) sees the same batches in the same order
+as an uninterrupted one. Gradient accumulation is done by hand (``no_sync`` on all but the last
+micro-batch) so that checkpoints always fall on optimizer-step boundaries.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.tracking import GeneralTracker
+
+from napari_qlora_minisam.transforms import PreprocessSpec, prepare_image, scale_boxes
+
+from .distill_losses import distillation_loss
+
+
+@dataclass
+class LoopSettings:
+    steps: int
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    max_grad_norm: float = 1.0
+    alpha: float = 0.5
+    temperature: float = 2.0
+    checkpoint_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = True
+    stop_after: int | None = None
+    num_workers: int = 0
+    progress: bool = True
+
+
+class DistillSamples(torch.utils.data.Dataset):
+    """Student inputs + cached teacher targets; never touches the teacher."""
+
+    def __init__(self, items, cache, reader, student_spec: PreprocessSpec, intensity: str = "minmax"):
+        self.items, self.cache, self.reader = list(items), cache, reader
+        self.spec, self.intensity = student_spec, intensity
+        self.read_seconds = 0.0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        start = time.perf_counter()
+        entry = self.cache.load(item)
+        self.read_seconds += time.perf_counter() - start
+        pixels, original_hw, _ = prepare_image(self.reader.image(item), self.spec, self.intensity)
+        boxes = scale_boxes(entry["boxes"].numpy(), original_hw, self.spec.image_size)
+        return {"pixels": pixels[0], "boxes": torch.from_numpy(boxes), "teacher_embedding": entry["embedding"],
+                "teacher_logits": entry["logits"][:, 0]}
+
+
+def _collate(batch):
+    return {"pixels": torch.stack([b["pixels"] for b in batch]),
+            "boxes": [b["boxes"] for b in batch],
+            "teacher_embedding": torch.stack([b["teacher_embedding"] for b in batch]),
+            "teacher_logits": [b["teacher_logits"] for b in batch]}
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+class CSVTracker(GeneralTracker):
+    """Accelerate tracker writing ``metrics.csv`` (one row per logged step; columns grow as keys appear).
+
+    On resume the rows after the checkpoint's step are dropped, so the file reads like one uninterrupted run.
+    """
+
+    name = "csv"
+    requires_logging_directory = True
+
+    def __init__(self, run_name: str, logging_dir, resume_step: int = 0):
+        super().__init__()
+        self.path = Path(logging_dir) / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        if self.path.is_file() and resume_step > 0:
+            with open(self.path, newline="") as fh:
+                self.rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= resume_step]
+        self._write()
+
+    @property
+    def tracker(self):
+        return self
+
+    def store_init_configuration(self, values: dict):
+        (self.path.parent / "hparams.json").write_text(json.dumps(values, indent=1, default=str))
+
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        self.rows.append({"step": step, **values})
+        self._write()
+
+    def _write(self):
+        keys = list(OrderedDict.fromkeys(k for r in self.rows for k in r)) or ["step"]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.rows)
+        tmp.replace(self.path)
+
+    def finish(self):
+        self._write()
+
+
+def make_scheduler(optimizer, steps: int, warmup_fraction: float):
+    warm = max(1, int(round(steps * warmup_fraction)))
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _to(batch, device):
+    return {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in batch.items()}
+
+
+def train_student(accelerator, model, samples: DistillSamples, settings: LoopSettings, checkpoint_dir) -> dict:
+    """Optimise ``model`` (a :class:`~.student.StudentForDistillation`) on ``samples``.
+
+    Returns:
+        ``{"history": [logged rows], "step": final step, "resumed_from": step or 0, "stopped_early": bool,
+        "train_seconds": wall time of this call's steps, "epochs": epochs begun}``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = make_scheduler(optimizer, settings.steps, settings.warmup_fraction)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    from .checkpointing import CheckpointManager
+
+    checkpoints = CheckpointManager(checkpoint_dir, accelerator, model, keep=2)
+    state = checkpoints.load() if settings.resume else None
+    step = int(state["step"]) if state else 0
+    history = list(state.get("history", [])) if state else []
+    resumed_from = step
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    per_epoch = max(1, len(samples) // (settings.batch_size * world))  # micro-batches per process and epoch
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=settings.steps, initial=step, desc="distill", disable=not settings.progress
+               or not accelerator.is_main_process)
+    model.train()
+    start = time.perf_counter()
+    running: list[dict] = []
+    stopped_early = False
+    micro = step * settings.grad_accum
+    epochs_seen = set()
+    while step < settings.steps:
+        if settings.stop_after is not None and step - resumed_from >= settings.stop_after:
+            stopped_early = True
+            break
+        for k in range(settings.grad_accum):
+            epoch, pos = divmod(micro, per_epoch)
+            epochs_seen.add(epoch)
+            order = epoch_order(len(samples), epoch, settings.seed)
+            first = (pos * world + rank) * settings.batch_size
+            picks = [order[(first + j) % len(order)] for j in range(settings.batch_size)]
+            batch = _to(_collate([samples[i] for i in picks]), accelerator.device)
+            sync = k == settings.grad_accum - 1
+            ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
+            with ctx, accelerator.autocast():
+                s_emb, s_logits = model(batch["pixels"], batch["boxes"])
+                loss, parts = distillation_loss(s_emb, batch["teacher_embedding"], s_logits,
+                                                batch["teacher_logits"], settings.alpha, settings.temperature)
+                accelerator.backward(loss / settings.grad_accum)
+            running.append(parts)
+            micro += 1
+        if settings.max_grad_norm:
+            accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % settings.log_every == 0 or step == settings.steps:
+            row = {k: float(np.mean([r[k] for r in running])) for k in running[0]}
+            row.update(lr=float(scheduler.get_last_lr()[0]), epoch=micro / per_epoch,
+                       seconds=time.perf_counter() - start)
+            accelerator.log(row, step=step)
+            history.append({"step": step, **row})
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            running = []
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            checkpoints.save(step, {"history": history})
+    bar.close()
+    checkpoints.close()
+    return {"history": history, "step": step, "resumed_from": resumed_from, "stopped_early": stopped_early,
+            "train_seconds": time.perf_counter() - start, "epochs": sorted(epochs_seen), "model": model}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

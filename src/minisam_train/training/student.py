@@ -1,0 +1,167 @@
+"""Build the ``StudentSAM``: a dense HF ``SamModel`` whose encoder learns the teacher's embeddings.
+
+Like MobileSAM, the student is a drop-in: same prompt encoder and mask decoder as the teacher, a smaller
+image encoder behind them. Starting the decoder from the teacher's weights means the encoder only has to
+reproduce the teacher's embedding space for the masks to come out right, which is what the feature loss
+teaches; the mask loss then lets the decoder absorb what the encoder still gets wrong.
+
+Sources for the student:
+    * a named spec of ``napari_qlora_minisam.models.registry`` (random, seeded): ``minisam_student_256``,
+      ``random_vit_b``, tiny test shapes...;
+    * an HF hub id or ``save_pretrained`` folder (``facebook/sam-vit-base``): starts from those weights;
+    * an inline shape (``student.config``: the fields of ``HfSamSpec``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from napari_qlora_minisam.errors import ModelLoadError
+
+DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.", "shared_image_embedding.")
+
+
+def build_student_net(source: str | None = None, config: dict | None = None, seed: int = 0):
+    """The student ``SamModel`` (fp32, CPU, train mode), from a spec name, a pretrained source or a shape."""
+    from transformers import SamModel
+
+    from napari_qlora_minisam.models.registry import HF_SPECS, HfSamSpec, build_random_hf_sam
+
+    if config:
+        spec = HfSamSpec(**{k: (tuple(v) if k == "global_attn_indexes" else v) for k, v in dict(config).items()})
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            net = SamModel(spec.config())
+        finally:
+            torch.random.set_rng_state(state)
+        init_vision_encoder(net, seed)
+    elif source in HF_SPECS:
+        net = build_random_hf_sam(source, seed=seed)
+        init_vision_encoder(net, seed)
+    elif source:
+        if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+            raise ModelLoadError(f"student.source={source!r} has no config.json (not a save_pretrained folder).")
+        try:
+            net = SamModel.from_pretrained(str(source))
+        except OSError as exc:
+            raise ModelLoadError(
+                f"student.source={source!r} could not be loaded ({exc}). Use a named spec "
+                f"({', '.join(HF_SPECS)}), a save_pretrained folder, or a hub id with network access."
+            ) from exc
+    else:
+        raise ModelLoadError("Set student.source (a spec name, hub id or folder) or student.config (a shape).")
+    return net.float().train()
+
+
+def init_vision_encoder(net, seed: int = 0) -> None:
+    """Give a randomly built encoder a trainable start (ViT practice: truncated normal, std 0.02).
+
+    ``transformers``' SAM initialises the vision encoder with ``initializer_range=1e-10``, meant to be
+    overwritten by pretrained weights: left as is, every weight is ~0, the embedding is all zeros and the
+    gradients vanish, so a from-scratch student would not learn.
+    """
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    with torch.no_grad():
+        for module in net.vision_encoder.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                w = module.weight
+                w.copy_((torch.randn(w.shape, generator=g) * 0.02).clamp_(-0.04, 0.04))
+                if module.bias is not None:
+                    module.bias.zero_()
+        pos = getattr(net.vision_encoder, "pos_embed", None)
+        if pos is not None:
+            pos.copy_((torch.randn(pos.shape, generator=g) * 0.02).clamp_(-0.04, 0.04))
+
+
+def teacher_decoder_state(teacher) -> dict[str, torch.Tensor]:
+    """The teacher's prompt encoder + mask decoder (+ Fourier features) in HF ``SamModel`` key names.
+
+    LiteMedSAM (and original segment-anything nets) hold SAM's standard decoder under the original names,
+    which ``models.sam_checkpoint.convert_state_dict`` maps into HF's layout. A 4-bit teacher's linear layers
+    are dequantized first, so the student starts from fp32 weights.
+    """
+    net = teacher.net
+    if getattr(teacher, "peft_model", None) is not None:
+        raise ModelLoadError("Give the student a teacher without LoRA adapters (merge them first).")
+    state = _float_state_dict(net)
+    if teacher.kind == "hf":
+        return {k: v for k, v in state.items() if k.startswith(DECODER_PREFIXES)}
+    from napari_qlora_minisam.models.sam_checkpoint import convert_state_dict
+
+    original = {k: v for k, v in state.items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    return {k: v for k, v in convert_state_dict(original).items() if k.startswith(DECODER_PREFIXES)}
+
+
+def _float_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with bitsandbytes 4-bit weights turned back into fp32 tensors."""
+    state = {k: v for k, v in net.state_dict().items()}
+    for name, module in net.named_modules():
+        weight = getattr(module, "weight", None)
+        quant_state = getattr(weight, "quant_state", None)
+        if quant_state is None:
+            continue
+        import bitsandbytes.functional as bnbf
+
+        state[f"{name}.weight"] = bnbf.dequantize_4bit(weight.data, quant_state).float().cpu()
+        # bitsandbytes also puts its quantization statistics into the state dict: not model tensors.
+        for k in [k for k in state if k.startswith(f"{name}.weight.") and k != f"{name}.weight"]:
+            del state[k]
+    return {k: v.detach().float().cpu() if torch.is_floating_point(v) else v for k, v in state.items()}
+
+
+def init_decoder_from_teacher(student, teacher) -> int:
+    """Copy the teacher's prompt encoder and mask decoder into the student; returns the tensors copied.
+
+    Raises:
+        ModelLoadError: the decoders differ in shape (e.g. another embedding width).
+    """
+    return load_decoder_state(student, teacher_decoder_state(teacher))
+
+
+def load_decoder_state(student, src: dict) -> int:
+    """Load a decoder state in HF layout (see :func:`teacher_decoder_state`) into the student."""
+    dst = student.state_dict()
+    wanted = [k for k in dst if k.startswith(DECODER_PREFIXES)]
+    missing = [k for k in wanted if k not in src]
+    wrong = [k for k in wanted if k in src and tuple(src[k].shape) != tuple(dst[k].shape)]
+    if missing or wrong:
+        raise ModelLoadError(
+            f"The teacher's decoder does not fit the student's (missing {missing[:3]}, wrong shape {wrong[:3]}); "
+            "give the student the teacher's embedding width (output_channels=256) or set "
+            "student.init_decoder=own."
+        )
+    student.load_state_dict({k: src[k] for k in wanted}, strict=False)
+    return len(wanted)
+
+
+def set_trainable(student, train_decoder: bool = True) -> None:
+    """The encoder always learns; the prompt encoder and decoder only when ``train_decoder``."""
+    for name, p in student.named_parameters():
+        p.requires_grad_(train_decoder or not name.startswith(DECODER_PREFIXES))
+    # The Fourier features are a fixed random projection in SAM; training them only adds noise.
+    for p in student.shared_image_embedding.parameters():
+        p.requires_grad_(False)
+
+
+class StudentForDistillation(torch.nn.Module):
+    """One forward for encoder + decoder, so DDP sees a single call per step.
+
+    ``forward(pixels (B,3,S,S), boxes [B x (P_i, 4)]) -> (embeddings (B,C,h,w), [B x logits (P_i, 1, 4h, 4w)])``
+    with boxes in the student's input frame.
+    """
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, pixels, boxes):
+        # Not get_image_embeddings(): transformers runs it under no_grad, the encoder would never learn.
+        emb = self.student.vision_encoder(pixels)[0]
+        logits = []
+        for i, b in enumerate(boxes):
+            out = self.student(image_embeddings=emb[i: i + 1], input_boxes=b[None], multimask_output=False)
+            logits.append(out.pred_masks[0])
+        return emb, logits

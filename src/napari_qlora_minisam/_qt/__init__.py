@@ -1,0 +1,1 @@
+"""Everything that imports Qt or napari lives in this subpackage."""

@@ -1,0 +1,131 @@
+"""The widget's form: plain Qt controls, no behaviour (that lives in ``widget.py``)."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+INTENSITY_CHOICES = {
+    "min–max": "minmax",
+    "percentile 0.5–99.5": "percentile",
+    "CT soft tissue (W400 L40)": "ct_soft_tissue",
+    "CT lung (W1500 L−600)": "ct_lung",
+    "CT bone (W1800 L400)": "ct_bone",
+}
+MODEL_CHOICES = ("litemedsam", "facebook/sam-vit-base", "facebook/sam-vit-large", "facebook/sam-vit-huge")
+NO_ADAPTER = "none"
+
+
+def _row(*widgets) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        row.addWidget(w)
+    return row
+
+
+class Controls:
+    """Builds the form into ``parent`` and exposes each control as an attribute."""
+
+    def __init__(self, parent: QWidget):
+        outer = QVBoxLayout(parent)
+
+        self.image = QComboBox()
+        self.image.setToolTip("The image layer to segment (2D slice or 3D Z,Y,X stack).")
+        top = QFormLayout()
+        top.addRow("Image", self.image)
+        outer.addLayout(top)
+
+        model_box = QGroupBox("Model")
+        form = QFormLayout(model_box)
+        self.model = QComboBox()
+        self.model.setEditable(True)
+        self.model.addItems(MODEL_CHOICES)
+        self.model.setToolTip("litemedsam (bundled), a Hugging Face id, a save_pretrained folder or a .pth file.")
+        self.browse = QPushButton("…")
+        self.browse.setToolTip("Pick a segment-anything .pth checkpoint, or a config.json of a model folder.")
+        self.browse.setMaximumWidth(32)
+        self.load = QPushButton("Load")
+        form.addRow("Model", _row(self.model, self.browse, self.load))
+        self.quantize = QCheckBox("4-bit NF4")
+        self.quantize.setToolTip("Quantize the linear layers to 4 bits (bitsandbytes NF4): less memory.")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        form.addRow("Quantize", _row(self.quantize, QLabel("Device"), self.device))
+        self.adapter = QComboBox()
+        self.adapter.setToolTip("LoRA modality adapter; switching does not reload the base model.")
+        self.refresh_adapters = QPushButton("⟳")
+        self.refresh_adapters.setToolTip("Look for new adapters (e.g. written by minisam-train adapt).")
+        self.refresh_adapters.setMaximumWidth(32)
+        form.addRow("Adapter", _row(self.adapter, self.refresh_adapters))
+        self.intensity = QComboBox()
+        self.intensity.addItems(list(INTENSITY_CHOICES))
+        self.intensity.setToolTip("How raw intensities (e.g. CT Hounsfield units) are mapped for the model.")
+        form.addRow("Intensity", self.intensity)
+        outer.addWidget(model_box)
+
+        prompt_box = QGroupBox("Prompts")
+        pv = QVBoxLayout(prompt_box)
+        self.box_mode = QPushButton("Draw box")
+        self.point_mode = QPushButton("Add points")
+        self.negative = QCheckBox("negative points (N)")
+        self.negative.setToolTip("New clicks mark background; press N in the points layer to toggle "
+                                 "(selected points are flipped too).")
+        pv.addLayout(_row(self.box_mode, self.point_mode))
+        self.clear = QPushButton("Clear prompts")
+        pv.addLayout(_row(self.negative, self.clear))
+        outer.addWidget(prompt_box)
+
+        objects_box = QGroupBox("Objects")
+        ov = QVBoxLayout(objects_box)
+        self.commit = QPushButton("Commit (C)")
+        self.commit.setToolTip("Write the preview into the objects layer as a new label (shortcut C).")
+        self.undo = QPushButton("Undo")
+        self.redo = QPushButton("Redo")
+        ov.addLayout(_row(self.commit, self.undo, self.redo))
+        self.overwrite = QCheckBox("overwrite other objects")
+        self.overwrite.setToolTip("Off: a new object only fills background pixels.")
+        ov.addWidget(self.overwrite)
+        outer.addWidget(objects_box)
+
+        volume_box = QGroupBox("3D")
+        vv = QVBoxLayout(volume_box)
+        self.max_slices = QSpinBox()
+        self.max_slices.setRange(0, 10000)
+        self.max_slices.setSpecialValueText("until it stops")
+        self.max_slices.setToolTip("Slices to segment in each direction (0: until the mask vanishes, "
+                                   "collapses or leaks, or the stack ends).")
+        self.propagate = QPushButton("Propagate")
+        self.propagate.setToolTip("Segment the object committed on this slice up and down, slice by slice.")
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setEnabled(False)
+        vv.addLayout(_row(QLabel("Slices each way"), self.max_slices))
+        vv.addLayout(_row(self.propagate, self.cancel))
+        self.propagate_progress = QProgressBar()
+        self.propagate_progress.setFormat("%v / %m slices")
+        self.propagate_progress.setVisible(False)
+        vv.addWidget(self.propagate_progress)
+        outer.addWidget(volume_box)
+
+        self.embed_progress = QProgressBar()
+        self.embed_progress.setRange(0, 0)  # busy: the encoder gives no intermediate progress
+        self.embed_progress.setTextVisible(True)
+        self.embed_progress.setFormat("embedding…")
+        self.embed_progress.setVisible(False)
+        outer.addWidget(self.embed_progress)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.message.setMinimumWidth(240)
+        outer.addWidget(self.message)
+        outer.addStretch(1)

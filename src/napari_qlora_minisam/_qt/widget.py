@@ -1,0 +1,577 @@
+"""The MiniSAM dock widget: prompts in napari layers -> live mask preview -> committed label objects.
+
+Every model call runs in a worker (see ``tasks.py``); the Qt thread only reads layers and paints results.
+Preview requests carry an increasing number and results of superseded requests are dropped, so a fast
+drag never paints an old mask over a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog, QWidget
+
+from ..adapters import list_adapters
+from ..embedding_cache import EmbeddingCache
+from ..errors import MiniSamError
+from ..labels_edit import LabelEditor
+from ..prompts import PROMPT_FEATURE, slice_prompts
+from ..volume import plane, stack_depth
+from . import layers as L
+from . import tasks, workers
+from .controls import INTENSITY_CHOICES, NO_ADAPTER, Controls
+from .gl_safety import keep_triton_out
+
+keep_triton_out()  # before any model import: see gl_safety.py
+
+log = logging.getLogger(__name__)
+MODEL_ENV = "MINISAM_NAPARI_MODEL"  # default model source (tests may pick a tiny one)
+PREVIEW_DEBOUNCE_MS = 10  # coalesces the bursts of data events a single drag produces
+
+# Embeddings outlive a widget and a model reload: the key covers model identity, adapter and intensity.
+SHARED_CACHE = EmbeddingCache()
+
+
+def describe(exc: BaseException) -> str:
+    """A message for the user: our errors already say what to do; others get their type named."""
+    if isinstance(exc, MiniSamError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class MiniSamWidget(QWidget):
+    """Dock widget (npe2 contribution ``napari-qlora-minisam.segmentation_widget``)."""
+
+    def __init__(self, napari_viewer, model_source: str | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.ui = Controls(self)
+        self.model = None
+        self.predictor = None
+        self.image_layer = None
+        self.points_layer = self.shapes_layer = self.preview_layer = self.objects_layer = None
+        self.depth = 0  # number of leading slice axes of the image (0: 2D, 1: 3D stack)
+        self.preview = None  # the latest painted tasks.PreviewResult
+        self.previews_painted = 0
+        self._editors: dict[int, LabelEditor] = {}
+        self._workers: set = set()
+        self._request = 0
+        self._preview_running = False
+        self._preview_pending = False
+        self._commit_when_ready = False
+        self._embed_running = False
+        self._embed_pending = False
+        self._model_busy = False
+        self._propagation = None
+        self._painted_z = None
+        self._last_z = None
+        self._preview_timer = QTimer(self)
+        self._preview_timer.setSingleShot(True)
+        self._preview_timer.setInterval(PREVIEW_DEBOUNCE_MS)
+        self._preview_timer.timeout.connect(self._start_preview)
+
+        ui = self.ui
+        ui.image.currentIndexChanged.connect(self._on_image_choice)
+        ui.load.clicked.connect(lambda: self.load_model(ui.model.currentText()))
+        ui.browse.clicked.connect(self._browse_model)
+        ui.adapter.currentIndexChanged.connect(self._on_adapter_choice)
+        ui.refresh_adapters.clicked.connect(self.refresh_adapters)
+        ui.intensity.currentIndexChanged.connect(self._on_intensity)
+        ui.box_mode.clicked.connect(self.activate_box_mode)
+        ui.point_mode.clicked.connect(self.activate_point_mode)
+        ui.negative.toggled.connect(self._on_negative_toggled)
+        ui.clear.clicked.connect(self.clear_prompts)
+        ui.commit.clicked.connect(self.commit)
+        ui.undo.clicked.connect(self.undo)
+        ui.redo.clicked.connect(self.redo)
+        ui.propagate.clicked.connect(self.propagate)
+        ui.cancel.clicked.connect(self.cancel_propagation)
+
+        self.viewer.layers.events.inserted.connect(self._refresh_image_choices)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.viewer.dims.events.current_step.connect(self._on_slice_changed)
+        self.refresh_adapters()
+        self._refresh_image_choices()
+        self._update_buttons()
+        source = model_source or os.environ.get(MODEL_ENV, "litemedsam")
+        ui.model.setCurrentText(source)
+        self.load_model(source)
+
+    # -- status ---------------------------------------------------------------------------------------
+    @property
+    def intensity(self) -> str:
+        return INTENSITY_CHOICES[self.ui.intensity.currentText()]
+
+    @property
+    def message(self) -> str:
+        return self.ui.message.text()
+
+    @property
+    def is_idle(self) -> bool:
+        """No model work running or queued (tests and benchmarks wait for this)."""
+        return not (self._workers or self._preview_running or self._preview_pending or self._embed_running
+                    or self._embed_pending or self._model_busy or self._preview_timer.isActive())
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        self.ui.message.setText(text)
+        self.ui.message.setStyleSheet("color: #ff6b6b;" if error else "")
+        if error:
+            log.info("MiniSAM: %s", text)
+
+    def _error(self, exc: BaseException) -> None:
+        if not isinstance(exc, MiniSamError):
+            log.error("MiniSAM worker failed", exc_info=exc)
+        self.show_message(describe(exc), error=True)
+
+    def _update_buttons(self) -> None:
+        ui = self.ui
+        editor = self.editor
+        ui.undo.setEnabled(bool(editor and editor.can_undo))
+        ui.redo.setEnabled(bool(editor and editor.can_redo))
+        ui.propagate.setEnabled(self.depth == 1 and self._propagation is None)
+        ui.commit.setEnabled(self.image_layer is not None)
+
+    # -- model ----------------------------------------------------------------------------------------
+    def load_model(self, source: str) -> None:
+        """Load a model in the background; the current one keeps working until the new one is ready."""
+        source = (source or "").strip() or "litemedsam"
+        quantize = "nf4" if self.ui.quantize.isChecked() else None
+        self._model_busy = True
+        self.ui.load.setEnabled(False)
+        workers.start(tasks.load_model_task, source, quantize, self.ui.device.currentText(),
+                      on_yielded=lambda text: self.show_message(text),
+                      on_returned=self._model_loaded, on_errored=self._error,
+                      on_finished=self._model_finished, keep=self._workers)
+
+    def _model_finished(self) -> None:
+        self._model_busy = False
+        self.ui.load.setEnabled(True)
+
+    def _model_loaded(self, backend) -> None:
+        from ..predictor import MiniSamPredictor
+
+        self.model = backend
+        self.predictor = MiniSamPredictor(backend, intensity=self.intensity, cache=SHARED_CACHE)
+        self._request += 1  # previews from the old model are stale now
+        self.refresh_adapters()
+        self.show_message(f"Model {backend.name} ready ({backend.num_parameters() / 1e6:.1f} M parameters).")
+        self._schedule_embedding()
+        self.schedule_preview()
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model checkpoint or folder", str(Path.home()),
+            "SAM checkpoint (*.pth *.pt *.bin);;Hugging Face model folder (config.json)")
+        if path:
+            if Path(path).name == "config.json":
+                path = str(Path(path).parent)
+            self.ui.model.setCurrentText(path)
+            self.load_model(path)
+
+    def refresh_adapters(self) -> None:
+        combo = self.ui.adapter
+        active = self.model.active_adapter if self.model is not None else None
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(NO_ADAPTER, None)
+        for entry in list_adapters():
+            combo.addItem(f"{entry.name} ({entry.modality})", entry)
+        self._select_adapter_item(active)
+        combo.blockSignals(False)
+
+    def _select_adapter_item(self, name) -> None:
+        combo = self.ui.adapter
+        for i in range(combo.count()):
+            entry = combo.itemData(i)
+            if (entry is None and name is None) or (entry is not None and entry.name == name):
+                combo.setCurrentIndex(i)
+                return
+
+    def _on_adapter_choice(self, index: int) -> None:
+        if self.model is None:
+            return
+        entry = self.ui.adapter.itemData(index)
+        self._model_busy = True
+        workers.start(tasks.switch_adapter_task, self.model, entry,
+                      on_returned=self._adapter_switched, on_errored=self._adapter_failed,
+                      on_finished=self._model_finished, keep=self._workers)
+
+    def _adapter_switched(self, name) -> None:
+        self._request += 1
+        self.show_message(f"Adapter: {name or 'none (base model)'}.")
+        self._schedule_embedding()
+        self.schedule_preview()
+
+    def _adapter_failed(self, exc) -> None:
+        self._error(exc)
+        self.ui.adapter.blockSignals(True)
+        self._select_adapter_item(self.model.active_adapter if self.model is not None else None)
+        self.ui.adapter.blockSignals(False)
+
+    def _on_intensity(self, _index=None) -> None:
+        if self.predictor is not None:
+            self.predictor.intensity = self.intensity
+        self._request += 1
+        self._schedule_embedding()
+        self.schedule_preview()
+
+    # -- image and layers -----------------------------------------------------------------------------
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_image_choices(self, event=None) -> None:
+        combo = self.ui.image
+        current = combo.currentText()
+        names = [layer.name for layer in self._image_layers()]
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(names)
+        if current in names:
+            combo.setCurrentText(current)
+        combo.blockSignals(False)
+        if names and (self.image_layer is None or self.image_layer.name not in names):
+            self._on_image_choice()
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        for attr in ("points_layer", "shapes_layer", "preview_layer", "objects_layer"):
+            if getattr(self, attr) is layer:
+                setattr(self, attr, None)
+        if layer is self.image_layer:
+            self.image_layer = None
+            self.depth = 0
+        self._refresh_image_choices()
+        self._update_buttons()
+
+    def _on_image_choice(self, _index=None) -> None:
+        name = self.ui.image.currentText()
+        layer = next((lyr for lyr in self._image_layers() if lyr.name == name), None)
+        if layer is not None:
+            self.set_image_layer(layer)
+
+    def set_image_layer(self, layer) -> None:
+        """Segment ``layer``: check its shape, create/find the prompt, preview and objects layers."""
+        try:
+            depth = stack_depth(layer.data.shape, layer.rgb)
+        except MiniSamError as exc:
+            self.image_layer = None
+            self.depth = 0
+            self._update_buttons()
+            self._error(exc)
+            return
+        self.image_layer, self.depth = layer, depth
+        if self.ui.image.currentText() != layer.name:
+            self.ui.image.blockSignals(True)
+            self.ui.image.setCurrentText(layer.name)
+            self.ui.image.blockSignals(False)
+        self._ensure_layers()
+        self._painted_z = None
+        self._last_z = self.current_z()
+        self.show_message(f"Segmenting {layer.name!r}" + (" (3D: prompts act on the slice in view)." if depth
+                                                           else "."))
+        self._update_buttons()
+        self._schedule_embedding()
+        self.schedule_preview()
+
+    def _ensure_layers(self) -> None:
+        image = self.image_layer
+        shape = L.spatial_shape(image)
+        created = []
+
+        def reuse(role, make, fits):
+            layer = L.find_layer(self.viewer, role, image)
+            if layer is not None and fits(layer):
+                return layer
+            layer = make(image)
+            self.viewer.add_layer(layer)
+            created.append(layer)
+            return layer
+
+        self.objects_layer = reuse("objects", L.make_objects_layer, lambda lyr: lyr.data.shape == shape)
+        self.preview_layer = reuse("preview", L.make_preview_layer, lambda lyr: lyr.data.shape == shape)
+        self.points_layer = reuse("points", L.make_points_layer, lambda lyr: lyr.ndim == len(shape))
+        self.shapes_layer = reuse("box", L.make_shapes_layer, lambda lyr: lyr.ndim == len(shape))
+        for layer in (self.points_layer, self.shapes_layer):
+            layer.events.data.connect(self._on_prompts_changed)
+            layer.bind_key("c", lambda _layer: self.commit(), overwrite=True)
+        self.points_layer.bind_key("n", lambda _layer: self.toggle_negative(), overwrite=True)
+        self.points_layer.events.features.connect(self._on_prompts_changed)
+        if created:
+            self.activate_box_mode()  # LiteMedSAM is box-trained: drawing a box is the first thing to do
+
+    @property
+    def editor(self) -> LabelEditor | None:
+        if self.objects_layer is None:
+            return None
+        return self._editors.setdefault(id(self.objects_layer), LabelEditor())
+
+    def current_z(self) -> int | None:
+        """Index of the slice in view (``None`` for a 2D image)."""
+        if not self.depth or self.image_layer is None:
+            return None
+        data_pos = self.image_layer.world_to_data(self.viewer.dims.point)
+        z = int(round(float(data_pos[0])))
+        return int(np.clip(z, 0, self.image_layer.data.shape[0] - 1))
+
+    def current_plane(self):
+        return plane(self.image_layer.data, self.current_z())
+
+    def _on_slice_changed(self, event=None) -> None:
+        if self.depth and self.image_layer is not None:
+            z = self.current_z()
+            if z != self._last_z:
+                self._last_z = z
+                self._request += 1
+                self._schedule_embedding()
+                self.schedule_preview()
+
+    # -- prompts --------------------------------------------------------------------------------------
+    def activate_box_mode(self) -> None:
+        if self.shapes_layer is not None:
+            self.viewer.layers.selection.active = self.shapes_layer
+            self.shapes_layer.mode = "add_rectangle"
+
+    def activate_point_mode(self) -> None:
+        if self.points_layer is not None:
+            self.viewer.layers.selection.active = self.points_layer
+            self.points_layer.mode = "add"
+
+    def toggle_negative(self) -> None:
+        self.ui.negative.setChecked(not self.ui.negative.isChecked())
+
+    def _on_negative_toggled(self, negative: bool) -> None:
+        if self.points_layer is not None:
+            L.set_polarity_default(self.points_layer, negative)
+            if L.flip_selected_polarity(self.points_layer):
+                self.schedule_preview()
+
+    def current_prompts(self):
+        pts, shp = self.points_layer, self.shapes_layer
+        polarities = pts.features[PROMPT_FEATURE].tolist() if pts is not None and len(pts.data) else None
+        return slice_prompts(
+            pts.data if pts is not None else None, polarities,
+            shp.data if shp is not None else (), shp.shape_type if shp is not None else (),
+            self.current_z())
+
+    def clear_prompts(self) -> None:
+        z = self.current_z()
+        for layer in (self.points_layer, self.shapes_layer):
+            if layer is not None:
+                L.remove_on_slice(layer, z)
+        self.schedule_preview()
+
+    def _on_prompts_changed(self, event=None) -> None:
+        action = getattr(event, "action", None)
+        if action is not None and str(getattr(action, "value", action)) in ("adding", "removing"):
+            return  # the data has not changed yet
+        self.schedule_preview()
+
+    # -- preview --------------------------------------------------------------------------------------
+    def schedule_preview(self) -> None:
+        """Ask for a new preview; bursts of requests collapse into one model call."""
+        self._request += 1
+        if workers.run_synchronously():
+            self._start_preview()
+        else:
+            self._preview_timer.start()
+
+    def _start_preview(self) -> None:
+        if self.predictor is None or self.image_layer is None or self.points_layer is None:
+            return
+        if self._preview_running:
+            self._preview_pending = True  # run again with the newest prompts when this one ends
+            return
+        prompts = self.current_prompts()
+        if prompts.is_empty:
+            self._paint_preview(None)
+            return
+        self._preview_pending = False
+        self._preview_running = True
+        z = self.current_z()
+        workers.start(tasks.preview_task, self.predictor, self.current_plane(), self.intensity, prompts,
+                      self._request, z, on_yielded=self._on_embedding_started,
+                      on_returned=self._on_preview, on_errored=self._preview_failed,
+                      on_finished=self._preview_finished, keep=self._workers)
+
+    def _on_preview(self, result: tasks.PreviewResult) -> None:
+        if result.request != self._request:
+            return  # the prompts, slice or model changed while this was computed
+        self._paint_preview(result)
+        if self._commit_when_ready:
+            self._commit_when_ready = False
+            self.commit()
+
+    def _preview_failed(self, exc) -> None:
+        self._commit_when_ready = False
+        self._error(exc)
+
+    def _preview_finished(self) -> None:
+        self._preview_running = False
+        self._hide_embedding_progress()
+        if self._preview_pending:
+            self._preview_pending = False
+            self._start_preview()
+
+    def _paint_preview(self, result) -> None:
+        layer = self.preview_layer
+        self.preview = result
+        if layer is None:
+            return
+        data = layer.data
+        if self._painted_z is not None or not self.depth:
+            if self.depth and self._painted_z < len(data):
+                data[self._painted_z] = 0
+            elif not self.depth:
+                data[...] = 0
+        if result is not None:
+            if result.z is None:
+                data[...] = result.mask
+            else:
+                data[result.z] = result.mask
+            self._painted_z = result.z
+        layer.refresh()
+        self.previews_painted += 1
+
+    # -- embedding ------------------------------------------------------------------------------------
+    def _schedule_embedding(self) -> None:
+        if self.predictor is None or self.image_layer is None:
+            return
+        if self._embed_running:
+            self._embed_pending = True
+            return
+        self._embed_pending = False
+        self._embed_running = True
+        workers.start(tasks.embed_task, self.predictor, self.current_plane(), self.intensity, self.current_z(),
+                      on_yielded=self._on_embedding_started, on_errored=self._error,
+                      on_finished=self._embedding_finished, keep=self._workers)
+
+    def _on_embedding_started(self, info) -> None:
+        _, z = info
+        self.ui.embed_progress.setFormat("embedding slice %d…" % z if z is not None else "embedding image…")
+        self.ui.embed_progress.setVisible(True)
+
+    def _embedding_finished(self) -> None:
+        self._embed_running = False
+        if self._embed_pending:
+            self._schedule_embedding()
+        else:
+            self._hide_embedding_progress()
+
+    def _hide_embedding_progress(self) -> None:
+        if not (self._embed_running or self._preview_running):
+            self.ui.embed_progress.setVisible(False)
+
+    # -- objects --------------------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Write the preview into the objects layer as the next free label id."""
+        if self.objects_layer is None:
+            self.show_message("Pick an image layer first.", error=True)
+            return
+        if self.preview is None or self.preview.request != self._request:
+            if not self.current_prompts().is_empty and (self._preview_running or self._preview_timer.isActive()
+                                                         or self._preview_pending):
+                self._commit_when_ready = True  # commit the preview of the newest prompts when it lands
+                return
+            self.show_message("Nothing to commit: draw a box or click points first.", error=True)
+            return
+        result = self.preview
+        edit = self.editor.commit(self.objects_layer.data, result.mask, result.z,
+                                  overwrite=self.ui.overwrite.isChecked())
+        self.objects_layer.selected_label = edit.label_id
+        self.objects_layer.refresh()
+        where = f" on slice {result.z}" if result.z is not None else ""
+        kept = "" if edit.pixels == int(result.mask.sum()) else " (other objects kept)"
+        self.show_message(f"Committed object {edit.label_id}{where}: {edit.pixels} px{kept}.")
+        self.clear_prompts()
+        self._update_buttons()
+
+    def undo(self) -> None:
+        editor = self.editor
+        if editor is not None and (edit := editor.undo(self.objects_layer.data)) is not None:
+            self.objects_layer.refresh()
+            self.show_message(f"Undid {edit.description} of object {edit.label_id}.")
+        self._update_buttons()
+
+    def redo(self) -> None:
+        editor = self.editor
+        if editor is not None and (edit := editor.redo(self.objects_layer.data)) is not None:
+            self.objects_layer.refresh()
+            self.show_message(f"Redid {edit.description} of object {edit.label_id}.")
+        self._update_buttons()
+
+    # -- 3D propagation -------------------------------------------------------------------------------
+    def _object_to_propagate(self, z: int):
+        labels = self.objects_layer.data[z]
+        candidates = [self.objects_layer.selected_label]
+        if self.editor.undo_stack:
+            candidates.append(self.editor.undo_stack[-1].label_id)
+        for label_id in candidates:
+            if label_id and (labels == label_id).any():
+                return int(label_id)
+        return None
+
+    def propagate(self) -> None:
+        """Segment the object committed on the slice in view up and down through the stack."""
+        if self.depth != 1 or self.objects_layer is None:
+            self.show_message("Propagation needs a 3D (Z, Y, X) image.", error=True)
+            return
+        if self.predictor is None:
+            self.show_message("The model is still loading.", error=True)
+            return
+        z = self.current_z()
+        label_id = self._object_to_propagate(z)
+        if label_id is None:
+            self.show_message(f"No committed object on slice {z}: commit one here (or select its label in "
+                              "the objects layer) before propagating.", error=True)
+            return
+        start_mask = self.objects_layer.data[z] == label_id
+        self.editor.commit(self.objects_layer.data, np.zeros_like(start_mask), z, label_id=label_id,
+                           description="propagation")  # an empty step that the slices extend: one undo
+        ui = self.ui
+        ui.propagate_progress.setRange(0, 1)
+        ui.propagate_progress.setValue(0)
+        ui.propagate_progress.setVisible(True)
+        ui.cancel.setEnabled(True)
+        self._propagated = []
+        self._propagation = workers.start(
+            tasks.propagate_task, self.predictor, self.image_layer.data, self.intensity, z, start_mask,
+            ui.max_slices.value() or None,
+            on_yielded=lambda step: self._on_propagation_step(step, label_id),
+            on_returned=self._on_propagation_done, on_errored=self._error,
+            on_finished=self._propagation_finished, keep=self._workers)
+        if workers.run_synchronously():
+            self._propagation_finished()  # the inline run ended before start() returned
+        self._update_buttons()
+
+    def _on_propagation_step(self, step, label_id: int) -> None:
+        self.editor.commit(self.objects_layer.data, step.mask, step.z, label_id=label_id,
+                           overwrite=self.ui.overwrite.isChecked(), extend=True)
+        self._propagated.append(step.z)
+        self.objects_layer.refresh()
+        self.ui.propagate_progress.setRange(0, step.total)
+        self.ui.propagate_progress.setValue(step.done)
+        self.show_message(f"Propagating: slice {step.z} done ({len(self._propagated)} slices).")
+
+    def _on_propagation_done(self, result) -> None:
+        reasons = "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in sorted(result.stopped.items()))
+        slices = sorted(self._propagated)
+        span = f"slices {slices[0]}–{slices[-1]}" if slices else "no new slice"
+        self.show_message(f"Propagated to {len(slices)} slices ({span}). Stopped {reasons}.")
+
+    def cancel_propagation(self) -> None:
+        if self._propagation is not None:
+            self._propagation.quit()
+            self.show_message(f"Propagation cancelled after {len(self._propagated)} slices "
+                              "(those stay; Undo removes them).")
+
+    def _propagation_finished(self) -> None:
+        self._propagation = None
+        self.ui.cancel.setEnabled(False)
+        self.ui.propagate_progress.setVisible(False)
+        self._update_buttons()

@@ -1,0 +1,39 @@
+"""npe2 writer: a labels layer -> a (zlib-compressed) TIFF that keeps the integer ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
+    """Save one labels layer as TIFF with tifffile; returns ``[path]`` as npe2 expects.
+
+    2D labels become one page, 3D stacks one page per slice. The smallest unsigned dtype that holds the
+    ids is used; the layer's scale goes into the ImageJ metadata so Fiji shows the voxel size.
+    """
+    import tifffile
+
+    labels = np.asarray(data)
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels hold negative ids; TIFF labels must be >= 0")
+    top = int(labels.max()) if labels.size else 0
+    dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
+    out = Path(path)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        out = out.with_suffix(".tif")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scale = list(meta.get("scale", [])) if meta else []
+    kwargs = {}
+    if dtype != np.uint32 and len(scale) >= 2:
+        # ImageJ hyperstack metadata carries the pixel size (and the slice spacing for stacks).
+        kwargs = {"imagej": True, "resolution": (1.0 / scale[-1], 1.0 / scale[-2]),
+                  "metadata": {"axes": "ZYX" if labels.ndim == 3 else "YX",
+                               **({"spacing": scale[-3]} if labels.ndim == 3 and len(scale) >= 3 else {})}}
+    else:
+        kwargs = {"compression": "zlib"}
+    tifffile.imwrite(out, labels.astype(dtype, copy=False), **kwargs)
+    return [str(out)]

@@ -1,0 +1,200 @@
+"""Slice-wise 3D: which arrays can be segmented, one plane of a stack, and propagation of an object.
+
+Qt-free: the napari widget runs :func:`propagate` in a worker and applies each step as it arrives, and the
+tests run it directly. Coordinates are (x, y) like the predictor; masks are ``(H, W)`` bool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+
+def stack_depth(shape: tuple, rgb: bool = False) -> int:
+    """How many leading slice axes an image of ``shape`` has (0 for a 2D slice, 1 for a 3D stack).
+
+    Raises:
+        InputError: for shapes the slice-wise model cannot take (RGB stacks, 4D and more, 1D).
+    """
+    spatial = len(shape) - (1 if rgb else 0)
+    if rgb and spatial == 2:
+        return 0
+    if rgb:
+        raise InputError(
+            f"RGB image stacks (shape {tuple(shape)}) are not supported; convert the stack to grey "
+            "(one channel) first, or open one RGB slice as a 2D image."
+        )
+    if spatial == 2:
+        return 0
+    if spatial == 3:
+        return 1
+    if spatial > 3:
+        raise InputError(
+            f"Image has {spatial} dimensions (shape {tuple(shape)}); the model segments 2D slices of a 2D "
+            "image or of a 3D (Z, Y, X) stack. Split channels/time points into separate layers first."
+        )
+    raise InputError(f"Image of shape {tuple(shape)} is not an image; it needs at least 2 dimensions.")
+
+
+def plane(data, z: int | None) -> np.ndarray:
+    """The 2D plane ``z`` of a stack (or the image itself when ``z`` is None) as an in-memory array."""
+    arr = data if z is None else data[int(z)]
+    return np.asarray(arr)
+
+
+def box_from_mask(mask: np.ndarray, margin: float = 0.1, min_margin: int = 3) -> np.ndarray | None:
+    """Tight (x0, y0, x1, y1) box of ``mask`` grown by ``margin`` × its size (at least ``min_margin`` px).
+
+    The margin lets the next slice's object grow a little past this slice's outline; the result is clipped
+    to the image. ``None`` when the mask is empty.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    h, w = mask.shape
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    mx = max(min_margin, margin * (x1 - x0 + 1))
+    my = max(min_margin, margin * (y1 - y0 + 1))
+    return np.array([max(0, x0 - mx), max(0, y0 - my), min(w - 1, x1 + mx), min(h - 1, y1 + my)], np.float32)
+
+
+@dataclass
+class PropagationStep:
+    """One slice segmented during propagation."""
+
+    z: int
+    mask: np.ndarray
+    score: float
+    done: int  # slices visited so far (for progress bars)
+    total: int  # slices that could be visited at most
+
+
+@dataclass
+class PropagationResult:
+    """Why each direction stopped, and which slices got a mask."""
+
+    slices: list[int] = field(default_factory=list)
+    stopped: dict[int, str] = field(default_factory=dict)  # direction (+1/-1) -> reason
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """When propagation stops going further in one direction.
+
+    Attributes:
+        min_area: the mask "vanishes" below this many pixels.
+        collapse_ratio: the mask "collapses" when it shrinks below this fraction of its neighbour's area.
+        max_growth: the mask "leaks" into surrounding tissue when it grows past this multiple of its
+            neighbour's area (a box prompt always returns something, often the whole box).
+        min_score: the model's own predicted IoU below which its mask is not trusted.
+    """
+
+    min_area: int = 20
+    collapse_ratio: float = 0.25
+    max_growth: float = 2.5
+    min_score: float = 0.0
+
+    def reason_to_stop(self, area: int, previous_area: int, score: float) -> str | None:
+        if area < self.min_area:
+            return f"mask vanished ({area} px)"
+        if area < self.collapse_ratio * previous_area:
+            return f"mask collapsed ({area} px after {previous_area} px)"
+        if area > self.max_growth * previous_area:
+            return f"mask leaked ({area} px after {previous_area} px)"
+        if score < self.min_score:
+            return f"low model confidence ({score:.2f})"
+        return None
+
+
+SegmentSlice = Callable[[int, np.ndarray], tuple]  # (z, box xyxy) -> (mask (H, W) bool, score)
+
+
+def propagate(
+    segment_slice: SegmentSlice,
+    start_z: int,
+    start_mask: np.ndarray,
+    depth: int,
+    *,
+    margin: float = 0.1,
+    rules: StopRules = StopRules(),
+    max_slices: int | None = None,
+    directions=(1, -1),
+) -> Iterator[PropagationStep]:
+    """Segment one object slice by slice away from ``start_z`` (up, then down).
+
+    Each slice is prompted with the box of its neighbour's mask plus ``margin``; a direction ends at the
+    stack's edge or where :class:`StopRules` says the mask vanished, collapsed or leaked (that slice is
+    not yielded). A generator, so a worker can report progress and be cancelled between slices.
+
+    Args:
+        segment_slice: ``(z, box) -> (mask, score)``; e.g. a :class:`SliceSegmenter`.
+        start_z: the slice holding the committed object.
+        start_mask: its ``(H, W)`` mask.
+        depth: number of slices in the stack.
+        max_slices: at most this many slices per direction (``None``: until a stop rule or the edge).
+
+    Yields:
+        :class:`PropagationStep` per accepted slice. The generator's return value is a
+        :class:`PropagationResult`.
+    """
+    start_mask = np.asarray(start_mask, bool)
+    if not start_mask.any():
+        raise InputError(f"There is no object on slice {start_z} to propagate; commit one there first.")
+    if not 0 <= start_z < depth:
+        raise InputError(f"Slice {start_z} is outside the stack of {depth} slices.")
+    result = PropagationResult()
+    total = sum(
+        min(max_slices or depth, depth - 1 - start_z if d > 0 else start_z) for d in directions
+    )
+    done = 0
+    for direction in directions:
+        previous = start_mask
+        z = start_z + direction
+        while True:
+            if not 0 <= z < depth:
+                result.stopped[direction] = "edge of the stack"
+                break
+            if max_slices is not None and abs(z - start_z) > max_slices:
+                result.stopped[direction] = f"{max_slices} slices done"
+                break
+            box = box_from_mask(previous, margin)
+            mask, score = segment_slice(z, box)
+            mask = np.asarray(mask, bool)
+            done += 1
+            reason = rules.reason_to_stop(int(mask.sum()), int(previous.sum()), float(score))
+            if reason:
+                result.stopped[direction] = f"{reason} at slice {z}"
+                break
+            result.slices.append(z)
+            yield PropagationStep(z, mask, float(score), done, total)
+            previous = mask
+            z += direction
+    return result
+
+
+class SliceSegmenter:
+    """``(z, box) -> (mask, score)`` on a stack with a predictor (embeddings come from its cache)."""
+
+    def __init__(self, predictor, stack, intensity: str | None = None):
+        self.predictor = predictor
+        self.stack = stack
+        self.intensity = intensity
+
+    def __call__(self, z: int, box: np.ndarray):
+        self.predictor.set_image(plane(self.stack, z), intensity=self.intensity)
+        masks, scores, _ = self.predictor.predict(box=box, multimask=False)
+        return masks[0], float(scores[0])
+
+
+def run_propagation(generator) -> tuple[list[PropagationStep], PropagationResult]:
+    """Drain a :func:`propagate` generator (scripts and tests); returns its steps and its result."""
+    steps = []
+    while True:
+        try:
+            steps.append(next(generator))
+        except StopIteration as stop:
+            return steps, stop.value

@@ -1,0 +1,92 @@
+"""MedSegLoss, training prompt sampling and modality -> dataset selection (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from minisam_train.data import DataError
+from minisam_train.training.adapt_data import datasets_for_modality
+from minisam_train.training.losses import MedSegLoss
+from minisam_train.training.prompt_sampling import PromptSampler, PromptSamplingConfig, jitter_box, tight_box
+
+
+def _disc(size=64, r=10, cx=30, cy=28):
+    yy, xx = np.mgrid[:size, :size]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+
+
+def test_medseg_loss_prefers_right_mask_and_takes_best_candidate():
+    target = torch.from_numpy(_disc())[None]
+    good = torch.where(target, 8.0, -8.0)[None]          # (1, 1, H, W)
+    bad = -good
+    loss = MedSegLoss()
+    assert loss(good, target).total < 0.05 < loss(bad, target).total
+    both = torch.cat([bad, good], dim=1)                 # (1, 2, H, W): best candidate counts
+    assert float(loss(both, target).total) == pytest.approx(float(loss(good, target).total))
+    # the IoU head is pushed towards the real IoU of each candidate (1 for good, 0 for bad)
+    right = loss(both, target, iou_pred=torch.tensor([[0.0, 1.0]])).iou
+    wrong = loss(both, target, iou_pred=torch.tensor([[1.0, 0.0]])).iou
+    assert right < 1e-6 < 0.9 < wrong
+
+
+def test_medseg_loss_rejects_bad_shapes_and_weights():
+    with pytest.raises(ValueError):
+        MedSegLoss()(torch.zeros(2, 8, 8), torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError):
+        MedSegLoss(bce_weight=0, dice_weight=0)
+
+
+@pytest.mark.parametrize("mode", ["box", "points", "box_points"])
+def test_prompt_sampler_modes(mode):
+    masks = np.stack([_disc(), _disc(cx=45, cy=45, r=6)])
+    sampler = PromptSampler(PromptSamplingConfig(mix={mode: 1.0}, box_jitter=0.1, neg_prob=1.0))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        b = sampler.sample(masks, rng)
+        assert b.mode == mode and b.multimask == (mode != "box")
+        if "box" in mode:
+            assert b.boxes.shape == (2, 4)
+            assert (b.boxes[:, 2] > b.boxes[:, 0]).all() and (b.boxes >= 0).all() and (b.boxes < 64).all()
+        else:
+            assert b.boxes is None
+        if "points" in mode:
+            assert b.points.shape[:2] == b.labels.shape and b.points.shape[0] == 2
+            for m, pts, labs in zip(masks, b.points.numpy(), b.labels.numpy()):
+                x, y = pts[:, 0].astype(int), pts[:, 1].astype(int)
+                assert labs[0] == 1                                     # always a positive first
+                assert m[y[labs == 1], x[labs == 1]].all()               # positives inside (disc is convex)
+                assert not m[y[labs == 0], x[labs == 0]].any()           # negatives outside
+                assert set(np.unique(labs)) <= {-1, 0, 1}                # -1 pads shorter prompts
+        else:
+            assert b.points is None
+
+
+def test_prompt_mix_is_mixed_and_validated():
+    sampler = PromptSampler(PromptSamplingConfig(mix={"box": 1, "points": 1}))
+    rng = np.random.default_rng(1)
+    modes = {sampler.sample(_disc()[None], rng).mode for _ in range(30)}
+    assert modes == {"box", "points"}
+    with pytest.raises(ValueError, match="unknown mode"):
+        PromptSamplingConfig(mix={"scribble": 1})
+
+
+def test_jitter_box_stays_valid():
+    rng = np.random.default_rng(0)
+    box = tight_box(_disc())
+    for _ in range(50):
+        j = jitter_box(box, 0.5, rng, 64)
+        assert 0 <= j[0] < j[2] <= 63 and 0 <= j[1] < j[3] <= 63
+
+
+def test_modality_map_picks_datasets(shared_data):
+    roots = [shared_data / "cosmos_sample", shared_data / "cosmos_extra"]
+    assert datasets_for_modality(roots, "ct") == ["6_Pancreas", "90_LungTumour"]
+    assert "22_Heart" in datasets_for_modality(roots, "MRI")
+    with pytest.raises(DataError, match="Unknown modality 'xray'.*ct"):
+        datasets_for_modality(roots, "xray")
+    with pytest.raises(DataError, match="No labelled ultrasound"):
+        datasets_for_modality(roots, "us")
+    with pytest.raises(DataError, match="not 'ct' data"):
+        datasets_for_modality(roots, "ct", datasets=["22_Heart"])

@@ -1,0 +1,173 @@
+"""minisam-train distill on tiny random teachers and students (CPU, seconds).
+
+The tiny teachers get a real (std 0.02) encoder init and are saved with save_pretrained, because
+transformers initialises a random SAM encoder to ~0 (every embedding would be zero and there would be
+nothing to distil).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minisam_train.cli import compose
+
+
+def _images(folder, n=3, seed=0):
+    import imageio.v3 as iio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:96, :128]
+    for i in range(n):
+        img = rng.integers(0, 40, (96, 128)).astype(np.uint8)
+        cy, cx, r = rng.integers(30, 60), rng.integers(30, 90), rng.integers(12, 25)
+        img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] += 180
+        iio.imwrite(folder / f"slice_{i}.png", img)
+        iio.imwrite(folder / f"slice_{i}_label.png", ((y - cy) ** 2 + (x - cx) ** 2 < r * r).astype(np.uint8))
+    return folder
+
+
+def _teacher_dir(path, spec):
+    from napari_qlora_minisam.models.registry import build_random_hf_sam
+
+    from minisam_train.training.student import init_vision_encoder
+
+    net = build_random_hf_sam(spec)
+    init_vision_encoder(net, seed=123)
+    net.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    return {"root": root, "images": _images(root / "images"),
+            "teacher": _teacher_dir(root / "teacher", "tiny_hf_sam")}
+
+
+def _cfg(setup, out, *extra, cache="cache", teacher=None, student="tiny_hf_sam_small"):
+    return compose("distill", [
+        f"teacher.source={teacher or setup['teacher']}", f"student.source={student}",
+        f"data.folders=[{setup['images']}]", "data.cosmos_roots=[]", "data.exclude_split_file=null",
+        f"cache.dir={setup['root'] / cache}", f"output_dir={setup['root'] / out}",
+        "train.batch_size=1", "train.lr=3e-3", "train.log_every=1", "logging.progress=false",
+        "logging.tensorboard=false", "prompts.per_image=1", "prompts.proposals=4", *extra])
+
+
+def _run(cfg):
+    from minisam_train.tasks.distill import run
+
+    return run(cfg)
+
+
+def test_loss_falls_and_output_loads(setup):
+    summary = _run(_cfg(setup, "falls", "train.steps=8", "train.checkpoint_every=100"))
+    losses = [h["loss"] for h in summary["history"]]
+    assert len(losses) == 8
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    # The output is a plain save_pretrained folder that load_model and the predictor use.
+    from napari_qlora_minisam import MiniSamPredictor, load_model
+
+    backend = load_model(str(setup["root"] / "falls"), device="cpu")
+    assert backend.kind == "hf" and backend.spec.image_size == 256
+    pred = MiniSamPredictor(backend)
+    pred.set_image(np.random.default_rng(0).integers(0, 255, (96, 128)).astype(np.uint8))
+    masks, _, _ = pred.predict(box=np.array([20, 20, 80, 70], dtype=np.float32), multimask=False)
+    assert masks.shape == (1, 96, 128)
+    rows = (setup["root"] / "falls" / "logs" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 9
+
+
+def test_teacher_runs_once_per_image_and_later_epochs_read_the_cache(setup, monkeypatch):
+    from minisam_train.training import teacher_cache
+
+    first = _run(_cfg(setup, "epochs", "train.epochs=2", "data.max_slices=2", cache="cache_epochs"))
+    n = first["slices_used"]
+    assert n == 2 and first["steps"] == 2 * n  # two epochs, batch 1
+    assert first["cache"]["computed"] == n and first["cache"]["teacher_encode_calls"] == n
+    # Two epochs read every slice twice from disk, the teacher saw each once.
+    assert first["cache_read_seconds_per_slice"] >= 0
+
+    # A new run on the same cache never builds or calls the teacher: make loading it an error.
+    def no_teacher(*a, **k):
+        raise AssertionError("the teacher was called although its outputs are cached")
+
+    monkeypatch.setattr(teacher_cache.CountingTeacher, "encode", no_teacher)
+    monkeypatch.setattr("napari_qlora_minisam.load_model", no_teacher)
+    second = _run(_cfg(setup, "epochs2", "train.epochs=2", "data.max_slices=2", cache="cache_epochs"))
+    assert second["cache"]["computed"] == 0 and second["cache"]["reused"] == n
+    assert second["cache"]["teacher_encode_calls"] == 0
+
+
+def test_resume_equals_uninterrupted_run(setup):
+    common = ("train.steps=4", "train.checkpoint_every=2", "train.grad_accum=2", "data.max_slices=2")
+    _run(_cfg(setup, "straight", *common, cache="cache_resume"))
+    part = _run(_cfg(setup, "resumed", *common, "train.stop_after=3", cache="cache_resume"))
+    assert part["stopped_early"] and part["steps"] == 3
+    assert not (setup["root"] / "resumed" / "model.safetensors").exists()
+    done = _run(_cfg(setup, "resumed", *common, cache="cache_resume"))
+    assert done["resumed_from_step"] == 2  # the last checkpoint before the interruption
+    a = load_file(str(setup["root"] / "straight" / "model.safetensors"))
+    b = load_file(str(setup["root"] / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert [h["step"] for h in done["history"]] == [1, 2, 3, 4]
+
+
+def test_vit_h_to_vit_b_recipe_on_tiny_shapes(setup):
+    """The GPU recipe (ViT-H teacher, ViT-B student, 1024² both) end to end, plus a 1024 -> 256 student."""
+    teacher = _teacher_dir(setup["root"] / "teacher_h", "tiny_vit_h_shape")
+    s = _run(_cfg(setup, "h2b", "train.steps=1", "data.max_slices=1",
+                  cache="cache_h", teacher=teacher, student="tiny_vit_b_shape"))
+    assert s["steps"] == 1 and np.isfinite(s["history"][-1]["loss"])
+    cfg = json.loads((setup["root"] / "h2b" / "config.json").read_text())
+    assert cfg["vision_config"]["image_size"] == 1024 and cfg["vision_config"]["hidden_size"] == 32
+    # Different input sizes and grids (1024²/64x64 teacher, 256²/16x16 student) on the same cache.
+    s = _run(_cfg(setup, "h2small", "train.steps=1", "data.max_slices=1",
+                  cache="cache_h", teacher=teacher, student="tiny_hf_sam_small"))
+    assert s["cache"]["computed"] == 0 and np.isfinite(s["history"][-1]["loss"])
+
+
+def test_litemedsam_decoder_maps_into_the_student(litemedsam):
+    """The student's HF decoder, started from LiteMedSAM's, gives LiteMedSAM's masks on the same embedding."""
+    from minisam_train.training.student import build_student_net, init_decoder_from_teacher
+
+    student = build_student_net("minisam_student_256").eval()
+    assert init_decoder_from_teacher(student, litemedsam) > 100
+    emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    box = torch.tensor([[40.0, 50.0, 150.0, 170.0]])
+    with torch.no_grad():
+        ref, _ = litemedsam.decode(emb, boxes=box, multimask=False)
+        out = student(image_embeddings=emb, input_boxes=box[None], multimask_output=False).pred_masks[0]
+    torch.testing.assert_close(out, ref, rtol=0, atol=5e-3)  # fp32 op-order noise only
+
+
+def test_folder_reader_lists_slices_skips_labels_and_test_split(tmp_path, shared_data):
+    import tifffile
+
+    from minisam_train.data.unlabelled import SliceReader, gather_slices
+
+    _images(tmp_path / "imgs", n=2)
+    vol = np.random.default_rng(0).integers(-1000, 1000, (5, 32, 40)).astype(np.int16)
+    tifffile.imwrite(tmp_path / "imgs" / "ct_image.tif", vol)
+    tifffile.imwrite(tmp_path / "imgs" / "ct_label.tif", (vol > 0).astype(np.uint8))
+    items = gather_slices([tmp_path / "imgs"], volume_stride=2)
+    names = sorted(it.key.split("/")[-1] for it in items)
+    assert names == ["ct_image.tif#z0", "ct_image.tif#z2", "ct_image.tif#z4", "slice_0.png", "slice_1.png"]
+    z2 = next(it for it in items if it.slice_index == 2)
+    img = SliceReader().image(z2)
+    assert img.shape == (32, 40) and img.dtype == np.uint8  # per-volume min-max to uint8
+    assert len(gather_slices([tmp_path / "imgs"], exclude=["ct_"])) == 2
+
+    splits = json.loads((shared_data / "splits.json").read_text())
+    cosmos = gather_slices([], [shared_data / "cosmos_sample"], exclude_split_file=shared_data / "splits.json")
+    used = {it.path.name for it in cosmos}
+    test = set(splits["22_Heart"]["test"]) | set(splits["6_Pancreas"]["test"])
+    assert used and not used & test
+    assert all(it.label_path is not None for it in cosmos)
