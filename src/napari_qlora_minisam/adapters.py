@@ -115,12 +115,15 @@ def add_lora(backend, name: str, r: int = 8, alpha: int = 16, dropout: float = 0
                         target_modules=lora_target_names(backend, target_modules, parts), bias="none")
     for p in backend.net.parameters():
         p.requires_grad_(False)
+    training = backend.net.training
     if backend.peft_model is None:
         backend.peft_model = get_peft_model(backend.net, config, adapter_name=name)
     else:
         if name in backend.peft_model.peft_config:
             raise AdapterError(f"An adapter named {name!r} is already attached; pick another name.")
         backend.peft_model.add_adapter(name, config)
+    # New LoRA modules start in train mode (dropout on) inside an eval network: keep the network's mode.
+    backend.peft_model.train(training)
     backend.trainable_adapters.add(name)
     backend.adapter_info.setdefault(name, {"name": name})
     set_adapter(backend, name)

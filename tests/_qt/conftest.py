@@ -1,36 +1,17 @@
-"""GUI test helpers: open the widget through the manifest, wait for its workers with qtbot."""
+"""GUI fixtures: the widget opened through the manifest in a napari viewer (pytest-qt, Xvfb)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-# Under Xvfb with 5 other jobs on 2 cores an embedding can take 10 s; these are ceilings, not timings.
-MODEL_TIMEOUT_MS = 300_000
-STEP_TIMEOUT_MS = 120_000
-
-
-def add_sample(viewer, sample_fn):
-    layers = []
-    for data, kwargs, kind in sample_fn():
-        layers.append(getattr(viewer, f"add_{kind}")(data, **kwargs))
-    return layers
-
-
-def wait_idle(qtbot, widget, timeout=STEP_TIMEOUT_MS):
-    qtbot.waitUntil(lambda: widget.is_idle, timeout=timeout)
-
-
-def wait_preview(qtbot, widget, painted_before, timeout=STEP_TIMEOUT_MS):
-    """Until a preview newer than ``painted_before`` is on screen and nothing is queued."""
-    qtbot.waitUntil(lambda: widget.previews_painted > painted_before and widget.is_idle, timeout=timeout)
+from tests._qt.helpers import MODEL_TIMEOUT_MS, add_sample, wait_idle
 
 
 @pytest.fixture
 def open_widget(make_napari_viewer, qtbot):
-    """``open_widget(sample_fn, model=None)`` -> (viewer, widget, layers), widget opened via the manifest."""
+    """``open_widget(sample_fn)`` -> (viewer, widget, layers); the widget is opened via the manifest."""
 
-    def _open(sample_fn=None, model=None, monkeypatch=None):
+    def _open(sample_fn=None):
         viewer = make_napari_viewer()
         layers = add_sample(viewer, sample_fn) if sample_fn else []
         _, widget = viewer.window.add_plugin_dock_widget("napari-qlora-minisam", "MiniSAM segmentation")
@@ -38,9 +19,3 @@ def open_widget(make_napari_viewer, qtbot):
         return viewer, widget, layers
 
     yield _open
-
-
-def dice(a, b):
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else 2.0 * (a & b).sum() / s

@@ -7,7 +7,7 @@ import pytest
 
 from napari_qlora_minisam._sample_data import heart_mri, lung_ct_volume
 from napari_qlora_minisam.prompts import NEGATIVE, PROMPT_FEATURE, box_to_rectangle, xy_to_rc
-from tests._qt.conftest import MODEL_TIMEOUT_MS, dice, wait_idle, wait_preview
+from tests._qt.helpers import MODEL_TIMEOUT_MS, dice, wait_idle, wait_preview
 from tests.conftest import tight_box
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_qlora_minisam.prompts import box_to_rectangle
-from tests._qt.conftest import MODEL_TIMEOUT_MS, wait_idle, wait_preview
+from tests._qt.helpers import MODEL_TIMEOUT_MS, wait_idle, wait_preview
 
 pytestmark = [pytest.mark.gui]
 
@@ -85,3 +85,37 @@ def test_synchronous_switch_runs_inline(tiny_widget, qtbot, monkeypatch):
     assert widget.previews_painted > before and widget.preview is not None  # no waiting needed
     widget.commit()
     assert widget.objects_layer.data.any()
+
+
+def test_polarity_toggle_affects_next_clicks_and_shift_n_flips_selected(tiny_widget, qtbot):
+    from napari_qlora_minisam.prompts import NEGATIVE, POSITIVE, PROMPT_FEATURE
+
+    viewer, widget, _ = tiny_widget
+    widget.set_image_layer(viewer.add_image(np.random.rand(40, 50), name="img"))
+    wait_idle(qtbot, widget)
+    points = widget.points_layer
+    points.add([[10, 10]])
+    widget.toggle_negative()  # the click just made stays positive
+    points.add([[20, 20]])
+    assert points.features[PROMPT_FEATURE].tolist() == [POSITIVE, NEGATIVE]
+    assert widget.current_prompts().point_labels.tolist() == [1, 0]
+    points.selected_data = {0}
+    widget.flip_selected_points()
+    assert points.features[PROMPT_FEATURE].tolist() == [NEGATIVE, NEGATIVE]
+    wait_idle(qtbot, widget)
+
+
+def test_quantize_toggle_reloads_in_nf4_and_keeps_labels(tiny_widget, qtbot):
+    viewer, widget, _ = tiny_widget
+    widget.set_image_layer(viewer.add_image(np.random.rand(40, 50), name="img"))
+    wait_idle(qtbot, widget)
+    widget.objects_layer.data[5:9, 5:9] = 3
+    committed = widget.objects_layer.data.copy()
+    widget.ui.quantize.setChecked(True)
+    wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
+    assert widget.model.quantization == "nf4", widget.message
+    np.testing.assert_array_equal(widget.objects_layer.data, committed)
+    before = widget.previews_painted
+    widget.shapes_layer.add_rectangles(box_to_rectangle([5, 5, 30, 30]))
+    wait_preview(qtbot, widget, before)
+    assert widget.preview is not None

@@ -53,6 +53,13 @@ def assert_all_equal(a, b):
         assert torch.equal(x, y)
 
 
+def assert_all_close(a, b, tol=1e-5):
+    """LiteMedSAM's fast paths fuse plain layers that a (disabled) LoRA wrapper keeps separate, so the bare
+    base and "adapter None" agree up to float32 reassociation, not bit for bit."""
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
 def assert_all_differ(a, b, min_diff=1e-3):
     for x, y in zip(a, b):
         assert (x - y).abs().max() > min_diff
@@ -279,7 +286,7 @@ def test_litemedsam_fp32_adapters_round_trip(tmp_path, lite_pixels, litemedsam_f
     for got, ref in zip(run(fresh, lite_pixels, boxes), adapted):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
     set_adapter(fresh, None)
-    assert_all_equal(run(fresh, lite_pixels, boxes), base)
+    assert_all_close(run(fresh, lite_pixels, boxes), base)
     set_adapter(fresh, "lite_ct")
     merge_active_adapter(fresh)
     for got, ref in zip(run(fresh, lite_pixels, boxes), adapted):
@@ -305,7 +312,7 @@ def test_litemedsam_nf4_decoder_adapters(tmp_path, lite_pixels):
     for name in ("a", "b", None):
         set_adapter(backend, name)
         outs[name] = decode()
-    assert_all_equal(outs[None], base)
+    assert_all_close(outs[None], base)
     assert_all_differ(outs["a"], outs["b"])
     assert_all_differ(outs["a"], base)
     dirs = [save_adapter(backend, tmp_path / n, n, {"modality": "mri"}) for n in ("a", "b")]

@@ -28,10 +28,10 @@ def tiny_cfg(tmp_path, name="run", *extra):
     return compose("adapt", [
         "--modality", "mri", "base=tiny_hf_sam", "quantize=null", f"paths.data_root={_data()}",
         "data.datasets=[22_Heart]", "data.max_samples=2", "data.val_fraction=0.5",
-        "data.augment.views_per_image=2", "train.device=cpu", "train.batch_size=1", "train.steps=4",
+        "data.augment.views_per_image=2", "train.device=cpu", "train.batch_size=1", "train.steps=3",
         "train.lr=5e-3", "train.scheduler=constant", "train.warmup_steps=0",
-        "train.prompts.mix={box: 1.0}", "train.prompts.box_jitter=0.05", "train.val_every=4",
-        "train.log_every=1", "train.checkpoint_every=2", "train.early_stopping.enabled=false",
+        "train.prompts.mix={box: 1.0}", "train.prompts.box_jitter=0.05", "train.val_every=3",
+        "train.log_every=1", "train.checkpoint_every=1", "train.early_stopping.enabled=false",
         "logging.progress=false", f"output_dir={tmp_path / name}", f"adapter.out_dir={tmp_path / name}_adapter",
         *extra,
     ])
@@ -63,8 +63,8 @@ def trained(tmp_path_factory):
 def test_run_trains_saves_and_logs(trained):
     tmp, summary, _ = trained
     rows = [r for r in _csv(tmp / "run" / "metrics.csv") if r["loss"]]
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    assert summary["steps_done"] == 4 and summary["stopped"] == "steps"
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert summary["steps_done"] == 3 and summary["stopped"] == "steps"
     assert 0 < summary["trainable_share"] < 0.01                          # LoRA only, < 1 %
     assert (tmp / "run" / "curves.png").stat().st_size > 1000
     meta = json.loads((tmp / "run_adapter" / "minisam_adapter.json").read_text())
@@ -109,12 +109,12 @@ def test_saved_adapter_reloads_to_identical_outputs(trained):
 
 def test_resume_equals_uninterrupted_run(trained, tmp_path):
     tmp, _, _ = trained
-    cfg = tiny_cfg(tmp_path, "resumed", "train.stop_after=2")
+    cfg = tiny_cfg(tmp_path, "resumed", "train.stop_after=1")
     first = adapt.run(cfg)
     assert first["stopped"] == "interrupted" and first["adapter_dir"] is None
     assert not (tmp_path / "resumed_adapter").exists()                    # interrupted: no adapter at all
     second = adapt.run(tiny_cfg(tmp_path, "resumed"))
-    assert second["steps_done"] == 4
+    assert second["steps_done"] == 3
     a = _weights(tmp / "run_adapter")
     b = _weights(tmp_path / "resumed_adapter")
     assert a.keys() == b.keys()

@@ -148,7 +148,8 @@ def test_adapter_off_scores_the_bare_base_and_models_sit_side_by_side(tmp_path):
     root = make_cosmos_root(tmp_path / "data", {"1_Toy": 2})
     out = tmp_path / "out"
     models = (f"models=[tiny_hf_sam,{{source: tiny_hf_sam, adapters: [{adapter}], name: on}},"
-              f"{{source: tiny_hf_sam, adapters: [{adapter}], adapter: null, name: off}}]")
+              f"{{source: tiny_hf_sam, adapters: [{adapter}], adapter: null, name: off}},"
+              "{source: tiny_hf_sam, quantize: nf4}]")
     run(eval_cfg(root, out, models, "prompts=[box]", "selection=[deployable]"))
     rows = read_csv(out / "per_object.csv")
     by_model = {m: [(r["image"], r["object"], r["dice"]) for r in rows if r["model"] == m]
@@ -157,7 +158,11 @@ def test_adapter_off_scores_the_bare_base_and_models_sit_side_by_side(tmp_path):
     assert by_model["on"] != by_model["tiny_hf_sam"]
     summary = (out / "summary.md").read_text()
     assert "Dice on / tiny_hf_sam" in summary and "Dice off / tiny_hf_sam" in summary
-    assert [r["model"] for r in read_csv(out / "efficiency.csv")] == ["tiny_hf_sam", "on", "off"]
+    eff = {r["model"]: r for r in read_csv(out / "efficiency.csv")}
+    assert list(eff) == ["tiny_hf_sam", "on", "off", "tiny_hf_sam+nf4"]
+    # Same logical parameter count, a fraction of the bytes once the linear layers are 4-bit.
+    assert eff["tiny_hf_sam+nf4"]["parameters"] == eff["tiny_hf_sam"]["parameters"]
+    assert float(eff["tiny_hf_sam+nf4"]["memory_footprint_mb"]) < 0.6 * float(eff["tiny_hf_sam"]["memory_footprint_mb"])
 
 
 def test_split_file_volumes_and_random_sampling(tmp_path):
@@ -182,3 +187,17 @@ def test_split_file_volumes_and_random_sampling(tmp_path):
     run(eval_cfg(root, tmp_path / "b", *overrides))
     assert read_csv(tmp_path / "b" / "per_object.csv") == rows
     assert "`random` (seed 7, box jitter 3 px)" in (tmp_path / "b" / "summary.md").read_text()
+
+
+def test_modality_flag_filters_slices(tmp_path):
+    from minisam_train.data import DataError
+    from minisam_train.tasks.evaluate import build_sources
+
+    a = make_cosmos_root(tmp_path / "a", {"1_Toy": 2})
+    b = make_cosmos_root(tmp_path / "b", {"2_Other": 1}, modalities=False)
+    cfg = cli.compose("eval", [f"data.roots=[{a},{b}]", "data.modalities={2_Other: MRI}", "--modality", "mri"])
+    assert cfg.modality == "mri"
+    sources = build_sources(cfg.data, 50, cfg.modality)
+    assert [e.image_name for e in sources.entries] == ["2_Other_0.png"] and len(sources) == 1
+    with pytest.raises(DataError, match="No slice has modality 'us'"):
+        run(eval_cfg(a, tmp_path / "out", "--modality", "us"))

@@ -13,12 +13,20 @@ class SliceSources:
 
     Iterating gives ``(entry, reader)`` pairs so a caller can read each slice itself and decide what to do
     when one cannot be read (the evaluator reports it and goes on).
+
+    Args:
+        readers: the readers.
+        modality: keep only slices of this modality (``--modality ct``); ``None`` keeps all.
     """
 
-    def __init__(self, readers: Sequence):
+    def __init__(self, readers: Sequence, modality: str | None = None):
         self.readers = list(readers)
+        self.modality = str(modality).lower() if modality else None
         if not self.readers:
             raise DataError("No data source configured; set data.root, data.roots or data.volumes.")
+        if self.modality and not self.entries:
+            found = sorted({e.modality for r in self.readers for e in r.entries})
+            raise DataError(f"No slice has modality {self.modality!r}; the data holds {found}.")
         names = [d for r in self.readers for d in r.datasets]
         dup = sorted({d for d in names if names.count(d) > 1})
         if dup:
@@ -27,18 +35,19 @@ class SliceSources:
     def pairs(self) -> Iterator[tuple[SliceEntry, object]]:
         for reader in self.readers:
             for entry in reader.entries:
-                yield entry, reader
+                if self.modality is None or entry.modality == self.modality:
+                    yield entry, reader
 
     @property
     def entries(self) -> list[SliceEntry]:
-        return [e for r in self.readers for e in r.entries]
+        return [e for e, _ in self.pairs()]
 
     @property
     def classes(self) -> dict:
         return {d: c for r in self.readers for d, c in r.classes.items()}
 
     def __len__(self) -> int:
-        return sum(len(r.entries) for r in self.readers)
+        return len(self.entries)
 
     def __iter__(self) -> Iterator[SliceRecord]:
         for entry, reader in self.pairs():

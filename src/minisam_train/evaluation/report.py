@@ -18,11 +18,14 @@ import numpy as np
 
 from .results import write_csv
 
-SUMMARY_COLUMNS = ("level", "group", "model", "prompt", "selection", "classes", "slices", "dice", "nsd")
+SUMMARY_COLUMNS = ("level", "group", "model", "prompt", "selection", "classes", "objects", "dice", "nsd")
 
 
 def class_means(rows: Sequence[dict]) -> dict:
-    """(model, prompt, selection, dataset, object) -> {"dice", "nsd", "slices", "modality"}."""
+    """(model, prompt, selection, dataset, object) -> {"dice", "nsd", "objects", "modality"}.
+
+    ``objects`` counts the slices where the class was evaluated (one object per class and slice).
+    """
     acc = defaultdict(list)
     modality = {}
     for r in rows:
@@ -32,7 +35,7 @@ def class_means(rows: Sequence[dict]) -> dict:
     out = {}
     for key, vals in acc.items():
         arr = np.asarray(vals)
-        out[key] = {"dice": float(arr[:, 0].mean()), "nsd": float(arr[:, 1].mean()), "slices": len(vals),
+        out[key] = {"dice": float(arr[:, 0].mean()), "nsd": float(arr[:, 1].mean()), "objects": len(vals),
                     "modality": modality[key[3]]}
     return out
 
@@ -44,7 +47,7 @@ def grouped_means(per_class: dict, level: str) -> dict:
         group = {"dataset": dataset, "modality": v["modality"], "overall": "all", "class": f"{dataset}/{obj}"}[level]
         acc[(model, prompt, sel, group)].append(v)
     return {k: {"dice": float(np.mean([v["dice"] for v in vs])), "nsd": float(np.mean([v["nsd"] for v in vs])),
-                "classes": len(vs), "slices": int(sum(v["slices"] for v in vs))} for k, vs in acc.items()}
+                "classes": len(vs), "objects": int(sum(v["objects"] for v in vs))} for k, vs in acc.items()}
 
 
 def summary_rows(rows: Sequence[dict]) -> list[dict]:
@@ -54,7 +57,7 @@ def summary_rows(rows: Sequence[dict]) -> list[dict]:
     for level in ("overall", "modality", "dataset", "class"):
         for (model, prompt, sel, group), v in sorted(grouped_means(per_class, level).items()):
             out.append({"level": level, "group": group, "model": model, "prompt": prompt, "selection": sel,
-                        "classes": v["classes"], "slices": v["slices"], "dice": round(v["dice"], 4),
+                        "classes": v["classes"], "objects": v["objects"], "dice": round(v["dice"], 4),
                         "nsd": round(v["nsd"], 4)})
     return out
 
@@ -66,7 +69,7 @@ def _fmt(x, digits=3) -> str:
 def _side_by_side(means: dict, models: list[str], prompts: list[str], selections: list[str], groups: list[str],
                   group_header: str) -> list[str]:
     first = models[0]
-    head = [group_header, "prompt", "selection", "classes", "slices"]
+    head = [group_header, "prompt", "selection", "classes", "objects"]
     head += [f"Dice {m}" for m in models] + [f"Dice {m} / {first}" for m in models[1:]]
     head += [f"NSD {m}" for m in models]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -79,7 +82,7 @@ def _side_by_side(means: dict, models: list[str], prompts: list[str], selections
                 ref = next(v for v in vals if v is not None)
                 dice = [None if v is None else v["dice"] for v in vals]
                 ratios = [None if (d is None or dice[0] in (None, 0)) else d / dice[0] for d in dice[1:]]
-                cells = [g, p, s, str(ref["classes"]), str(ref["slices"])]
+                cells = [g, p, s, str(ref["classes"]), str(ref["objects"])]
                 cells += [_fmt(d) for d in dice] + [_fmt(r, 2) for r in ratios]
                 cells += [_fmt(None if v is None else v["nsd"]) for v in vals]
                 lines.append("| " + " | ".join(cells) + " |")
@@ -161,15 +164,18 @@ def plot_dice_vs_latency(rows, eff_rows, models, prompts, selection, path) -> Pa
     means = grouped_means(class_means(rows), "overall")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     markers = "osD^v<>"
+    top = {}  # model -> highest point, where its name is written (once per model)
     for k, p in enumerate(prompts):
-        xs, ys, names = [], [], []
+        xs, ys = [], []
         for m in models:
             v = means.get((m, p, selection, "all"))
             if v is not None and m in latency:
-                xs.append(latency[m]); ys.append(v["dice"]); names.append(m)
+                xs.append(latency[m]); ys.append(v["dice"])
+                top[m] = max(top.get(m, -1.0), v["dice"])
         ax.scatter(xs, ys, marker=markers[k % len(markers)], label=p)
-        for xv, yv, n in zip(xs, ys, names):
-            ax.annotate(n, (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for m, y in top.items():
+        ax.annotate(m, (latency[m], y), fontsize=7, xytext=(4, 6), textcoords="offset points")
+    ax.set_xlim(0, 1.25 * max(latency.values()))
     ax.set_xlabel("encoder ms / image")
     ax.set_ylabel(f"Dice, class mean ({selection})")
     ax.set_ylim(0, 1)
@@ -201,6 +207,7 @@ def write_report(output_dir, rows: Sequence[dict], eff_rows: Sequence[dict], fai
     lines += [
         "## How the tables average", "",
         "- per object class: mean over the slices where the class was evaluated (>= min_object_pixels);",
+        "- `classes`: object classes averaged; `objects`: (class, slice) pairs behind them;",
         "- per dataset: mean of its class means; per modality: mean of the class means of its datasets' classes;",
         "- overall: mean of all class means (the 'class mean' of the reference numbers).",
         "- oracle = best Dice of the candidate masks (the paper's choice, not deployable); deployable = highest "

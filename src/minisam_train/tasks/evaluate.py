@@ -49,8 +49,9 @@ def _modality_map(value) -> dict | None:
     return {str(k): str(v).lower() for k, v in json.loads(path.read_text()).items()}
 
 
-def build_sources(data_cfg, min_object_pixels: int = 50) -> SliceSources:
-    """The slices named by the ``data`` config group (COSMOS roots, split filter, volumes)."""
+def build_sources(data_cfg, min_object_pixels: int = 50, modality: str | None = None) -> SliceSources:
+    """The slices named by the ``data`` config group (COSMOS roots, split filter, volumes), optionally
+    only those of one ``modality``."""
     roots = _as_list(data_cfg.get("roots")) or _as_list(data_cfg.get("root"))
     include = None
     if data_cfg.get("split_file"):
@@ -65,7 +66,7 @@ def build_sources(data_cfg, min_object_pixels: int = 50) -> SliceSources:
     volumes = _as_list(data_cfg.get("volumes"))
     if volume_root or volumes:
         readers.append(VolumeDataset(volume_root, volumes=volumes, min_object_pixels=min_object_pixels))
-    return SliceSources(readers)
+    return SliceSources(readers, modality=modality)
 
 
 def settings_from_cfg(cfg) -> EvalSettings:
@@ -110,7 +111,7 @@ def run(cfg, loader=None) -> EvalOutcome:
     """Run the evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns what was written."""
     settings = settings_from_cfg(cfg)
     entries = parse_model_entries(_plain(cfg.models))
-    sources = build_sources(cfg.data, int(cfg.get("min_object_pixels", 50)))
+    sources = build_sources(cfg.data, int(cfg.get("min_object_pixels", 50)), cfg.get("modality"))
     out = Path(str(cfg.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "eval_config.yaml", resolve=True)

@@ -229,6 +229,8 @@ def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_vie
                 row["elapsed_s"] = round(time.perf_counter() - t_origin, 2)
                 rows.append(row)
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "val_dice") if row.get(k) is not None})
+                if "val_dice" in row:  # keep the log readable while a long run is going
+                    write_csv(rows, run_dir / "metrics.csv")
             if step % settings.checkpoint_every == 0 or step == total or stopped == "early_stopping":
                 ckpt.save(step, {"base_identity": identity, "rows": rows, "bad_validations": bad,
                                  "stopped": stopped, "elapsed_s": time.perf_counter() - t_origin,

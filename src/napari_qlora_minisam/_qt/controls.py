@@ -80,8 +80,8 @@ class Controls:
         self.box_mode = QPushButton("Draw box")
         self.point_mode = QPushButton("Add points")
         self.negative = QCheckBox("negative points (N)")
-        self.negative.setToolTip("New clicks mark background; press N in the points layer to toggle "
-                                 "(selected points are flipped too).")
+        self.negative.setToolTip("New clicks mark background; N in the points layer toggles this, "
+                                 "Shift+N flips the selected points.")
         pv.addLayout(_row(self.box_mode, self.point_mode))
         self.clear = QPushButton("Clear prompts")
         pv.addLayout(_row(self.negative, self.clear))

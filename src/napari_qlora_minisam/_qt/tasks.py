@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..prompts import SlicePrompts
-from ..volume import SliceSegmenter, StopRules, plane, propagate
+from ..volume import SliceSegmenter, StopRules, propagate
 
 MODEL_LOCK = threading.RLock()
 
@@ -90,5 +90,5 @@ def propagate_task(predictor, stack, intensity: str, start_z: int, start_mask: n
     return result
 
 
-__all__ = ["MODEL_LOCK", "PreviewResult", "embed_task", "load_model_task", "plane", "preview_task",
+__all__ = ["MODEL_LOCK", "PreviewResult", "embed_task", "load_model_task", "preview_task",
            "propagate_task", "switch_adapter_task"]

@@ -30,7 +30,7 @@ keep_triton_out()  # before any model import: see gl_safety.py
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "MINISAM_NAPARI_MODEL"  # default model source (tests may pick a tiny one)
-PREVIEW_DEBOUNCE_MS = 10  # coalesces the bursts of data events a single drag produces
+PREVIEW_DEBOUNCE_MS = 5  # coalesces the burst of data events one edit produces; a drag is gated by the in-flight decode
 
 # Embeddings outlive a widget and a model reload: the key covers model identity, adapter and intensity.
 SHARED_CACHE = EmbeddingCache()
@@ -77,6 +77,9 @@ class MiniSamWidget(QWidget):
         ui = self.ui
         ui.image.currentIndexChanged.connect(self._on_image_choice)
         ui.load.clicked.connect(lambda: self.load_model(ui.model.currentText()))
+        # Quantization and device are properties of the loaded weights: changing them reloads the model.
+        ui.quantize.toggled.connect(lambda _on: self.load_model(ui.model.currentText()))
+        ui.device.currentIndexChanged.connect(lambda _i: self.load_model(ui.model.currentText()))
         ui.browse.clicked.connect(self._browse_model)
         ui.adapter.currentIndexChanged.connect(self._on_adapter_choice)
         ui.refresh_adapters.clicked.connect(self.refresh_adapters)
@@ -301,6 +304,7 @@ class MiniSamWidget(QWidget):
             layer.events.data.connect(self._on_prompts_changed)
             layer.bind_key("c", lambda _layer: self.commit(), overwrite=True)
         self.points_layer.bind_key("n", lambda _layer: self.toggle_negative(), overwrite=True)
+        self.points_layer.bind_key("Shift-N", lambda _layer: self.flip_selected_points(), overwrite=True)
         self.points_layer.events.features.connect(self._on_prompts_changed)
         if created:
             self.activate_box_mode()  # LiteMedSAM is box-trained: drawing a box is the first thing to do
@@ -346,10 +350,15 @@ class MiniSamWidget(QWidget):
         self.ui.negative.setChecked(not self.ui.negative.isChecked())
 
     def _on_negative_toggled(self, negative: bool) -> None:
+        # Only the next clicks change: napari keeps the last click selected, and flipping it here would
+        # turn "click positive, press N, click negative" into two negatives.
         if self.points_layer is not None:
             L.set_polarity_default(self.points_layer, negative)
-            if L.flip_selected_polarity(self.points_layer):
-                self.schedule_preview()
+
+    def flip_selected_points(self) -> None:
+        """Positive <-> negative for the selected points (Shift+N in the points layer)."""
+        if self.points_layer is not None and L.flip_selected_polarity(self.points_layer):
+            self.schedule_preview()
 
     def current_prompts(self):
         pts, shp = self.points_layer, self.shapes_layer
@@ -382,7 +391,7 @@ class MiniSamWidget(QWidget):
             self._preview_timer.start()
 
     def _start_preview(self) -> None:
-        if self.predictor is None or self.image_layer is None or self.points_layer is None:
+        if self.predictor is None or self.image_layer is None:
             return
         if self._preview_running:
             self._preview_pending = True  # run again with the newest prompts when this one ends
@@ -419,22 +428,19 @@ class MiniSamWidget(QWidget):
             self._start_preview()
 
     def _paint_preview(self, result) -> None:
-        layer = self.preview_layer
         self.preview = result
+        layer = self.preview_layer
         if layer is None:
             return
         data = layer.data
-        if self._painted_z is not None or not self.depth:
-            if self.depth and self._painted_z < len(data):
-                data[self._painted_z] = 0
-            elif not self.depth:
-                data[...] = 0
-        if result is not None:
-            if result.z is None:
-                data[...] = result.mask
-            else:
+        if not self.depth:
+            data[...] = 0 if result is None else result.mask
+        else:
+            if self._painted_z is not None and self._painted_z < len(data):
+                data[self._painted_z] = 0  # only the slice painted last holds a preview
+            if result is not None:
                 data[result.z] = result.mask
-            self._painted_z = result.z
+        self._painted_z = None if result is None else result.z
         layer.refresh()
         self.previews_painted += 1
 

