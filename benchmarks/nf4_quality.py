@@ -37,8 +37,8 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
                      {"blocksize": 64}),
     "nf4-bs32-all": ("every Linear NF4, block 32", {"blocksize": 32}),
     "nf4-aligned-all": ("every Linear NF4, block 64 or 32 so blocks never straddle rows", {}),
-    "nf4-aligned-keep-enc-fc2": ("aligned; encoder MLP output layers (fc2) kept fp32",
-                                 {"skip": ("image_encoder.*.mlp.fc2",)}),
+    "nf4-aligned-keep-enc-fc2": ("aligned; encoder MLP output layers (fc2) kept fp32 = the default of "
+                                 "load_model('litemedsam', quantize='nf4')", {"skip": ("image_encoder.*.mlp.fc2",)}),
     "nf4-aligned-keep-enc-mlp": ("aligned; encoder MLPs (fc1, fc2) kept fp32",
                                  {"skip": ("image_encoder.*.mlp.fc1", "image_encoder.*.mlp.fc2")}),
     "nf4-decoder-only": ("mask decoder NF4, whole image encoder fp32", {"skip": ("image_encoder.*",)}),

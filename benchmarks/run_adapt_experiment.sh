@@ -5,10 +5,12 @@
 #   2. cost baseline: full fine-tuning vs QLoRA (decoder, cached embeddings) vs QLoRA (encoder + decoder),
 #      the same few steps each, one process each (peak memory is per process);
 #   3. one `minisam-train eval` run on every test split: fp32 zero-shot, NF4 with both adapters off,
-#      NF4 + CT adapter, NF4 + MRI adapter; box / point1 / point5, oracle and deployable;
+#      NF4 + CT adapter, NF4 + MRI adapter; box and point1 (PROMPTS=box,point1,point5 adds more), oracle
+#      and deployable;
 #   4. benchmarks/adapt_report.py: tables + figures for docs/adapters.md, metadata with measured scores,
 #      adapters copied into src/napari_qlora_minisam/pretrained_adapters/{ct,mri}.
 # Usage: bash benchmarks/run_adapt_experiment.sh [OUT=runs/adapt_experiment]   (run from the repo root)
+# Stages can be skipped (SKIP_TRAIN=1, SKIP_COST=1, SKIP_EVAL=1) to run them in another order.
 set -euo pipefail
 OUT=${1:-runs/adapt_experiment}
 DATA=../shared/data
@@ -50,7 +52,7 @@ if [ "${SKIP_EVAL:-0}" != 1 ]; then
   log "eval"
   CT="$OUT/adapters/ct"; MRI="$OUT/adapters/mri"
   minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" data.split_file=$DATA/splits.json \
-      data.split_key=test "prompts=[box,point1,point5]" plots=false device=cpu output_dir="$OUT/eval" \
+      data.split_key=test "prompts=[${PROMPTS:-box,point1}]" plots=false device=cpu output_dir="$OUT/eval" \
       "models=[litemedsam,{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: null, name: nf4 adapters off},{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: ct, name: nf4 + CT adapter},{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: mri, name: nf4 + MRI adapter}]" \
       2>&1 | grep -v Warning | tail -5
 fi

@@ -14,8 +14,9 @@ uptime | tee "$OUT/uptime_start.txt"
 /usr/bin/time -v minisam-train distill \
   teacher.source=litemedsam student.source=minisam_student_256 \
   cache.dir="$OUT/teacher_cache" output_dir="$OUT/student" \
-  train.device=cpu train.steps=${STEPS:-150} train.batch_size=2 train.lr=1e-3 train.alpha=0.5 \
-  train.temperature=2.0 train.checkpoint_every=25 train.log_every=5 prompts.per_image=3 \
+  train.device=cpu train.steps=${STEPS:-45} train.batch_size=1 train.lr=2e-3 train.alpha=0.5 \
+  train.temperature=2.0 train.checkpoint_every=10 train.log_every=2 train.prompts_per_slice=1 \
+  prompts.per_image=3 prompts.proposals=8 data.volume_stride=3 \
   logging.tensorboard=true "$@" 2> >(tee "$OUT/distill_stderr.txt" >&2)
 
 uptime | tee "$OUT/uptime_after_train.txt"
@@ -24,5 +25,5 @@ minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" \
   "models=[{source: litemedsam, name: teacher_litemedsam}, {source: $OUT/student, name: student}]" \
   "prompts=[box]" device=cpu output_dir="$OUT/eval"
 
-python benchmarks/distill_figures.py "$OUT"
+python benchmarks/distill_report.py "$OUT"
 uptime | tee "$OUT/uptime_end.txt"

@@ -8,7 +8,13 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
-from .quantization import check_quantize, fix_cpu_packing, nf4_config, quantize_linear_layers
+from .quantization import (
+    LITEMEDSAM_FP32_LAYERS,
+    check_quantize,
+    fix_cpu_packing,
+    nf4_config,
+    quantize_linear_layers,
+)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
@@ -82,7 +88,7 @@ def _litemedsam(dev, quantize):
     net = build_litemedsam_net(pretrained=True)
     backend = LiteMedSamBackend(net)  # identity from fp32 weights, before quantization
     if quantize:
-        quantize_linear_layers(net, dev)
+        quantize_linear_layers(net, dev, skip=LITEMEDSAM_FP32_LAYERS)
     else:
         net.to(dev)
     backend.quantization = quantize
@@ -113,10 +119,11 @@ def _hf_pretrained(src, where, dev, quantize):
             f"Model directory {src!r} has no config.json; point to a folder written by "
             "SamModel.save_pretrained (e.g. a minisam-train distill output)."
         )
-    kwargs = {}
-    if quantize:
-        kwargs = {"quantization_config": nf4_config(dev), "device_map": {"": str(dev)}}
     try:
+        kwargs = {}
+        if quantize:
+            skip = _misaligned_for(where, dev)
+            kwargs = {"quantization_config": nf4_config(dev, skip), "device_map": {"": str(dev)}}
         net = SamModel.from_pretrained(str(where), **kwargs)
     except OSError as exc:
         raise ModelLoadError(
@@ -130,6 +137,21 @@ def _hf_pretrained(src, where, dev, quantize):
     else:
         net.to(dev)
     return HfSamBackend(net.eval(), src, quantization=quantize)
+
+
+def _misaligned_for(where, dev) -> list[str]:
+    """Layers transformers' single NF4 block size would quantize wrongly on ``dev`` (kept fp32 instead).
+
+    The shapes come from the config alone: the network is built on the meta device, no weights are read.
+    """
+    from transformers import SamConfig, SamModel
+
+    from .quantization import misaligned_linears
+
+    config = SamConfig.from_pretrained(str(where))
+    with torch.device("meta"):
+        skeleton = SamModel(config)
+    return misaligned_linears(skeleton, dev)
 
 
 def _sam_checkpoint(src, path, dev, quantize):

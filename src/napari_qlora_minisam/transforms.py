@@ -103,6 +103,16 @@ def scale_coords(coords: np.ndarray, original_hw: tuple, target: int) -> np.ndar
     return out
 
 
+def unscale_coords(coords: np.ndarray, original_hw: tuple, target: int) -> np.ndarray:
+    """Inverse of :func:`scale_coords`: (x, y) in the network frame -> original pixels."""
+    h, w = original_hw
+    new_h, new_w = preprocess_shape(h, w, target)
+    out = np.asarray(coords, dtype=np.float32).copy()
+    out[..., 0] *= w / new_w
+    out[..., 1] *= h / new_h
+    return out
+
+
 def scale_boxes(boxes: np.ndarray, original_hw: tuple, target: int) -> np.ndarray:
     """Map ``(..., 4)`` boxes (x0, y0, x1, y1) into the resized network frame."""
     b = np.asarray(boxes, dtype=np.float32)

@@ -91,14 +91,19 @@ class StopRules:
         max_growth: the mask "leaks" into surrounding tissue when it grows past this multiple of its
             neighbour's area (a box prompt always returns something, often the whole box).
         min_score: the model's own predicted IoU below which its mask is not trusted.
+        min_intensity_match: the mask "left the object" when fewer than this fraction of its pixels lie
+            in the committed object's intensity range (its 2nd-98th percentiles). A box prompt past the
+            end of a lung tumour returns a blob of air; this is what stops it.
     """
 
     min_area: int = 20
     collapse_ratio: float = 0.25
     max_growth: float = 2.5
     min_score: float = 0.0
+    min_intensity_match: float = 0.2
 
-    def reason_to_stop(self, area: int, previous_area: int, score: float) -> str | None:
+    def reason_to_stop(self, area: int, previous_area: int, score: float,
+                       intensity_match: float = 1.0) -> str | None:
         if area < self.min_area:
             return f"mask vanished ({area} px)"
         if area < self.collapse_ratio * previous_area:
@@ -107,7 +112,23 @@ class StopRules:
             return f"mask leaked ({area} px after {previous_area} px)"
         if score < self.min_score:
             return f"low model confidence ({score:.2f})"
+        if intensity_match < self.min_intensity_match:
+            return f"mask left the object's intensities ({100 * intensity_match:.0f}% inside its range)"
         return None
+
+
+def intensity_range(image: np.ndarray, mask: np.ndarray, percentiles=(2, 98)) -> tuple[float, float]:
+    """Robust intensity range of the object ``mask`` in ``image``."""
+    lo, hi = np.percentile(np.asarray(image, np.float32)[mask], percentiles)
+    return float(lo), float(hi)
+
+
+def intensity_match(image: np.ndarray, mask: np.ndarray, bounds: tuple[float, float]) -> float:
+    """Fraction of the mask's pixels whose intensity lies within ``bounds``."""
+    values = np.asarray(image, np.float32)[mask]
+    if values.size == 0:
+        return 0.0
+    return float(((values >= bounds[0]) & (values <= bounds[1])).mean())
 
 
 SegmentSlice = Callable[[int, np.ndarray], tuple]  # (z, box xyxy) -> (mask (H, W) bool, score)
@@ -122,6 +143,7 @@ def propagate(
     margin: float = 0.1,
     rules: StopRules = StopRules(),
     max_slices: int | None = None,
+    stack=None,
     directions=(1, -1),
 ) -> Iterator[PropagationStep]:
     """Segment one object slice by slice away from ``start_z`` (up, then down).
@@ -136,6 +158,8 @@ def propagate(
         start_mask: its ``(H, W)`` mask.
         depth: number of slices in the stack.
         max_slices: at most this many slices per direction (``None``: until a stop rule or the edge).
+        stack: the image stack; when given, masks must keep the committed object's intensities
+            (``StopRules.min_intensity_match``).
 
     Yields:
         :class:`PropagationStep` per accepted slice. The generator's return value is a
@@ -147,6 +171,7 @@ def propagate(
     if not 0 <= start_z < depth:
         raise InputError(f"Slice {start_z} is outside the stack of {depth} slices.")
     result = PropagationResult()
+    bounds = intensity_range(plane(stack, start_z), start_mask) if stack is not None else None
     total = sum(
         min(max_slices or depth, depth - 1 - start_z if d > 0 else start_z) for d in directions
     )
@@ -165,7 +190,8 @@ def propagate(
             mask, score = segment_slice(z, box)
             mask = np.asarray(mask, bool)
             done += 1
-            reason = rules.reason_to_stop(int(mask.sum()), int(previous.sum()), float(score))
+            match = intensity_match(plane(stack, z), mask, bounds) if bounds is not None else 1.0
+            reason = rules.reason_to_stop(int(mask.sum()), int(previous.sum()), float(score), match)
             if reason:
                 result.stopped[direction] = f"{reason} at slice {z}"
                 break

@@ -53,7 +53,7 @@ def assert_all_equal(a, b):
         assert torch.equal(x, y)
 
 
-def assert_all_close(a, b, tol=1e-5):
+def assert_all_close(a, b, tol=1e-4):
     """LiteMedSAM's fast paths fuse plain layers that a (disabled) LoRA wrapper keeps separate, so the bare
     base and "adapter None" agree up to float32 reassociation, not bit for bit."""
     for x, y in zip(a, b):

@@ -223,3 +223,28 @@ def test_predictor_masks_identical_with_and_without_fast_paths(own_litemedsam, h
     np.testing.assert_allclose(out[True][2], out[False][2], atol=2e-4, rtol=1e-4)  # logits
     # A logit within float noise of 0 may flip; allow a handful of pixels out of ~3x50k.
     assert (out[True][0] != out[False][0]).sum() <= 10
+
+
+def test_bf16_encoder_is_opt_in_and_keeps_the_masks(own_litemedsam, heart_slice):
+    """bf16 is outside the 1e-4 bar (so off by default) but must not change what the user sees much."""
+    from napari_qlora_minisam import MiniSamPredictor
+
+    from tests.conftest import dice
+
+    model = own_litemedsam
+    assert model.encoder_precision == "fp32"
+    image, label = heart_slice
+    boxes = np.stack([tight_box(label == v) for v in (85, 255)])  # LV and RV (the myocardium ring is
+    predictor = MiniSamPredictor(model)  # near-useless zero-shot: Dice 0.05 in the reference table)
+    predictor.set_image(image)
+    fp32_key = predictor.embedding_key(image)
+    fp32_masks = predictor.predict_batch(boxes=boxes)[0]
+    model.encoder_precision = "bf16"
+    assert predictor.embedding_key(image) != fp32_key  # the cache cannot hand back fp32 embeddings
+    predictor.set_image(image)
+    bf16_masks = predictor.predict_batch(boxes=boxes)[0]
+    for a, b in zip(fp32_masks, bf16_masks):
+        assert dice(a[0], b[0]) > 0.97
+    model.encoder_precision = "fp16"
+    with pytest.raises(ValueError, match="encoder_precision"):
+        predictor.set_image(image[::-1].copy())

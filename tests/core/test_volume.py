@@ -93,6 +93,21 @@ def test_propagation_stops_on_collapse_leak_and_max_slices():
     assert sorted(s.z for s in steps) == [2, 4] and "1 slices done" in result.stopped[1]
 
 
+def test_propagation_stops_where_the_mask_leaves_the_object_intensities():
+    """Past the object the model still returns a blob (here: darker tissue); intensities tell."""
+    vol = np.zeros((9, 32, 32), bool)
+    vol[:, 8:24, 8:24] = True
+    image = np.where(vol, 100.0, 0.0) + np.random.default_rng(0).normal(0, 1, vol.shape)
+    image[6:, 8:24, 8:24] = -500.0  # slices 6..8: the "object" the oracle returns is air
+    steps, result = run_propagation(propagate(BoxOracle(vol), 3, vol[3], len(vol), stack=image))
+    assert sorted(s.z for s in steps) == [0, 1, 2, 4, 5]
+    assert "intensities" in result.stopped[1] and "slice 6" in result.stopped[1]
+    assert result.stopped[-1] == "edge of the stack"
+    # Without the stack the intensity rule cannot apply: it runs to the edge.
+    steps, _ = run_propagation(propagate(BoxOracle(vol), 3, vol[3], len(vol)))
+    assert len(steps) == 8
+
+
 def test_propagation_needs_an_object():
     with pytest.raises(InputError, match="no object on slice 2"):
         next(propagate(BoxOracle(ball()), 2, np.zeros((64, 64), bool), 21))

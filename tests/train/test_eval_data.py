@@ -159,3 +159,25 @@ def test_real_volumes_folder(shared_data):
     # Slices 8-10 hold the lesion, only slice 9 with >= 50 px (as in cosmos_extra).
     assert [e.image_name for e in vols.entries] == ["breast1_z9"]
     assert vols[0].modality == "mri" and list(vols[0].objects) == ["BreastLesion"]
+
+
+def test_volumes_listed_one_by_one_with_a_class_map_and_no_cosmos_root(tmp_path):
+    from minisam_train import cli
+    from minisam_train.tasks.evaluate import build_sources
+
+    label = np.zeros((2, 30, 30), np.uint8)
+    label[0, 2:12, 2:12] = 1    # Liver, 100 px
+    label[0, 20:28, 20:28] = 2  # Tumour, 64 px
+    label[1, 2:12, 2:12] = 2
+    image = np.arange(label.size, dtype=np.float32).reshape(label.shape)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    tifffile.imwrite(tmp_path / "a_seg.tif", label)
+    spec = f"{{image: {tmp_path / 'a.tif'}, label: {tmp_path / 'a_seg.tif'}, modality: mri, name: a, " \
+           "classes: {Liver: 1, Tumour: 2}}"
+    cfg = cli.compose("eval", ["data.root=null", f"data.volumes=[{spec}]"])
+    sources = build_sources(cfg.data)
+    assert [e.image_name for e in sources.entries] == ["a_z0", "a_z1"]
+    first, second = list(sources)
+    assert list(first.objects) == ["Liver", "Tumour"] and list(second.objects) == ["Tumour"]
+    # Per-volume scaling: slice 0 holds the volume minimum (0), slice 1 its maximum (255).
+    assert first.image.min() == 0 and second.image.max() == 255

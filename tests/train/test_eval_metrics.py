@@ -62,6 +62,11 @@ def test_dice_of_a_non_convex_object_against_its_filled_hull():
     filled = np.zeros((5, 5), bool)
     filled[1:4, 1:4] = True
     assert dice_score(filled, u) == pytest.approx(2 * 7 / (9 + 7))
+    # Surfaces: the filled block's ring has 8 pixels, the U is all surface (7). At tolerance 0 every ring
+    # pixel but the U's gap (x=2, y=1) lies on the U: (7 + 7) / (8 + 7). The gap is 1 px from the U.
+    assert surface(u).sum() == 7 and surface(filled).sum() == 8
+    assert normalized_surface_dice(filled, u, tolerance=0) == pytest.approx(14 / 15)
+    assert normalized_surface_dice(filled, u, tolerance=1) == 1.0
 
 
 def test_shapes_must_match():

@@ -201,3 +201,15 @@ def test_modality_flag_filters_slices(tmp_path):
     assert [e.image_name for e in sources.entries] == ["2_Other_0.png"] and len(sources) == 1
     with pytest.raises(DataError, match="No slice has modality 'us'"):
         run(eval_cfg(a, tmp_path / "out", "--modality", "us"))
+
+
+def test_resuming_with_other_scoring_settings_is_refused(tmp_path):
+    from minisam_train.data import DataError
+
+    root = make_cosmos_root(tmp_path / "data", {"1_Toy": 1})
+    out = tmp_path / "out"
+    run(eval_cfg(root, out, "models=[tiny_hf_sam]", "prompts=[box]", "plots=false"))
+    with pytest.raises(DataError, match="nsd_tolerance"):
+        run(eval_cfg(root, out, "models=[tiny_hf_sam]", "prompts=[box]", "nsd_tolerance=1"))
+    # Settings that do not change a row (models, prompts, plots) may change between runs.
+    run(eval_cfg(root, out, "models=[tiny_hf_sam]", "prompts=[box,point1]", "plots=false"))

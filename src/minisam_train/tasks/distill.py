@@ -163,7 +163,7 @@ def run(cfg) -> dict:
         weight_decay=float(t.weight_decay), warmup_fraction=float(t.warmup_fraction),
         max_grad_norm=float(t.max_grad_norm or 0), alpha=float(t.alpha), temperature=float(t.temperature),
         checkpoint_every=int(t.checkpoint_every), log_every=int(t.log_every), seed=int(cfg.seed),
-        resume=bool(t.resume), stop_after=t.stop_after, num_workers=int(t.num_workers), progress=progress)
+        resume=bool(t.resume), stop_after=t.stop_after, prompts_per_slice=t.get("prompts_per_slice"), num_workers=int(t.num_workers), progress=progress)
     result = train_student(accelerator, StudentForDistillation(student), samples, settings, out / "checkpoints")
 
     # 4. the output: a plain save_pretrained folder (config.json + model.safetensors)

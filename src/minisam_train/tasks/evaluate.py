@@ -107,6 +107,24 @@ def _count_by_dataset(sources: SliceSources) -> dict:
     return counts
 
 
+# Settings that change a row's value: rows written under other values must not be mixed with new ones.
+SCORING_KEYS = ("sampling", "nsd_tolerance", "multimask_modes", "min_object_pixels", "intensity")
+
+
+def check_resumable(cfg, out: Path) -> None:
+    """Refuse to resume into ``out`` if its rows were scored with other settings (they would be mixed)."""
+    previous = out / "eval_config.yaml"
+    if not (previous.is_file() and (out / "per_object.csv").is_file()):
+        return
+    old = OmegaConf.load(previous)
+    changed = [k for k in SCORING_KEYS if _plain(old.get(k)) != _plain(OmegaConf.select(cfg, k))]
+    if changed:
+        raise DataError(
+            f"{out} holds rows scored with other settings ({', '.join(changed)} differ from {previous}); "
+            "re-running would mix them. Use a new output_dir, or the old settings to resume."
+        )
+
+
 def run(cfg, loader=None) -> EvalOutcome:
     """Run the evaluation described by ``cfg`` (see ``conf/eval.yaml``); returns what was written."""
     settings = settings_from_cfg(cfg)
@@ -114,6 +132,7 @@ def run(cfg, loader=None) -> EvalOutcome:
     sources = build_sources(cfg.data, int(cfg.get("min_object_pixels", 50)), cfg.get("modality"))
     out = Path(str(cfg.output_dir))
     out.mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg, out)
     OmegaConf.save(cfg, out / "eval_config.yaml", resolve=True)
     log.info("Evaluating %d model(s) on %d slices -> %s", len(entries), len(sources), out)
     outcome = Evaluator(sources, entries, settings, out, loader=loader).run()

@@ -42,6 +42,7 @@ class LoopSettings:
     seed: int = 0
     resume: bool = True
     stop_after: int | None = None
+    prompts_per_slice: int | None = None
     num_workers: int = 0
     progress: bool = True
 
@@ -180,6 +181,8 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
             first = (pos * world + rank) * settings.batch_size
             picks = [order[(first + j) % len(order)] for j in range(settings.batch_size)]
             batch = _to(_collate([samples[i] for i in picks]), accelerator.device)
+            if settings.prompts_per_slice:
+                batch = _rotate_prompts(batch, settings.prompts_per_slice, epoch)
             sync = k == settings.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
             with ctx, accelerator.autocast():
@@ -210,6 +213,16 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
     checkpoints.close()
     return {"history": history, "step": step, "resumed_from": resumed_from, "stopped_early": stopped_early,
             "train_seconds": time.perf_counter() - start, "epochs": sorted(epochs_seen), "model": model}
+
+
+def _rotate_prompts(batch, k: int, epoch: int):
+    """Keep ``k`` of each slice's cached prompts, a different ``k`` each epoch (the decoder costs per prompt).
+
+    Chosen by epoch, not at random, so a resumed run picks the same prompts as an uninterrupted one.
+    """
+    for key in ("boxes", "teacher_logits"):
+        batch[key] = [t[[(epoch * k + j) % t.shape[0] for j in range(min(k, t.shape[0]))]] for t in batch[key]]
+    return batch
 
 
 class _null:

@@ -21,6 +21,11 @@ import torch
 from napari_qlora_minisam.errors import ModelLoadError
 
 DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.", "shared_image_embedding.")
+# The affine of the encoder's last LayerNorm sets each embedding channel's scale and offset. Taking the
+# teacher's puts a fresh student on the teacher's scale at step 0 (LiteMedSAM's channels are ~0.14 wide,
+# a fresh LayerNorm's 1.0: a 50x feature loss the optimiser would otherwise spend hundreds of steps on).
+EMBEDDING_NORM = ("vision_encoder.neck.layer_norm2.weight", "vision_encoder.neck.layer_norm2.bias")
+_ORIGINAL_NORM = ("image_encoder.neck.3.weight", "image_encoder.neck.3.bias")  # segment-anything / LiteMedSAM
 
 
 def build_student_net(source: str | None = None, config: dict | None = None, seed: int = 0):
@@ -88,11 +93,14 @@ def teacher_decoder_state(teacher) -> dict[str, torch.Tensor]:
         raise ModelLoadError("Give the student a teacher without LoRA adapters (merge them first).")
     state = _float_state_dict(net)
     if teacher.kind == "hf":
-        return {k: v for k, v in state.items() if k.startswith(DECODER_PREFIXES)}
+        return {k: v for k, v in state.items() if k.startswith(DECODER_PREFIXES) or k in EMBEDDING_NORM}
     from napari_qlora_minisam.models.sam_checkpoint import convert_state_dict
 
     original = {k: v for k, v in state.items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
-    return {k: v for k, v in convert_state_dict(original).items() if k.startswith(DECODER_PREFIXES)}
+    out = {k: v for k, v in convert_state_dict(original).items() if k.startswith(DECODER_PREFIXES)}
+    if all(k in state for k in _ORIGINAL_NORM):
+        out.update({hf: state[orig] for hf, orig in zip(EMBEDDING_NORM, _ORIGINAL_NORM)})
+    return out
 
 
 def _float_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -133,8 +141,9 @@ def load_decoder_state(student, src: dict) -> int:
             "give the student the teacher's embedding width (output_channels=256) or set "
             "student.init_decoder=own."
         )
-    student.load_state_dict({k: src[k] for k in wanted}, strict=False)
-    return len(wanted)
+    norm = [k for k in EMBEDDING_NORM if k in src and k in dst and src[k].shape == dst[k].shape]
+    student.load_state_dict({k: src[k] for k in wanted + norm}, strict=False)
+    return len(wanted) + len(norm)
 
 
 def set_trainable(student, train_decoder: bool = True) -> None:

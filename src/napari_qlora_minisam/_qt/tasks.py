@@ -86,7 +86,7 @@ def propagate_task(predictor, stack, intensity: str, start_z: int, start_mask: n
                    max_slices: int | None, margin: float = 0.1, rules: StopRules = StopRules()):
     segmenter = _LockedSegmenter(predictor, stack, intensity)
     result = yield from propagate(segmenter, start_z, start_mask, len(stack), margin=margin,
-                                  rules=rules, max_slices=max_slices)
+                                  rules=rules, max_slices=max_slices, stack=stack)
     return result
 
 

@@ -57,7 +57,7 @@ class MiniSamWidget(QWidget):
         self.depth = 0  # number of leading slice axes of the image (0: 2D, 1: 3D stack)
         self.preview = None  # the latest painted tasks.PreviewResult
         self.previews_painted = 0
-        self._editors: dict[int, LabelEditor] = {}
+        self._editors: dict[int, tuple] = {}  # id(objects layer) -> (layer, its undo history)
         self._workers: set = set()
         self._request = 0
         self._preview_running = False
@@ -311,9 +311,14 @@ class MiniSamWidget(QWidget):
 
     @property
     def editor(self) -> LabelEditor | None:
-        if self.objects_layer is None:
+        layer = self.objects_layer
+        if layer is None:
             return None
-        return self._editors.setdefault(id(self.objects_layer), LabelEditor())
+        owner, editor = self._editors.get(id(layer), (None, None))
+        if owner is not layer:  # ids of deleted layers can be reused by new ones
+            editor = LabelEditor()
+            self._editors[id(layer)] = (layer, editor)
+        return editor
 
     def current_z(self) -> int | None:
         """Index of the slice in view (``None`` for a 2D image)."""

@@ -9,18 +9,21 @@ fixed and only the prompt changes, so:
   encoding, ``embedding + no-mask embedding`` in token layout, and in the first two-way block the keys
   and values of the token->image attention and the queries of the image->token attention (the image
   tokens only change *after* that block's image->token attention);
-* attention runs through ``F.scaled_dot_product_attention`` (fused softmax, no score copies);
+* with plain ``nn.Linear`` projections (no LoRA, no 4-bit), the cross attentions never project the 4096
+  image tokens: the few prompt tokens are pushed through the projection weights instead (see
+  :func:`token_to_image`, :func:`image_to_token`), which more than halves the cross attentions' FLOPs;
+* softmax over the 7 prompt tokens runs on a middle axis (torch's last-axis softmax of width 7 is slow);
 * the two stride-2 transposed convolutions are done as matmuls on the token layout (a 2x2/stride-2
   transposed conv has no overlap, so it is a per-pixel linear map to 4 sub-pixels) and the hypernetwork
   product is taken before un-shuffling the sub-pixels, so only the ``M`` final mask channels are
   re-ordered instead of 32 feature channels;
 * with ``multimask=False`` only the one mask that is returned is computed.
 
-Every ``nn.Linear`` is still *called* as a module, never read as a weight, because peft injects LoRA
-layers and bitsandbytes swaps in ``Linear4bit`` in place: the fast path then runs whatever is there. The
-per-image cache is keyed on the embedding tensor and on a signature of every parameter's version counter
-and of peft's adapter switches, so a weight update, an adapter switch or ``disable_adapter`` invalidates
-it. The results equal the reference decoder up to float32 reassociation (tested in
+peft injects LoRA layers and bitsandbytes swaps in ``Linear4bit`` in place, so a projection's weight is
+only read when the module is exactly ``nn.Linear``; otherwise the module is called, and the fast path
+runs whatever is there. The per-image cache is keyed on the embedding tensor and on a signature of every
+parameter's version counter and of peft's adapter switches, so a weight update, an adapter switch or
+``disable_adapter`` invalidates it. The results equal the reference decoder up to float32 reassociation (tested in
 ``tests/core/test_speed_paths.py``).
 """
 
@@ -32,6 +35,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fast_encoder import _linear
 
 # peft's LoRA layers expose these; their values change what a module computes without touching weights.
 _ADAPTER_STATE_ATTRS = ("active_adapters", "disable_adapters", "merged")
@@ -150,11 +155,6 @@ def image_to_token(attn: nn.Module, kpe: torch.Tensor, q_tok: torch.Tensor, v_to
     return torch.baddbmm(attn.out_proj.bias.view(1, 1, -1), weights.transpose(1, 2), vf)
 
 
-def _linear_2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ w (+ bias)`` with the bias folded into the GEMM (one pass over the output, not two)."""
-    return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
-
-
 class _ImageState:
     """What the decoder needs from one image, independent of the prompt."""
 
@@ -250,7 +250,8 @@ class FastSamDecoder:
             src = embeddings + dense if embeddings.shape[0] in (1, dense.shape[0]) else None
             if src is None:
                 raise ValueError(f"{embeddings.shape[0]} embeddings for {dense.shape[0]} mask prompts")
-            keys = src.flatten(2).transpose(1, 2)
+            # contiguous: bitsandbytes' generic CPU 4-bit kernel mis-reads inputs whose last axis is strided
+            keys = src.flatten(2).transpose(1, 2).contiguous()
             queries, keys = self._block(md.transformer.layers[0], tokens, keys, tokens, pos)
         for layer in md.transformer.layers[1:]:
             queries, keys = self._block(layer, queries, keys, tokens, pos)
@@ -311,13 +312,14 @@ class FastSamDecoder:
         ct1, ln, act1, ct2, act2 = up[0], up[1], up[2], up[3], up[4]
         b, n, _ = keys.shape
         c1, c2 = ct1.out_channels, ct2.out_channels
-        # ConvTranspose2d weight is (C_in, C_out, 2, 2) -> (C_in, [dy, dx, C_out])
-        x = _linear_2d(keys.reshape(b * n, -1), ct1.weight.permute(0, 2, 3, 1).reshape(ct1.in_channels, 4 * c1),
-                       None if ct1.bias is None else ct1.bias.repeat(4))
+        # ConvTranspose2d weight (C_in, C_out, 2, 2) -> (4 * C_out, C_in); columns sub-pixel major [dy, dx, C_out]
+        w1 = ct1.weight.permute(2, 3, 1, 0).reshape(4 * c1, ct1.in_channels)
+        w2 = ct2.weight.permute(2, 3, 1, 0).reshape(4 * c2, ct2.in_channels)
+        b1 = None if ct1.bias is None else ct1.bias.repeat(4)
+        b2 = None if ct2.bias is None else ct2.bias.repeat(4)
+        x = _linear(keys.reshape(b * n, -1), w1, b1)
         x = act1(F.layer_norm(x.view(b * n * 4, c1), (c1,), ln.weight, ln.bias, ln.eps))
-        x = _linear_2d(x, ct2.weight.permute(0, 2, 3, 1).reshape(ct2.in_channels, 4 * c2),
-                       None if ct2.bias is None else ct2.bias.repeat(4))
-        x = act2(x * 1.0001).view(b, n * 16, c2)
+        x = _linear(x, w2, b2, act2).view(b, n * 16, c2)  # bias and GELU fused into the GEMM
         m = hyper.shape[1]
         masks = torch.bmm(x, hyper.transpose(1, 2))  # (B, [i, j, dy1, dx1, dy2, dx2], M)
         masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)

@@ -59,10 +59,15 @@ def _exact_gelu(act) -> bool:
     return type(act) is nn.GELU and act.approximate == "none"
 
 
+def _fusable(x, act) -> bool:
+    # Not under autocast: the fused private ops are not autocast-aware and would run in float32.
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and (act is None or _exact_gelu(act))
+            and not torch.is_autocast_enabled("cpu") and _fused_available())
+
+
 def _linear(x, weight, bias, act=None):
     """``act(x @ weight.T + bias)`` for ``act`` None or an exact ``nn.GELU``, fused when possible."""
-    if x.dtype == torch.float32 and x.device.type == "cpu" and (act is None or _exact_gelu(act)) \
-            and _fused_available():
+    if _fusable(x, act):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none" if act is None else "gelu",
                                                   [], "" if act is None else "none")
     y = F.linear(x, weight, bias)
@@ -74,7 +79,8 @@ def _call_linear(mod: nn.Module, x, act=None):
     (a peft LoRA wrapper or a bitsandbytes 4-bit layer is always called as the module it is)."""
     if type(mod) is nn.Linear:
         return _linear(x, mod.weight, mod.bias, act)
-    y = mod(x)
+    # contiguous: bitsandbytes' generic CPU 4-bit kernel mis-reads inputs whose last axis is strided
+    y = mod(x.contiguous())
     return y if act is None else act(y)
 
 
@@ -101,8 +107,7 @@ def _conv_bn(cbn: nn.Module, x: torch.Tensor, act=None) -> torch.Tensor:
 def _conv_nhwc(x, weight, bias, stride, padding, groups, act=None):
     """Convolution on the channels-last NCHW view of ``x``; oneDNN keeps the output channels-last."""
     xc = x.permute(0, 3, 1, 2)
-    if x.dtype == torch.float32 and x.device.type == "cpu" and (act is None or _exact_gelu(act)) \
-            and _fused_available():
+    if _fusable(x, act):
         out = torch.ops.mkldnn._convolution_pointwise(
             xc, weight, bias, list(padding), list(stride), [1, 1], groups,
             "none" if act is None else "gelu", [], "" if act is None else "none")
