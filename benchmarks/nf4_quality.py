@@ -6,11 +6,13 @@ truth of test-split slices of ``../shared/data/cosmos_sample`` and ``cosmos_extr
 Dice per class (averaged over that class's slices), the class mean, the mean absolute Dice change per
 object against fp32, the relative error of the image embedding, and the memory footprint.
 
-Run from the repository root (about 5 min on the 2-core CI machine)::
+Run from the repository root (a few minutes per variant on the 2-core CI machine; docs/quantization.md
+holds the table it printed)::
 
-    python benchmarks/nf4_quality.py --out docs/nf4_quality_table.md
+    python benchmarks/nf4_quality.py --per-dataset 2 --variants fp32 nf4-aligned-all nf4-decoder-only
 
-Use ``--per-dataset N`` to change how many slices of each dataset are used (default 3).
+``--per-dataset N`` sets how many test-split slices of each dataset are used (default 3); ``--out FILE``
+also writes the markdown table there. fp32 always runs first: every other row is compared with it.
 """
 
 from __future__ import annotations

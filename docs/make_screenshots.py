@@ -90,6 +90,7 @@ def main() -> None:
 
     widget.commit()
     widget.toggle_negative()
+    pump(app, lambda: widget.is_idle)
     viewer.layers.selection.active = widget.objects_layer
     shoot(viewer, app, "plugin_objects.png")
     viewer.close()
@@ -109,7 +110,7 @@ def main() -> None:
     pump(app, lambda: widget.previews_painted > n and widget.is_idle)
     widget.commit()
     widget.propagate()
-    pump(app, lambda: widget._propagation is None)
+    pump(app, lambda: not widget.is_propagating)
     viewer.dims.set_current_step(0, mid - 3)
     pump(app, lambda: widget.is_idle)
     viewer.layers.selection.active = widget.objects_layer

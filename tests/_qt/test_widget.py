@@ -45,6 +45,7 @@ def test_box_preview_points_commit_undo_redo(open_widget, qtbot):
     objects = widget.objects_layer.data
     assert set(np.unique(objects)) == {0, 1}
     assert len(widget.points_layer.data) == 0 and len(widget.shapes_layer.data) == 0
+    assert not widget.preview_layer.data.any() and widget.is_idle  # cleared at once, no decode of a half-clear
     first = objects.copy()
     rv = reference.data == 3
     draw_box(qtbot, widget, tight_box(rv))
@@ -124,7 +125,7 @@ def test_propagation_through_the_lung_volume(open_widget, qtbot):
     widget.ui.max_slices.setValue(len(zs) // 2)
     widget.propagate()
     assert widget.ui.cancel.isEnabled()
-    qtbot.waitUntil(lambda: widget._propagation is None, timeout=MODEL_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.is_propagating, timeout=MODEL_TIMEOUT_MS)
     objects = widget.objects_layer.data
     scores = [dice(objects[z] == 1, tumour[z]) for z in zs]
     assert np.mean(scores) >= 0.7, (scores, widget.message)

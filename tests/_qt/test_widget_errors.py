@@ -70,7 +70,7 @@ def test_propagation_can_be_cancelled_threaded(tiny_widget, qtbot):
     widget.objects_layer.selected_label = 5
     widget.propagate()
     widget.cancel_propagation()
-    qtbot.waitUntil(lambda: widget._propagation is None, timeout=MODEL_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.is_propagating, timeout=MODEL_TIMEOUT_MS)
     assert "cancelled" in widget.message or "Propagated" in widget.message
     assert widget.objects_layer.data[6, 15, 15] == 5
     wait_idle(qtbot, widget)

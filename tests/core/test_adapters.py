@@ -305,21 +305,21 @@ def test_litemedsam_nf4_decoder_adapters(tmp_path, lite_pixels):
             return backend.decode(emb, boxes=boxes, multimask=True)
 
     base = decode()
-    for i, name in enumerate(("a", "b")):
+    for i, name in enumerate(("heart", "lung")):
         add_lora(backend, name, r=4, alpha=8, parts=("decoder",))
         randomize_lora(backend, name, seed=10 + i, scale=0.1)
     outs = {}
-    for name in ("a", "b", None):
+    for name in ("heart", "lung", None):
         set_adapter(backend, name)
         outs[name] = decode()
     assert_all_close(outs[None], base)
-    assert_all_differ(outs["a"], outs["b"])
-    assert_all_differ(outs["a"], base)
-    dirs = [save_adapter(backend, tmp_path / n, n, {"modality": "mri"}) for n in ("a", "b")]
+    assert_all_differ(outs["heart"], outs["lung"])
+    assert_all_differ(outs["heart"], base)
+    dirs = [save_adapter(backend, tmp_path / n, n, {"modality": "mri"}) for n in ("heart", "lung")]
 
     again = load_model("litemedsam", device="cpu", quantize="nf4", adapters=dirs)
     assert again.identity == backend.identity and again.quantization == "nf4"
-    for name in ("b", "a", None):
+    for name in ("lung", "heart", None):
         set_adapter(again, name)
         with torch.inference_mode():
             got = again.decode(emb, boxes=boxes, multimask=True)

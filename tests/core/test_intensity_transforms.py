@@ -102,7 +102,8 @@ def test_coordinate_round_trip(hw, target):
     assert net[:, 0].max() <= new_w and net[:, 1].max() <= new_h
     np.testing.assert_allclose(unscale_coords(net, hw, target), pts, rtol=1e-5, atol=1e-3)
     boxes = np.concatenate([pts[:10], pts[10:]], axis=1)
-    np.testing.assert_allclose(scale_boxes(boxes, hw, target).reshape(-1, 2), scale_coords(boxes.reshape(-1, 2), hw, target))
+    np.testing.assert_allclose(scale_boxes(boxes, hw, target).reshape(-1, 2),
+                               scale_coords(boxes.reshape(-1, 2), hw, target))
 
 
 def test_postprocess_puts_a_network_frame_square_back_where_the_box_was():

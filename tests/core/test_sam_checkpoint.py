@@ -6,14 +6,12 @@ written from it must give the same embeddings, masks and IoU through our HF back
 
 from __future__ import annotations
 
-import importlib
 from functools import partial
 
 import pytest
 import torch
 
 sam_modeling = pytest.importorskip("segment_anything.modeling")
-build_sam = importlib.import_module("segment_anything.build_sam")
 
 from napari_qlora_minisam import ModelLoadError, load_model  # noqa: E402
 from napari_qlora_minisam.models.hf_sam import HfSamBackend  # noqa: E402
@@ -114,7 +112,8 @@ def test_vit_b_checkpoint_converts_to_the_same_network(vit_b_checkpoint):
         "image_encoder.blocks.11.norm2.bias": "vision_encoder.layers.11.layer_norm2.bias",
         "prompt_encoder.mask_downscaling.6.weight": "prompt_encoder.mask_embed.conv3.weight",
         "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": "shared_image_embedding.positional_embedding",
-        "mask_decoder.output_hypernetworks_mlps.3.layers.2.weight": "mask_decoder.output_hypernetworks_mlps.3.proj_out.weight",
+        "mask_decoder.output_hypernetworks_mlps.3.layers.2.weight":
+            "mask_decoder.output_hypernetworks_mlps.3.proj_out.weight",
         "mask_decoder.iou_prediction_head.layers.1.bias": "mask_decoder.iou_prediction_head.layers.0.bias",
         "mask_decoder.output_upscaling.1.weight": "mask_decoder.upscale_layer_norm.weight",
     }
@@ -246,3 +245,23 @@ def test_checkpoint_with_an_unknown_shape(tmp_path):
     torch.save(state, path)
     with pytest.raises(ModelLoadError, match=r"odd\.pth.*wrong shape"):
         load_model(str(path), device="cpu")
+
+
+def test_converted_checkpoint_in_nf4(tmp_path):
+    """A .pth goes through the same NF4 path as the in-memory networks: smaller, same identity, close."""
+    import bitsandbytes as bnb
+
+    sam = build_original(192, 4, 3, (1, 3), image_size=256, seed=6)
+    path = tmp_path / "sam_small.pth"
+    torch.save(sam.state_dict(), path)
+    fp32 = load_model(str(path), device="cpu")
+    q = load_model(str(path), device="cpu", quantize="nf4")
+    assert q.quantization == "nf4" and q.identity == fp32.identity
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in q.net.modules())
+    assert q.memory_footprint() < 0.5 * fp32.memory_footprint()
+    emb = torch.randn(1, 256, 16, 16, generator=torch.Generator().manual_seed(7))
+    boxes = torch.tensor([[20.0, 30.0, 150.0, 200.0]])
+    with torch.inference_mode():
+        ref, _ = fp32.decode(emb, boxes=boxes)
+        got, _ = q.decode(emb, boxes=boxes)
+    assert float((got - ref).norm() / ref.norm()) < 0.3

@@ -45,8 +45,9 @@ def test_lora_gets_gradients_after_an_inference_pass():
 def test_qlora_run_on_cpu(tmp_path):
     from tests.train.test_adapt_run import tiny_cfg
 
-    summary, model = adapt.train(tiny_cfg(tmp_path, "nf4", "quantize=nf4", "train.steps=2", "train.val_every=2"))
-    assert summary["quantize"] == "nf4" and summary["steps_done"] == 2
+    summary, model = adapt.train(tiny_cfg(tmp_path, "nf4", "quantize=nf4", "train.steps=1", "data.max_samples=1",
+                                          "data.val_fraction=0", "data.augment.views_per_image=1"))
+    assert summary["quantize"] == "nf4" and summary["steps_done"] == 1
     n4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert n4 and all(m.weight.quant_state.nested for m in n4)            # double quantization
     meta = json.loads((tmp_path / "nf4_adapter" / "minisam_adapter.json").read_text())

@@ -55,7 +55,8 @@ def _cfg(setup, out, *extra, cache="cache", teacher=None, student="tiny_hf_sam_s
         f"teacher.source={teacher or setup['teacher']}", f"student.source={student}",
         f"data.folders=[{setup['images']}]", "data.cosmos_roots=[]", "data.exclude_split_file=null",
         f"cache.dir={setup['root'] / cache}", f"output_dir={setup['root'] / out}",
-        "train.batch_size=1", "train.lr=3e-3", "train.log_every=1", "logging.progress=false",
+        "student.train_decoder=true", "train.batch_size=1", "train.lr=3e-3", "train.log_every=1",
+        "logging.progress=false",
         "logging.tensorboard=false", "prompts.per_image=1", "prompts.proposals=2",
         # a random teacher draws random masks: accept any of them as an object
         "prompts.max_area_fraction=1.0", "prompts.min_area=1", *extra])

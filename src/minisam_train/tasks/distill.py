@@ -68,9 +68,8 @@ def _resume_step(out: Path, resume: bool) -> int:
 
     if not resume:
         return 0
-    latest = CheckpointManager.__new__(CheckpointManager)
-    latest.root = out / "checkpoints"
-    found = CheckpointManager.latest(latest)
+    # Only to trim the CSV log to the resumed step; the loop itself restores through the same manager.
+    found = CheckpointManager(out / "checkpoints", accelerator=None).latest()
     return int(json.loads((found / "trainer_state.json").read_text())["step"]) if found else 0
 
 
@@ -175,7 +174,8 @@ def run(cfg) -> dict:
         "slices_listed": len(items), "slices_used": len(usable), "cache_dir": str(cache.dir),
         "cache": stats.as_dict(), "teacher_pass_seconds": teacher_pass_s,
         "teacher_seconds_per_slice": stats.teacher_seconds / max(1, stats.computed),
-        "cache_read_seconds_per_slice": samples.read_seconds / max(1, cache.reads), "cache_reads": cache.reads,
+        "cache_read_seconds_per_slice": samples.read_seconds / max(1, cache.reads),
+        "cache_reads": cache.reads,
         "steps": result["step"], "steps_planned": steps, "steps_per_epoch": steps_per_epoch,
         "resumed_from_step": result["resumed_from"], "stopped_early": result["stopped_early"],
         "train_seconds": result["train_seconds"], "run_seconds": time.perf_counter() - t_run,

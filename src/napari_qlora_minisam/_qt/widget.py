@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QWidget
 
 from ..adapters import list_adapters
@@ -25,12 +26,12 @@ from . import layers as L
 from . import tasks, workers
 from .controls import INTENSITY_CHOICES, NO_ADAPTER, Controls
 from .gl_safety import keep_triton_out
+from .propagation import PropagationController
 
 keep_triton_out()  # before any model import: see gl_safety.py
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "MINISAM_NAPARI_MODEL"  # default model source (tests may pick a tiny one)
-PREVIEW_DEBOUNCE_MS = 5  # coalesces the burst of data events one edit produces; a drag is gated by the in-flight decode
 
 # Embeddings outlive a widget and a model reload: the key covers model identity, adapter and intensity.
 SHARED_CACHE = EmbeddingCache()
@@ -45,6 +46,8 @@ def describe(exc: BaseException) -> str:
 
 class MiniSamWidget(QWidget):
     """Dock widget (npe2 contribution ``napari-qlora-minisam.segmentation_widget``)."""
+
+    preview_painted = Signal()  # after each preview (or its removal) reached the preview layer
 
     def __init__(self, napari_viewer, model_source: str | None = None):
         super().__init__()
@@ -66,13 +69,11 @@ class MiniSamWidget(QWidget):
         self._embed_running = False
         self._embed_pending = False
         self._model_busy = False
-        self._propagation = None
+        self.propagation = PropagationController(self)
         self._painted_z = None
         self._last_z = None
-        self._preview_timer = QTimer(self)
-        self._preview_timer.setSingleShot(True)
-        self._preview_timer.setInterval(PREVIEW_DEBOUNCE_MS)
-        self._preview_timer.timeout.connect(self._start_preview)
+        self._last_decoded = None  # (prompt key, PreviewResult) of the newest decode, even if it was stale
+        self._previews_suspended = False
 
         ui = self.ui
         ui.image.currentIndexChanged.connect(self._on_image_choice)
@@ -117,7 +118,7 @@ class MiniSamWidget(QWidget):
     def is_idle(self) -> bool:
         """No model work running or queued (tests and benchmarks wait for this)."""
         return not (self._workers or self._preview_running or self._preview_pending or self._embed_running
-                    or self._embed_pending or self._model_busy or self._preview_timer.isActive())
+                    or self._embed_pending or self._model_busy)
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.ui.message.setText(text)
@@ -135,7 +136,7 @@ class MiniSamWidget(QWidget):
         editor = self.editor
         ui.undo.setEnabled(bool(editor and editor.can_undo))
         ui.redo.setEnabled(bool(editor and editor.can_redo))
-        ui.propagate.setEnabled(self.depth == 1 and self._propagation is None)
+        ui.propagate.setEnabled(self.depth == 1 and not self.propagation.running)
         ui.commit.setEnabled(self.image_layer is not None)
 
     # -- model ----------------------------------------------------------------------------------------
@@ -375,12 +376,18 @@ class MiniSamWidget(QWidget):
 
     def clear_prompts(self) -> None:
         z = self.current_z()
-        for layer in (self.points_layer, self.shapes_layer):
-            if layer is not None:
-                L.remove_on_slice(layer, z)
+        self._previews_suspended = True  # one preview update for the whole clear, not one per layer
+        try:
+            for layer in (self.points_layer, self.shapes_layer):
+                if layer is not None:
+                    L.remove_on_slice(layer, z)
+        finally:
+            self._previews_suspended = False
         self.schedule_preview()
 
     def _on_prompts_changed(self, event=None) -> None:
+        if self._previews_suspended:
+            return
         action = getattr(event, "action", None)
         if action is not None and str(getattr(action, "value", action)) in ("adding", "removing"):
             return  # the data has not changed yet
@@ -388,12 +395,15 @@ class MiniSamWidget(QWidget):
 
     # -- preview --------------------------------------------------------------------------------------
     def schedule_preview(self) -> None:
-        """Ask for a new preview; bursts of requests collapse into one model call."""
+        """Ask for a new preview (debounced by the decode in flight).
+
+        Leading edge: when no decode runs, one starts at once — no timer, because under a software
+        OpenGL a canvas repaint queued by the same edit would otherwise run first. While a decode runs,
+        requests only set "pending": when it ends, one decode runs for the newest prompts, so a drag
+        never builds a backlog.
+        """
         self._request += 1
-        if workers.run_synchronously():
-            self._start_preview()
-        else:
-            self._preview_timer.start()
+        self._start_preview()
 
     def _start_preview(self) -> None:
         if self.predictor is None or self.image_layer is None:
@@ -402,16 +412,33 @@ class MiniSamWidget(QWidget):
             self._preview_pending = True  # run again with the newest prompts when this one ends
             return
         prompts = self.current_prompts()
+        self._preview_pending = False
         if prompts.is_empty:
             self._paint_preview(None)
             return
-        self._preview_pending = False
-        self._preview_running = True
         z = self.current_z()
+        key = self._prompt_key(prompts, z)
+        if self._last_decoded is not None and self._last_decoded[0] == key:
+            # One edit can fire several events (data, then features): the decode already made for these
+            # exact prompts is current again, not stale.
+            self._on_preview(replace(self._last_decoded[1], request=self._request))
+            return
+        self._preview_running = True
+
+        def decoded(result, key=key):
+            self._last_decoded = (key, result)
+            self._on_preview(result)
+
         workers.start(tasks.preview_task, self.predictor, self.current_plane(), self.intensity, prompts,
                       self._request, z, on_yielded=self._on_embedding_started,
-                      on_returned=self._on_preview, on_errored=self._preview_failed,
+                      on_returned=decoded, on_errored=self._preview_failed,
                       on_finished=self._preview_finished, keep=self._workers)
+
+    def _prompt_key(self, prompts, z) -> tuple:
+        box = None if prompts.box is None else prompts.box.tobytes()
+        return (z, prompts.points_xy.tobytes(), prompts.point_labels.tobytes(), box, self.intensity,
+                id(self.predictor), self.model.cache_key if self.model is not None else None,
+                id(self.image_layer))
 
     def _on_preview(self, result: tasks.PreviewResult) -> None:
         if result.request != self._request:
@@ -448,6 +475,7 @@ class MiniSamWidget(QWidget):
         self._painted_z = None if result is None else result.z
         layer.refresh()
         self.previews_painted += 1
+        self.preview_painted.emit()
 
     # -- embedding ------------------------------------------------------------------------------------
     def _schedule_embedding(self) -> None:
@@ -485,8 +513,7 @@ class MiniSamWidget(QWidget):
             self.show_message("Pick an image layer first.", error=True)
             return
         if self.preview is None or self.preview.request != self._request:
-            if not self.current_prompts().is_empty and (self._preview_running or self._preview_timer.isActive()
-                                                         or self._preview_pending):
+            if not self.current_prompts().is_empty and (self._preview_running or self._preview_pending):
                 self._commit_when_ready = True  # commit the preview of the newest prompts when it lands
                 return
             self.show_message("Nothing to commit: draw a box or click points first.", error=True)
@@ -516,73 +543,14 @@ class MiniSamWidget(QWidget):
             self.show_message(f"Redid {edit.description} of object {edit.label_id}.")
         self._update_buttons()
 
-    # -- 3D propagation -------------------------------------------------------------------------------
-    def _object_to_propagate(self, z: int):
-        labels = self.objects_layer.data[z]
-        candidates = [self.objects_layer.selected_label]
-        if self.editor.undo_stack:
-            candidates.append(self.editor.undo_stack[-1].label_id)
-        for label_id in candidates:
-            if label_id and (labels == label_id).any():
-                return int(label_id)
-        return None
+    # -- 3D propagation (see propagation.py) -----------------------------------------------------------
+    @property
+    def is_propagating(self) -> bool:
+        return self.propagation.running
 
     def propagate(self) -> None:
         """Segment the object committed on the slice in view up and down through the stack."""
-        if self.depth != 1 or self.objects_layer is None:
-            self.show_message("Propagation needs a 3D (Z, Y, X) image.", error=True)
-            return
-        if self.predictor is None:
-            self.show_message("The model is still loading.", error=True)
-            return
-        z = self.current_z()
-        label_id = self._object_to_propagate(z)
-        if label_id is None:
-            self.show_message(f"No committed object on slice {z}: commit one here (or select its label in "
-                              "the objects layer) before propagating.", error=True)
-            return
-        start_mask = self.objects_layer.data[z] == label_id
-        self.editor.commit(self.objects_layer.data, np.zeros_like(start_mask), z, label_id=label_id,
-                           description="propagation")  # an empty step that the slices extend: one undo
-        ui = self.ui
-        ui.propagate_progress.setRange(0, 1)
-        ui.propagate_progress.setValue(0)
-        ui.propagate_progress.setVisible(True)
-        ui.cancel.setEnabled(True)
-        self._propagated = []
-        self._propagation = workers.start(
-            tasks.propagate_task, self.predictor, self.image_layer.data, self.intensity, z, start_mask,
-            ui.max_slices.value() or None,
-            on_yielded=lambda step: self._on_propagation_step(step, label_id),
-            on_returned=self._on_propagation_done, on_errored=self._error,
-            on_finished=self._propagation_finished, keep=self._workers)
-        if workers.run_synchronously():
-            self._propagation_finished()  # the inline run ended before start() returned
-        self._update_buttons()
-
-    def _on_propagation_step(self, step, label_id: int) -> None:
-        self.editor.commit(self.objects_layer.data, step.mask, step.z, label_id=label_id,
-                           overwrite=self.ui.overwrite.isChecked(), extend=True)
-        self._propagated.append(step.z)
-        self.objects_layer.refresh()
-        self.ui.propagate_progress.setRange(0, step.total)
-        self.ui.propagate_progress.setValue(step.done)
-        self.show_message(f"Propagating: slice {step.z} done ({len(self._propagated)} slices).")
-
-    def _on_propagation_done(self, result) -> None:
-        reasons = "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in sorted(result.stopped.items()))
-        slices = sorted(self._propagated)
-        span = f"slices {slices[0]}–{slices[-1]}" if slices else "no new slice"
-        self.show_message(f"Propagated to {len(slices)} slices ({span}). Stopped {reasons}.")
+        self.propagation.start()
 
     def cancel_propagation(self) -> None:
-        if self._propagation is not None:
-            self._propagation.quit()
-            self.show_message(f"Propagation cancelled after {len(self._propagated)} slices "
-                              "(those stay; Undo removes them).")
-
-    def _propagation_finished(self) -> None:
-        self._propagation = None
-        self.ui.cancel.setEnabled(False)
-        self.ui.propagate_progress.setVisible(False)
-        self._update_buttons()
+        self.propagation.cancel()
