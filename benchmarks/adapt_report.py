@@ -133,14 +133,15 @@ def plot_eval(by_mod, path: Path) -> None:
 
     models = [m for m in MODELS if any(k[0] == m for k in by_mod)]
     mods = sorted({k[3] for k in by_mod})
+    prompts = [p for p in PROMPTS if any(k[1] == p for k in by_mod)]
     fig, axes = plt.subplots(1, len(mods), figsize=(4.2 * len(mods), 3.4), sharey=True, squeeze=False)
-    x, w = np.arange(len(PROMPTS)), 0.8 / len(models)
+    x, w = np.arange(len(prompts)), 0.8 / len(models)
     for j, mod in enumerate(mods):
         ax = axes[0][j]
         for k, m in enumerate(models):
-            vals = [by_mod.get((m, p, "deployable", mod), {}).get("dice", np.nan) for p in PROMPTS]
+            vals = [by_mod.get((m, p, "deployable", mod), {}).get("dice", np.nan) for p in prompts]
             ax.bar(x + (k - (len(models) - 1) / 2) * w, vals, w, label=m)
-        ax.set_xticks(x, PROMPTS)
+        ax.set_xticks(x, prompts)
         ax.set_ylim(0, 1)
         ax.set_title(f"{mod} test objects (deployable)", fontsize=9)
     axes[0][0].set_ylabel("Dice (class mean)")

@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 uptime | tee "$OUT/uptime_start.txt"
 
 /usr/bin/time -v minisam-train distill \
-  teacher.source=litemedsam student.source=minisam_student_256 \
+  teacher.source=litemedsam student.source=minisam_student_256 student.train_decoder=false \
   cache.dir="$OUT/teacher_cache" output_dir="$OUT/student" \
   train.device=cpu train.steps=${STEPS:-45} train.batch_size=1 train.lr=2e-3 train.alpha=0.5 \
   train.temperature=2.0 train.checkpoint_every=10 train.log_every=2 train.prompts_per_slice=1 \
@@ -25,5 +25,5 @@ minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" \
   "models=[{source: litemedsam, name: teacher_litemedsam}, {source: $OUT/student, name: student}]" \
   "prompts=[box]" device=cpu output_dir="$OUT/eval"
 
-python benchmarks/distill_report.py "$OUT"
+python benchmarks/distill_report.py "$OUT" --student-dir "$OUT/student" --student-name student
 uptime | tee "$OUT/uptime_end.txt"
