@@ -84,9 +84,12 @@ def list_adapters(dirs=None) -> list[AdapterEntry]:
             except AdapterError:
                 continue  # a broken folder must not hide the good ones
             name = meta.get("name", sub.name)
-            if name not in seen:
-                seen.add(name)
-                found.append(AdapterEntry(name, sub, meta))
+            if name in seen:
+                # A user's own "ct" must not hide behind the shipped "ct" (or vice versa): keep both.
+                origin = "user" if root == user_adapters_dir() else root.name
+                name = f"{name}-{origin}"
+            seen.add(name)
+            found.append(AdapterEntry(name, sub, meta))
     return found
 
 
@@ -147,7 +150,11 @@ def load_adapter(backend, path, name: str | None = None) -> str:
             "was made for, or train an adapter for this base with minisam-train adapt."
         )
     if name in backend.adapter_info:
-        return name
+        loaded_from = backend.adapter_info[name].get("_path")
+        if loaded_from is None or Path(loaded_from) == Path(path).resolve():
+            return name
+        raise AdapterError(f"An adapter named {name!r} is already loaded from {loaded_from}; pass a different "
+                           f"name to load {path} beside it.")
     try:
         if backend.peft_model is None:
             backend.peft_model = PeftModel.from_pretrained(backend.net, str(path), adapter_name=name)
@@ -156,7 +163,7 @@ def load_adapter(backend, path, name: str | None = None) -> str:
     except Exception as exc:
         raise AdapterError(f"Adapter {path} could not be loaded onto {backend.name}: {exc}") from exc
     backend.net.eval()
-    backend.adapter_info[name] = meta
+    backend.adapter_info[name] = {**meta, "_path": str(Path(path).resolve())}
     set_adapter(backend, name)
     return name
 

@@ -325,3 +325,22 @@ def test_litemedsam_nf4_decoder_adapters(tmp_path, lite_pixels):
             got = again.decode(emb, boxes=boxes, multimask=True)
         for x, y in zip(got, outs[name]):
             np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=0, atol=1e-5)
+
+
+def test_same_name_in_user_and_shipped_folders_stays_distinct(saved_tiny_adapters, tmp_path):
+    """A user's adapter named like a shipped one is listed beside it, and each loads its own weights."""
+    import shutil
+
+    model, dirs, _ = saved_tiny_adapters
+    user = tmp_path / "user"
+    shutil.copytree(dirs["ct_adapter"], user / "ct_adapter")
+    found = list_adapters([dirs["ct_adapter"].parent, user])
+    names = [a.name for a in found]
+    assert names.count("ct_adapter") == 1 and "ct_adapter-user" in names
+    fresh = load_model("tiny_hf_sam", device="cpu")
+    first = load_adapter(fresh, found[0].path, name=found[0].name)
+    with pytest.raises(AdapterError, match="already loaded"):
+        load_adapter(fresh, user / "ct_adapter", name=first)
+    second = next(a for a in found if a.name == "ct_adapter-user")
+    assert load_adapter(fresh, second.path, name=second.name) == "ct_adapter-user"
+    assert set(fresh.adapter_info) == {"ct_adapter", "ct_adapter-user"}

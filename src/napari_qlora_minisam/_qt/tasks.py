@@ -41,7 +41,7 @@ def switch_adapter_task(backend, entry):
         if entry is None:
             set_adapter(backend, None)
             return None
-        name = load_adapter(backend, entry.path)
+        name = load_adapter(backend, entry.path, name=entry.name)
         set_adapter(backend, name)
     return name
 
