@@ -279,15 +279,14 @@ encoder 1.20 s vs 1.21 s for the fast path, and it freezes the weights (no LoRA,
 233 ms vs 178 ms for matmul + in-place bias on the stage-2 window shape; SDPA's CPU flash kernel on
 16-wide heads with 7 prompt tokens several times slower than matmul + softmax.
 
-Reference points on the quiet machine (2 threads, measured before the other jobs started): naive encoder
-1.49 s, naive decoder 58 ms per prompt. Scaled by the A/B ratios above that projects to ~20 ms per prompt
-for the decoder (target ≤ 33 ms) and ~0.85 s per slice for the fp32 encoder: **the fp32 encoder target
-(≤ 0.6 s) is out of reach**: the TinyViT of LiteMedSAM costs ~72 GFLOP per 256² slice (its first stage
-runs 1x1 convs 64→256→64 at the full 256² resolution), the GEMMs alone need ~0.45 s at the fp32 rates
-measured here (~100 GFLOP/s per core for wide GEMMs, 40-60 for the K=64/128 ones) and the rest
-(depthwise convs, GELU, softmax over 64-100 MB tensors) is memory-bound. The opt-in bf16 encoder
-(AVX512-BF16) projects to ~0.55 s but is outside the 1e-4 bar, so it is off by default. Re-run the
-table on a quiet machine: `python benchmarks/bench_core.py`.
+Result (the table above, run when the machine was otherwise idle, load <= 2): the decoder meets its
+target (24 ms per prompt fp32, 30 ms NF4, vs 58 ms for the naive loop); **the fp32 encoder target (<= 0.6 s)
+is out of reach** at 0.74 s per slice (1.30 s naive): the TinyViT of LiteMedSAM costs ~72 GFLOP per 256²
+slice (its first stage runs 1x1 convs 64→256→64 at the full 256² resolution), the GEMMs alone need ~0.45 s
+at the fp32 rates measured here (~100 GFLOP/s per core for wide GEMMs, 40-60 for the K=64/128 ones) and the
+rest (depthwise convs, GELU, softmax over 64-100 MB tensors) is memory-bound. The opt-in bf16 encoder
+(AVX512-BF16) reaches 0.61 s but is outside the 1e-4 bar, so it is off by default. A load above ~2 in the
+last column inflates a row: re-run with `python benchmarks/bench_core.py`.
 
 NF4 on CPU is a memory win only: bitsandbytes rounds activations to bf16 in its repacked kernel, and
 its generic 4-bit CPU kernel returns wrong values for inputs whose last axis is strided (a transposed

@@ -19,13 +19,13 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
-from .records import SliceEntry, SliceRecord, objects_from_label
+from .records import SliceEntry, SliceReader, SliceRecord, objects_from_label
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MODALITIES_FILE = "modalities.json"
@@ -110,7 +110,7 @@ def check_label_values(label: np.ndarray, classes: Mapping[str, int], where) -> 
         )
 
 
-class CosmosDataset:
+class CosmosDataset(SliceReader):
     """Slices of one or several COSMOS-layout roots, with per-class object masks.
 
     Args:
@@ -189,20 +189,6 @@ class CosmosDataset:
         check_label_values(label, entry.classes, entry.label_path)
         return SliceRecord(image, label, entry.dataset, entry.modality, entry.image_name,
                            objects_from_label(label, entry.classes, self.min_object_pixels), entry)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> SliceRecord:
-        return self.read(self.entries[index])
-
-    def __iter__(self) -> Iterator[SliceRecord]:
-        for entry in self.entries:
-            yield self.read(entry)
-
-    @property
-    def datasets(self) -> list[str]:
-        return list(self.classes)
 
     def modality_of(self, dataset: str) -> str:
         for e in self.entries:

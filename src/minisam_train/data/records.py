@@ -60,3 +60,28 @@ def objects_from_label(label: np.ndarray, classes: dict, min_object_pixels: int 
         if int(mask.sum()) >= min_object_pixels:
             objects[name] = mask
     return objects
+
+
+class SliceReader:
+    """Sequence behaviour shared by the slice readers: subclasses set ``entries`` and ``classes`` and
+    implement ``read(entry)``, which is the only place a slice's pixels are loaded."""
+
+    entries: list
+    classes: dict
+
+    def read(self, entry: SliceEntry) -> SliceRecord:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> SliceRecord:
+        return self.read(self.entries[index])
+
+    def __iter__(self):
+        for entry in self.entries:
+            yield self.read(entry)
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.classes)

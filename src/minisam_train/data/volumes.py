@@ -15,14 +15,14 @@ Only slices where some class has at least ``min_object_pixels`` pixels are liste
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .cosmos import UNKNOWN_MODALITY, check_label_values
 from .errors import DataError
-from .records import SliceEntry, SliceRecord, objects_from_label
+from .records import SliceEntry, SliceReader, SliceRecord, objects_from_label
 
 VOLUMES_FILE = "volumes.json"
 
@@ -72,7 +72,7 @@ def _classes_of(spec: Mapping) -> dict[str, int]:
     return {str(spec.get("object") or "object"): 1}
 
 
-class VolumeDataset:
+class VolumeDataset(SliceReader):
     """Slices of 3D volumes with per-class masks, the same records as :class:`~.cosmos.CosmosDataset`.
 
     Args:
@@ -137,16 +137,3 @@ class VolumeDataset:
         return SliceRecord(image[entry.slice_index], lab, entry.dataset, entry.modality, entry.image_name,
                            objects_from_label(lab, entry.classes, self.min_object_pixels), entry)
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> SliceRecord:
-        return self.read(self.entries[index])
-
-    def __iter__(self) -> Iterator[SliceRecord]:
-        for entry in self.entries:
-            yield self.read(entry)
-
-    @property
-    def datasets(self) -> list[str]:
-        return list(self.classes)
