@@ -32,16 +32,11 @@ def build_student_net(source: str | None = None, config: dict | None = None, see
     """The student ``SamModel`` (fp32, CPU, train mode), from a spec name, a pretrained source or a shape."""
     from transformers import SamModel
 
-    from napari_qlora_minisam.models.registry import HF_SPECS, HfSamSpec, build_random_hf_sam
+    from napari_qlora_minisam.models.registry import HF_SPECS, HfSamSpec, build_hf_sam, build_random_hf_sam
 
     if config:
         spec = HfSamSpec(**{k: (tuple(v) if k == "global_attn_indexes" else v) for k, v in dict(config).items()})
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            net = SamModel(spec.config())
-        finally:
-            torch.random.set_rng_state(state)
+        net = build_hf_sam(spec, seed=seed)
         init_vision_encoder(net, seed)
     elif source in HF_SPECS:
         net = build_random_hf_sam(source, seed=seed)

@@ -79,9 +79,13 @@ HUB_IDS = ("facebook/sam-vit-base", "facebook/sam-vit-large", "facebook/sam-vit-
 
 def build_random_hf_sam(name: str, seed: int = 0):
     """Build the named spec with seeded random weights."""
+    return build_hf_sam(HF_SPECS[name], seed)
+
+
+def build_hf_sam(spec: HfSamSpec, seed: int = 0):
+    """Build any spec with seeded random weights, leaving the global RNG as it was."""
     from transformers import SamModel
 
-    spec = HF_SPECS[name]
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
