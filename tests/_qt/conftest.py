@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from qtpy.QtCore import QThreadPool
 
 from tests._qt.helpers import MODEL_TIMEOUT_MS, add_sample, wait_idle
 
@@ -19,3 +20,15 @@ def open_widget(make_napari_viewer, qtbot):
         return viewer, widget, layers
 
     yield _open
+
+
+@pytest.fixture(autouse=True)
+def drain_worker_threads():
+    """Let every worker thread finish after a test, after the viewer has closed.
+
+    Autouse fixtures are set up first and so torn down last: this runs after ``make_napari_viewer`` has
+    closed the viewer. A worker still running when the interpreter exits would emit ``finished`` into a
+    deleted Qt object and abort the process, failing a run whose tests all passed.
+    """
+    yield
+    assert QThreadPool.globalInstance().waitForDone(60_000), "a widget worker did not finish within 60 s"

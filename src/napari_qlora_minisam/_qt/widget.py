@@ -530,17 +530,16 @@ class MiniSamWidget(QWidget):
         self._update_buttons()
 
     def undo(self) -> None:
-        editor = self.editor
-        if editor is not None and (edit := editor.undo(self.objects_layer.data)) is not None:
-            self.objects_layer.refresh()
-            self.show_message(f"Undid {edit.description} of object {edit.label_id}.")
-        self._update_buttons()
+        self._step_history("undo", "Undid")
 
     def redo(self) -> None:
+        self._step_history("redo", "Redid")
+
+    def _step_history(self, method: str, verb: str) -> None:
         editor = self.editor
-        if editor is not None and (edit := editor.redo(self.objects_layer.data)) is not None:
+        if editor is not None and (edit := getattr(editor, method)(self.objects_layer.data)) is not None:
             self.objects_layer.refresh()
-            self.show_message(f"Redid {edit.description} of object {edit.label_id}.")
+            self.show_message(f"{verb} {edit.description} of object {edit.label_id}.")
         self._update_buttons()
 
     # -- 3D propagation (see propagation.py) -----------------------------------------------------------
