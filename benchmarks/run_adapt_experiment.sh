@@ -17,11 +17,14 @@ DATA=../shared/data
 mkdir -p "$OUT"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/experiment.log"; echo "load: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/experiment.log"; }
 
-# Shared by both adapters: LoRA r=8 on every attention projection of the mask decoder (0.96 % of the
-# parameters), embeddings of the frozen NF4 encoder cached per view, mixed box/point prompts.
+# Shared by both adapters: LoRA r=8 on every attention projection of the mask decoder (0.95 % of the
+# parameters), embeddings of the frozen NF4 encoder cached per view, mixed box/point prompts; clicks are
+# decoded through the single mask output (the one LiteMedSAM's medical training shaped), not SAM's three
+# candidates, and the adapter's metadata says so, so eval and the plugin decode clicks the same way.
 COMMON=(train.lora.parts=[decoder] "train.lora.target_modules=[q_proj,k_proj,v_proj,out_proj]"
-        train.lr=2e-3 train.batch_size=2 train.steps=${STEPS:-150} train.max_minutes=${MAX_MIN:-10}
-        train.warmup_steps=5 train.val_every=10 train.checkpoint_every=25 train.early_stopping.patience=5
+        train.lr=${LR:-1e-3} train.batch_size=2 train.steps=${STEPS:-400} train.max_minutes=${MAX_MIN:-10}
+        train.warmup_steps=10 train.val_every=25 train.checkpoint_every=50 train.early_stopping.patience=6
+        "train.prompts.mix={box: 0.35, points: 0.45, box_points: 0.2}" train.prompts.point_multimask=false
         data.augment.views_per_image=${VIEWS:-3} logging.progress=false seed=0)
 
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then

@@ -14,9 +14,9 @@ uptime | tee "$OUT/uptime_start.txt"
 /usr/bin/time -v minisam-train distill \
   teacher.source=litemedsam student.source=minisam_student_256 student.train_decoder=false \
   cache.dir="$OUT/teacher_cache" output_dir="$OUT/student" \
-  train.device=cpu train.steps=${STEPS:-45} train.batch_size=1 train.lr=2e-3 train.alpha=0.5 \
-  train.temperature=2.0 train.checkpoint_every=10 train.log_every=2 train.prompts_per_slice=1 \
-  prompts.per_image=3 prompts.proposals=8 data.volume_stride=3 \
+  train.device=cpu train.steps=${STEPS:-700} train.batch_size=${BATCH:-4} train.lr=${LR:-1e-3} train.alpha=0.5 \
+  train.temperature=2.0 train.checkpoint_every=50 train.log_every=5 train.prompts_per_slice=1 \
+  prompts.per_image=3 prompts.proposals=8 data.volume_stride=${STRIDE:-1} \
   logging.tensorboard=true "$@" 2> >(tee "$OUT/distill_stderr.txt" >&2)
 
 uptime | tee "$OUT/uptime_after_train.txt"

@@ -174,6 +174,8 @@ class MiniSamPredictor:
             t_mask = torch.from_numpy(m.reshape(-1, 1, *low)).to(dev)
             n = (t_pts if t_pts is not None else t_box).shape[0] if (t_pts is not None or t_box is not None) else 1
             t_mask = t_mask.expand(n, -1, -1, -1)
+        if multimask and bx is None and not self.model.point_multimask:
+            multimask = False  # the active adapter answers clicks with one mask (see SamBackend.point_multimask)
         with self._lock, torch.inference_mode():
             logits, iou = self.model.decode(item.embedding, t_pts, t_lbl, t_box, t_mask, multimask)
             full = postprocess_logits(logits, item.input_hw, item.original_hw, size)

@@ -344,3 +344,30 @@ def test_same_name_in_user_and_shipped_folders_stays_distinct(saved_tiny_adapter
     second = next(a for a in found if a.name == "ct_adapter-user")
     assert load_adapter(fresh, second.path, name=second.name) == "ct_adapter-user"
     assert set(fresh.adapter_info) == {"ct_adapter", "ct_adapter-user"}
+
+
+def test_adapter_trained_for_single_mask_clicks_decodes_clicks_with_one_mask(saved_tiny_adapters, heart_slice,
+                                                                            tmp_path):
+    """``point_multimask: false`` in an adapter's metadata: clicks get the one output it was trained on."""
+    import shutil
+
+    from napari_qlora_minisam import MiniSamPredictor
+
+    _, dirs, _ = saved_tiny_adapters
+    single = tmp_path / "single_click"
+    shutil.copytree(dirs["mri_adapter"], single)
+    meta = json.loads((single / METADATA_FILE).read_text())
+    (single / METADATA_FILE).write_text(json.dumps({**meta, "name": "single_click", "point_multimask": False}))
+    model = load_model("tiny_hf_sam", device="cpu", adapters=[dirs["ct_adapter"], single])
+    predictor = MiniSamPredictor(model)
+    predictor.set_image(heart_slice[0])
+    click = dict(points=np.array([[120.0, 100.0]]), point_labels=np.array([1]), multimask=True)
+    box = dict(box=np.array([60.0, 50.0, 180.0, 160.0]), multimask=True)
+    set_adapter(model, "single_click")
+    assert model.point_multimask is False
+    assert predictor.predict(**click)[0].shape[0] == 1
+    assert predictor.predict(**box)[0].shape[0] == 3  # a box keeps what the caller asked for
+    set_adapter(model, "ct_adapter")  # trained the SAM way: three candidates for a click
+    assert model.point_multimask is True and predictor.predict(**click)[0].shape[0] == 3
+    set_adapter(model, None)
+    assert predictor.predict(**click)[0].shape[0] == 3

@@ -248,3 +248,35 @@ def test_bf16_encoder_is_opt_in_and_keeps_the_masks(own_litemedsam, heart_slice)
     model.encoder_precision = "fp16"
     with pytest.raises(ValueError, match="encoder_precision"):
         predictor.set_image(image[::-1].copy())
+
+
+def test_bf16_decoder_is_opt_in_and_keeps_the_masks(own_litemedsam, heart_slice):
+    """The plugin's preview may decode in bf16: masks must stay what fp32 gives, boxes and clicks alike."""
+    from napari_qlora_minisam import MiniSamPredictor
+
+    from tests.conftest import dice
+
+    model = own_litemedsam
+    assert model.decoder_precision == "fp32"
+    image, label = heart_slice
+    predictor = MiniSamPredictor(model)
+    predictor.set_image(image)
+    lv = label == 85
+    box = tight_box(lv)
+    ys, xs = np.nonzero(lv)
+    click = np.array([[xs.mean(), ys.mean()]], np.float32)
+    fp32_box = predictor.predict(box=box, multimask=False)[0][0]
+    fp32_click = predictor.predict(points=click, point_labels=np.array([1]), multimask=True)[0]
+    model.decoder_precision = "bf16"
+    try:
+        bf16_box, _, low = predictor.predict(box=box, multimask=False)
+        bf16_click = predictor.predict(points=click, point_labels=np.array([1]), multimask=True)[0]
+        assert np.asarray(low).dtype == np.float32
+        assert dice(fp32_box, bf16_box[0]) > 0.99
+        for a, b in zip(fp32_click, bf16_click):
+            assert dice(a, b) > 0.97
+        model.decoder_precision = "fp16"
+        with pytest.raises(ValueError, match="decoder_precision"):
+            predictor.predict(box=box, multimask=False)
+    finally:
+        model.decoder_precision = "fp32"

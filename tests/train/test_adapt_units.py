@@ -90,3 +90,20 @@ def test_modality_map_picks_datasets(shared_data):
         datasets_for_modality(roots, "us")
     with pytest.raises(DataError, match="not 'ct' data"):
         datasets_for_modality(roots, "ct", datasets=["22_Heart"])
+
+
+def test_positive_clicks_never_land_outside_the_object():
+    """A ring's centroid is background: it must not be handed to the model as a positive click."""
+    ring = _disc(r=14) & ~_disc(r=9)
+    sampler = PromptSampler(PromptSamplingConfig(mix={"points": 1.0}, centroid_prob=1.0, neg_prob=0.0))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        b = sampler.sample(ring[None], rng)
+        pos = b.points[0][b.labels[0] == 1].numpy().astype(int)
+        assert len(pos) >= 1 and ring[pos[:, 1], pos[:, 0]].all()
+
+
+def test_single_mask_clicks_setting():
+    masks = _disc()[None]
+    sampler = PromptSampler(PromptSamplingConfig(mix={"points": 1.0}, point_multimask=False))
+    assert not sampler.sample(masks, np.random.default_rng(0)).multimask

@@ -171,3 +171,26 @@ def test_folder_reader_lists_slices_skips_labels_and_test_split(tmp_path, shared
     test = set(splits["22_Heart"]["test"]) | set(splits["6_Pancreas"]["test"])
     assert used and not used & test
     assert all(it.label_path is not None for it in cosmos)
+
+
+def test_warm_start_grows_a_trained_student(tmp_path):
+    """student.init_encoder: a student with global-attention blocks starts from a windowed one's weights."""
+    from napari_qlora_minisam.errors import ModelLoadError
+
+    from minisam_train.training.student import build_student_net, warm_start_encoder
+
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=256, patch_size=16,
+                 window_size=4, mlp_dim=64)
+    donor = build_student_net(config={**shape, "global_attn_indexes": []}, seed=3)
+    donor.save_pretrained(tmp_path / "donor")
+    grown = build_student_net(config={**shape, "global_attn_indexes": [1]}, seed=4)
+    report = warm_start_encoder(grown, tmp_path / "donor")
+    mine, theirs = grown.vision_encoder.state_dict(), donor.vision_encoder.state_dict()
+    assert sorted(report["skipped"]) == ["layers.1.attn.rel_pos_h", "layers.1.attn.rel_pos_w"]
+    assert report["copied"] == len(mine) - 2
+    for name, value in theirs.items():
+        if name not in report["skipped"]:
+            assert torch.equal(mine[name], value), name
+    assert mine["layers.1.attn.rel_pos_h"].shape != theirs["layers.1.attn.rel_pos_h"].shape
+    with pytest.raises(ModelLoadError, match="save_pretrained"):
+        warm_start_encoder(grown, tmp_path)

@@ -100,7 +100,7 @@ def run(cfg) -> dict:
     from ..data.unlabelled import SliceReader
     from ..training.distill_loop import DistillSamples, LoopSettings, train_student
     from ..training.student import (StudentForDistillation, build_student_net, load_decoder_state, set_trainable,
-                                    teacher_decoder_state)
+                                    teacher_decoder_state, warm_start_encoder)
     from ..training.teacher_cache import TeacherCache, fill_cache
 
     out = Path(cfg.output_dir)
@@ -149,6 +149,11 @@ def run(cfg) -> dict:
                                 seed=int(cfg.seed))
     if str(cfg.student.init_decoder) == "teacher":
         load_decoder_state(student, torch.load(decoder_file, weights_only=True))
+    warm = None
+    if cfg.student.get("init_encoder"):  # after the decoder: the donor's trained embedding norm wins
+        warm = warm_start_encoder(student, cfg.student.init_encoder)
+        log.info("student encoder warm-started from %s: %d of %d tensors (%d resized, left fresh)",
+                 cfg.student.init_encoder, warm["copied"], warm["of"], len(warm["skipped"]))
     set_trainable(student, bool(cfg.student.train_decoder))
     spec = HfSamBackend(student, "student").spec
     samples = DistillSamples(usable, cache, reader, spec, intensity)
@@ -169,6 +174,7 @@ def run(cfg) -> dict:
     summary = {
         "teacher": str(cfg.teacher.source), "teacher_quantize": cfg.teacher.quantize,
         "student": str(cfg.student.source) if not cfg.student.config else dict(cfg.student.config),
+        "student_init_encoder": None if warm is None else {"from": str(cfg.student.init_encoder), **warm},
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "student_encoder_parameters": sum(p.numel() for p in student.vision_encoder.parameters()),
         "slices_listed": len(items), "slices_used": len(usable), "cache_dir": str(cache.dir),

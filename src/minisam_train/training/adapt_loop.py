@@ -43,6 +43,7 @@ class AdaptLoopSettings:
     resume: bool = True
     progress: bool = True
     stop_after: int | None = None  # tests: stop (as if interrupted) after this many steps of this call
+    point_multimask: bool = True  # validate clicks the way training decodes them
 
 
 class SamplingRng:
@@ -115,7 +116,7 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def validate(model, views) -> dict:
+def validate(model, views, point_multimask: bool = True) -> dict:
     """Box and 1-point (centroid, deployable selection) Dice at the original resolution, averaged over objects.
 
     The prompts follow the COSMOS protocol (tight box; centroid click) so the score tracks what
@@ -137,7 +138,8 @@ def validate(model, views) -> dict:
                     prompts = PromptBatch("box", boxes=torch.from_numpy(boxes))
                 else:
                     prompts = PromptBatch("points", points=torch.from_numpy(pts),
-                                          labels=torch.ones(len(gts), 1, dtype=torch.long))
+                                          labels=torch.ones(len(gts), 1, dtype=torch.long),
+                                          point_multimask=point_multimask)
                 low, iou = model.decode(emb, prompts)
                 pick = iou.argmax(dim=1)  # the deployable choice: highest predicted IoU
                 low = low[torch.arange(len(gts)), pick]
@@ -170,7 +172,7 @@ def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_vie
         stopped, elapsed, step_secs = state.get("stopped"), state["elapsed_s"], state["step_seconds"]
         log.info("resumed from %s at step %d", ckpt.latest(), start)
     elif val_views:
-        rows.append({"step": 0, "elapsed_s": 0.0, **validate(model, val_views)})
+        rows.append({"step": 0, "elapsed_s": 0.0, **validate(model, val_views, settings.point_multimask)})
         if settings.early_stopping:
             best.offer(rows[-1]["val_dice"], 0, model.net, settings.min_delta)
 
@@ -216,7 +218,7 @@ def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_vie
                 row = {"step": step, "loss": float(mean[0]), "bce": float(mean[1]), "dice_loss": float(mean[2]),
                        "iou_loss": float(mean[3]), "lr": float(scheduler.get_last_lr()[0])}
             if val_views and (step % settings.val_every == 0 or step == total):
-                scores = validate(model, val_views)
+                scores = validate(model, val_views, settings.point_multimask)
                 row = {**(row or {"step": step}), **scores}
                 if settings.early_stopping:
                     if best.offer(scores["val_dice"], step, model.net, settings.min_delta):

@@ -32,11 +32,13 @@ class PromptBatch:
     boxes: torch.Tensor | None = None
     points: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    point_multimask: bool = True
 
     @property
     def multimask(self) -> bool:
-        # A lone box is unambiguous (one mask, as LiteMedSAM was trained); points are ambiguous (3 masks).
-        return self.mode != "box"
+        # A lone box is unambiguous (one mask, as LiteMedSAM was trained); points are ambiguous (3 masks)
+        # unless the adapter is taught to answer them through the single-mask output (point_multimask=False).
+        return self.mode != "box" and self.point_multimask
 
 
 @dataclass
@@ -50,6 +52,9 @@ class PromptSamplingConfig:
         max_neg_points: 0..max negative points per object (when negatives are drawn).
         neg_prob: chance that a point prompt also carries negative points.
         centroid_prob: chance that the first positive point is the centroid (if it lies inside).
+        point_multimask: decode point prompts with SAM's 3 candidate masks (True) or with the single
+            mask output that box prompts use (False). LiteMedSAM's candidate outputs never saw medical
+            training; its single output did.
     """
 
     mix: dict
@@ -58,6 +63,7 @@ class PromptSamplingConfig:
     max_neg_points: int = 5
     neg_prob: float = 0.5
     centroid_prob: float = 0.5
+    point_multimask: bool = True
 
     def __post_init__(self):
         unknown = set(self.mix) - set(MODES)
@@ -103,7 +109,7 @@ class PromptSampler:
         """Prompts for ``masks`` ``(P, S, S)`` (each non-empty)."""
         mode = self._modes[int(rng.choice(len(self._modes), p=self._probs))]
         size = masks.shape[-1]
-        batch = PromptBatch(mode)
+        batch = PromptBatch(mode, point_multimask=self.config.point_multimask)
         if mode in ("box", "box_points"):
             boxes = [jitter_box(tight_box(m), self.config.box_jitter, rng, size) for m in masks]
             batch.boxes = torch.from_numpy(np.stack(boxes))
@@ -124,7 +130,9 @@ class PromptSampler:
         picks = rng.choice(len(xs), size=min(n_pos, len(xs)), replace=False)
         pos = np.stack([xs[picks], ys[picks]], axis=1).astype(np.float32)
         if rng.random() < cfg.centroid_prob:
-            pos[0] = centroid(mask)
+            c = centroid(mask)
+            if mask[int(c[1]), int(c[0])]:  # a ring's or a crescent's centroid is background: no label for it
+                pos[0] = c
         neg = np.zeros((0, 2), np.float32)
         if cfg.max_neg_points > 0 and rng.random() < cfg.neg_prob:
             neg = self._negatives(mask, int(rng.integers(1, cfg.max_neg_points + 1)), rng)

@@ -56,6 +56,33 @@ def build_student_net(source: str | None = None, config: dict | None = None, see
     return net.float().train()
 
 
+def warm_start_encoder(student, source) -> dict:
+    """Copy the vision-encoder weights of another student (a ``save_pretrained`` folder) where they fit.
+
+    Lets a run grow a trained student instead of starting over: e.g. the same ViT with some blocks
+    switched to global attention keeps every weight except those blocks' relative position tables, whose
+    size depends on the attention span (they start at zero, i.e. "no positional bias"). Returns the
+    tensors copied and the names skipped because of a shape change.
+    """
+    from transformers import SamModel
+
+    src = Path(source)
+    if not (src / "config.json").is_file():
+        raise ModelLoadError(f"student.init_encoder={source!r} is not a save_pretrained folder (no config.json).")
+    donor = SamModel.from_pretrained(str(src)).vision_encoder.state_dict()
+    own = student.vision_encoder.state_dict()
+    copied, skipped = {}, []
+    for name, value in donor.items():
+        if name in own and own[name].shape == value.shape:
+            copied[name] = value
+        elif name in own:
+            skipped.append(name)
+    if not copied:
+        raise ModelLoadError(f"student.init_encoder={source!r}: no encoder weight fits this student's shape.")
+    student.vision_encoder.load_state_dict(copied, strict=False)
+    return {"copied": len(copied), "of": len(own), "skipped": skipped}
+
+
 def init_vision_encoder(net, seed: int = 0) -> None:
     """Give a randomly built encoder a trainable start (ViT practice: truncated normal, std 0.02).
 

@@ -102,3 +102,21 @@ def remove_on_slice(layer, z: int | None) -> None:
     if idx:
         layer.selected_data = idx
         layer.remove_selected()
+
+
+def paint_plane(layer: Labels, z: int | None, mask: np.ndarray | None) -> int:
+    """Make plane ``z`` of ``layer`` (the whole layer for 2D) equal ``mask`` (``None``: empty).
+
+    Only the pixels that differ are written, through ``Labels.data_setitem``: napari then uploads just
+    their bounding box to the GPU and skips the thumbnail, so nudging a box repaints a thin border, not
+    the whole slice (under software OpenGL a full refresh costs as much as the decode itself).
+    Returns the number of pixels changed.
+    """
+    plane = layer.data if z is None else layer.data[z]
+    new = np.zeros(plane.shape, plane.dtype) if mask is None else mask.astype(plane.dtype, copy=False)
+    changed = np.nonzero(plane != new)
+    if not changed[0].size:
+        return 0
+    indices = changed if z is None else (np.full(changed[0].size, z, np.intp), *changed)
+    layer.data_setitem(indices, new[changed])
+    return int(changed[0].size)

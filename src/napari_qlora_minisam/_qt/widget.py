@@ -13,13 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QWidget
 
 from ..adapters import list_adapters
 from ..embedding_cache import EmbeddingCache
 from ..errors import MiniSamError
 from ..labels_edit import LabelEditor
+from ..models.cpu_features import bf16_is_native
 from ..prompts import PROMPT_FEATURE, slice_prompts
 from ..volume import plane, stack_depth
 from . import layers as L
@@ -74,6 +75,10 @@ class MiniSamWidget(QWidget):
         self._last_z = None
         self._last_decoded = None  # (prompt key, PreviewResult) of the newest decode, even if it was stale
         self._previews_suspended = False
+        self._thumbnail_timer = QTimer(self)
+        self._thumbnail_timer.setSingleShot(True)
+        self._thumbnail_timer.setInterval(400)
+        self._thumbnail_timer.timeout.connect(self._refresh_preview_thumbnail)
 
         ui = self.ui
         ui.image.currentIndexChanged.connect(self._on_image_choice)
@@ -81,6 +86,8 @@ class MiniSamWidget(QWidget):
         # Quantization and device are properties of the loaded weights: changing them reloads the model.
         ui.quantize.toggled.connect(lambda _on: self.load_model(ui.model.currentText()))
         ui.device.currentIndexChanged.connect(lambda _i: self.load_model(ui.model.currentText()))
+        ui.bf16_decoder.setChecked(bf16_is_native())
+        ui.bf16_decoder.toggled.connect(lambda _on: self._apply_decoder_precision())
         ui.browse.clicked.connect(self._browse_model)
         ui.adapter.currentIndexChanged.connect(self._on_adapter_choice)
         ui.refresh_adapters.clicked.connect(self.refresh_adapters)
@@ -151,6 +158,14 @@ class MiniSamWidget(QWidget):
                       on_returned=self._model_loaded, on_errored=self._error,
                       on_finished=self._model_finished, keep=self._workers)
 
+    def _apply_decoder_precision(self, schedule: bool = True) -> None:
+        """Backends with a bf16 fast decoder (LiteMedSAM) follow the checkbox; others ignore it."""
+        if self.model is None or not hasattr(self.model, "decoder_precision"):
+            return
+        self.model.decoder_precision = "bf16" if self.ui.bf16_decoder.isChecked() else "fp32"
+        if schedule:
+            self.schedule_preview()
+
     def _model_finished(self) -> None:
         self._model_busy = False
         self.ui.load.setEnabled(True)
@@ -160,6 +175,7 @@ class MiniSamWidget(QWidget):
 
         self.model = backend
         self.predictor = MiniSamPredictor(backend, intensity=self.intensity, cache=SHARED_CACHE)
+        self._apply_decoder_precision(schedule=False)
         self._request += 1  # previews from the old model are stale now
         self.refresh_adapters()
         self.show_message(f"Model {backend.name} ready ({backend.num_parameters() / 1e6:.1f} M parameters).")
@@ -389,8 +405,8 @@ class MiniSamWidget(QWidget):
         if self._previews_suspended:
             return
         action = getattr(event, "action", None)
-        if action is not None and str(getattr(action, "value", action)) in ("adding", "removing"):
-            return  # the data has not changed yet
+        if action is not None and str(getattr(action, "value", action)) in ("adding", "removing", "changing"):
+            return  # announced before the data changes: the matching "-ed" event follows
         self.schedule_preview()
 
     # -- preview --------------------------------------------------------------------------------------
@@ -438,6 +454,7 @@ class MiniSamWidget(QWidget):
         box = None if prompts.box is None else prompts.box.tobytes()
         return (z, prompts.points_xy.tobytes(), prompts.point_labels.tobytes(), box, self.intensity,
                 id(self.predictor), self.model.cache_key if self.model is not None else None,
+                getattr(self.model, "decoder_precision", None),
                 id(self.image_layer))
 
     def _on_preview(self, result: tasks.PreviewResult) -> None:
@@ -464,18 +481,22 @@ class MiniSamWidget(QWidget):
         layer = self.preview_layer
         if layer is None:
             return
-        data = layer.data
         if not self.depth:
-            data[...] = 0 if result is None else result.mask
+            L.paint_plane(layer, None, None if result is None else result.mask)
         else:
-            if self._painted_z is not None and self._painted_z < len(data):
-                data[self._painted_z] = 0  # only the slice painted last holds a preview
+            old_z, new_z = self._painted_z, None if result is None else result.z
+            if old_z is not None and old_z != new_z and old_z < len(layer.data):
+                L.paint_plane(layer, old_z, None)  # only the slice painted last holds a preview
             if result is not None:
-                data[result.z] = result.mask
+                L.paint_plane(layer, new_z, result.mask)
         self._painted_z = None if result is None else result.z
-        layer.refresh()
+        self._thumbnail_timer.start()  # partial paints skip the layer-list thumbnail: redo it when idle
         self.previews_painted += 1
         self.preview_painted.emit()
+
+    def _refresh_preview_thumbnail(self) -> None:
+        if self.preview_layer is not None:
+            self.preview_layer.refresh(data_displayed=False, highlight=False, extent=False)
 
     # -- embedding ------------------------------------------------------------------------------------
     def _schedule_embedding(self) -> None:

