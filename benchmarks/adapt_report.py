@@ -18,7 +18,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- adapt-results:start -->", "<!-- adapt-results:end -->"
-MODELS = ("litemedsam", "nf4 adapters off", "nf4 + CT adapter", "nf4 + MRI adapter")
+MODELS = ("litemedsam", "nf4 adapters off", "nf4 + CT adapter", "nf4 + MRI adapter", "fp32 + CT adapter",
+          "fp32 + MRI adapter")
 PROMPTS = ("box", "point1", "point5")
 
 
@@ -114,11 +115,15 @@ def eval_tables(by_mod, by_class) -> list[str]:
 
 
 def scores_for(by_mod, adapter_model: str) -> dict:
-    """What the adapter scored (and the zero-shot references) per modality / prompt / selection."""
+    """What the adapter scored (on the NF4 base it was trained on, and on the fp32 base the plugin loads by
+    default) and the zero-shot references, per modality / prompt / selection."""
     out = {}
+    fp32_model = adapter_model.replace("nf4 + ", "fp32 + ")
+    names = {"litemedsam": "zero_shot_fp32", "nf4 adapters off": "zero_shot_nf4", adapter_model: "adapter",
+             fp32_model: "adapter_on_fp32_base"}
     for (m, p, sel, mod), v in sorted(by_mod.items()):
-        if m in (adapter_model, "litemedsam", "nf4 adapters off"):
-            key = {"litemedsam": "zero_shot_fp32", "nf4 adapters off": "zero_shot_nf4"}.get(m, "adapter")
+        if m in names:
+            key = names[m]
             out.setdefault(mod, {}).setdefault(f"{p}/{sel}", {})[key] = round(v["dice"], 4)
     return {"source": "minisam-train eval, COSMOS test splits of ../shared/data (splits.json key 'test'); "
                       "class-mean Dice per modality", "dice": out}

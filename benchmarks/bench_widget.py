@@ -289,6 +289,12 @@ layer refresh (median) | {preview['repaint_median_ms']:.0f} ms / {preview['full_
 | tumour mean Dice over its slices after propagation | {volume['tumour_mean_dice']:.3f} |
 
 Widget message after propagation: "{volume['propagation_message']}"
+
+Where an edit's time goes (docs/plugin.md, `python benchmarks/gil_contention.py`): the decode alone is the
+second row; through the worker with nothing else happening, the third. After an edit napari redraws the
+canvas for the moved box while the worker decodes. Under software OpenGL that redraw takes ~30 ms of C++
+that holds Python's GIL, and the decoder's ~150 torch calls each need the GIL back, so the decode waits.
+Then the preview costs a second redraw. Each redraw is the "painting a preview" row.
 """
     print(text)
     if not args.no_write:

@@ -2,7 +2,8 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
-Writes docs/images/plugin_box.png, plugin_points.png, plugin_objects.png, plugin_propagation.png.
+Writes docs/images/plugin_box.png, plugin_points.png, plugin_objects.png, plugin_click_adapter.png,
+plugin_propagation.png.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def frame(viewer, mask, zoom_margin=2.2):
 
 
 def shoot(viewer, app, name):
-    for _ in range(20):
+    # 0.6 s of events: the preview layer's list thumbnail is redrawn 0.4 s after the last preview
+    for _ in range(60):
         app.processEvents()
         time.sleep(0.01)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,23 @@ def main() -> None:
     pump(app, lambda: widget.is_idle)
     viewer.layers.selection.active = widget.objects_layer
     shoot(viewer, app, "plugin_objects.png")
+    viewer.close()
+
+    # 5: one click, with the shipped MRI adapter (LiteMedSAM alone was trained with boxes only).
+    viewer, widget = open_demo("heart_mri")
+    viewer.window._qt_window.resize(*WINDOW)
+    pump(app, lambda: widget.model is not None and widget.is_idle)
+    combo = widget.ui.adapter
+    combo.setCurrentIndex(next(i for i in range(combo.count())
+                               if combo.itemData(i) is not None and combo.itemData(i).name == "mri"))
+    pump(app, lambda: widget.model.active_adapter == "mri" and widget.is_idle)
+    frame(viewer, lv | rv, 2.6)
+    n = widget.previews_painted
+    widget.activate_point_mode()
+    widget.points_layer.add(xy_to_rc([[xs.mean(), ys.mean()]]))
+    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
+    viewer.layers.selection.active = widget.points_layer
+    shoot(viewer, app, "plugin_click_adapter.png")
     viewer.close()
 
     # 4: chest CT volume: commit on the middle tumour slice, propagate, show another slice.
