@@ -66,6 +66,35 @@ def wait_for_paint(widget, request: int, timeout_ms=600_000):
         raise TimeoutError("no preview was painted for the edit")
 
 
+def drag_box(app, layer, dy: float, dx: float):
+    """Drag the box by (dy, dx) through napari's own select-mode mouse bindings, up to the release.
+
+    Press and moves run here, and the canvas redraws after them as it does while a real mouse moves;
+    the returned function is the release (which emits the layer's CHANGED event), for the caller to time.
+    """
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+
+    start = tuple(float(v) for v in np.mean(layer.data[0], axis=0))
+    end = tuple(float(v) for v in np.add(start, [dy, dx]))
+    if layer.mode != "select" or layer.selected_data != {0}:
+        layer.mode = "select"
+        mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
+        mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=start))
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", is_dragging=True, position=start))
+    for pos in (start, end):
+        mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=pos))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.15:  # the redraws of the moving box, before the button comes up
+        app.processEvents()
+        time.sleep(0.002)
+
+    def release():
+        mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True, position=end))
+
+    return release
+
+
 def nudge_box(layer, dy: float, dx: float) -> None:
     """Move the box the way napari's select-mode drag does, then release it (the CHANGED event)."""
     from napari.layers.base._base_constants import ActionType
@@ -128,11 +157,25 @@ def bench_preview(app, edits: int, bf16: bool) -> dict:
     box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
     widget.shapes_layer.add_rectangles(box_to_rectangle(box))
     pump(app, lambda: widget.is_idle and widget.preview is not None)  # warm-up: first decode
+    # A user's drag: the box follows the mouse (napari redraws it), then the button comes up; the wait
+    # that counts is from the release, which is when the widget hears of the edit.
+    drags = []
+    for i in range(edits):
+        shift = 1.0 if i % 2 == 0 else -1.0
+        release = drag_box(app, widget.shapes_layer, shift, shift)
+        pump(app, lambda: widget.is_idle)
+        t0 = time.perf_counter()
+        release()
+        wait_for_paint(widget, widget._request)
+        app.processEvents()  # the canvas repaint of the new preview
+        drags.append(time.perf_counter() - t0)
+        pump(app, lambda: widget.is_idle)
+    widget.shapes_layer.mode = "add_rectangle"
     times = []
     for i in range(edits):
         shift = 1.0 if i % 2 == 0 else -1.0
         t0 = time.perf_counter()
-        nudge_box(widget.shapes_layer, shift, shift)  # a one-pixel drag of the box, released
+        nudge_box(widget.shapes_layer, shift, shift)  # the box moves and is released at once
         request = widget._request  # the preview request this edit made
         wait_for_paint(widget, request)
         app.processEvents()  # the canvas repaint of the new preview
@@ -173,7 +216,8 @@ def bench_preview(app, edits: int, bf16: bool) -> dict:
             widget.predictor.predict(box=box, multimask=False)
             bare.append(time.perf_counter() - t0)
     viewer.close()
-    return {"preview_median_ms": 1000 * statistics.median(times), "preview_p90_ms":
+    return {"drag_median_ms": 1000 * statistics.median(drags), "drag_p90_ms": 1000 * float(np.percentile(drags, 90)),
+            "preview_median_ms": 1000 * statistics.median(times), "preview_p90_ms":
             1000 * float(np.percentile(times, 90)), "edits": edits,
             "bare_predict_median_ms": 1000 * statistics.median(bare),
             "repaint_median_ms": 1000 * statistics.median(repaint),
@@ -255,31 +299,33 @@ def main(argv=None) -> None:
     from napari_qlora_minisam.models.cpu_features import bf16_is_native
 
     native = bf16_is_native()
-    fp32 = bench_preview(app, args.edits, bf16=False)
-    preview = bench_preview(app, args.edits, bf16=True) if native else fp32
+    preview = bench_preview(app, args.edits, bf16=False)  # the widget's default
+    bf16 = bench_preview(app, args.edits, bf16=True) if native else None
     volume = bench_volume(app)
     import torch
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    verdict = "meets" if preview["preview_median_ms"] <= 50 else "misses"
+    verdict = "meets" if preview["drag_median_ms"] <= 50 else "misses"
     text = f"""## Plugin (napari widget, real LiteMedSAM, Xvfb)
 
 Command: `xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/bench_widget.py`
 Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, \
 {torch.get_num_threads()} torch threads; load average at the end {load:.1f}; native bf16 \
-(AVX512-BF16/AMX): {"yes" if native else "no: the bf16 decoder is off by default and not timed"}.
+(AVX512-BF16/AMX): {"yes" if native else "no: the opt-in bf16 decoder is not timed"}.
 
 | what | figure |
 |---|---|
-| prompt edit → preview painted, slice embedded, widget defaults{" (bf16 decoder)" if native else ""} \
-(median of {preview['edits']}; p90) | \
-{preview['preview_median_ms']:.0f} ms; {preview['preview_p90_ms']:.0f} ms (target ≤ 50 ms: {verdict}) |
+| prompt edit → preview painted: a drag of the box through napari's mouse bindings, from the release, \
+slice embedded, widget defaults (median of {preview['edits']}; p90) | \
+{preview['drag_median_ms']:.0f} ms; {preview['drag_p90_ms']:.0f} ms (target ≤ 50 ms: {verdict}) |
+| the same with the opt-in bf16 decoder (median; p90) | \
+{f"{bf16['drag_median_ms']:.0f} ms; {bf16['drag_p90_ms']:.0f} ms (bare decode {bf16['bare_predict_median_ms']:.0f} ms)" if bf16 else "not timed: no native bf16"} |
+| box moved *and* released in one step, so napari redraws the moved box while the decode runs \
+(median; p90) | {preview['preview_median_ms']:.0f} ms; {preview['preview_p90_ms']:.0f} ms |
 | the same box decoded by `MiniSamPredictor.predict` alone (median) | \
 {preview['bare_predict_median_ms']:.0f} ms |
 | the same decode through the widget's worker, no edit and so no canvas redraw (median) | \
 {preview['worker_decode_median_ms']:.0f} ms |
-| prompt edit → preview painted with the float32 decoder (median; p90) | \
-{fp32['preview_median_ms']:.0f} ms; {fp32['preview_p90_ms']:.0f} ms (bare decode {fp32['bare_predict_median_ms']:.0f} ms) |
 | painting a preview into the layer + one canvas repaint: changed pixels only (the widget) / full \
 layer refresh (median) | {preview['repaint_median_ms']:.0f} ms / {preview['full_refresh_median_ms']:.0f} ms |
 | new slice → embedded in the background (chest CT, median of 3) | {volume['embed_median_s']:.2f} s |
@@ -290,11 +336,11 @@ layer refresh (median) | {preview['repaint_median_ms']:.0f} ms / {preview['full_
 
 Widget message after propagation: "{volume['propagation_message']}"
 
-Where an edit's time goes (docs/plugin.md, `python benchmarks/gil_contention.py`): the decode alone is the
-second row; through the worker with nothing else happening, the third. After an edit napari redraws the
-canvas for the moved box while the worker decodes. Under software OpenGL that redraw takes ~30 ms of C++
-that holds Python's GIL, and the decoder's ~150 torch calls each need the GIL back, so the decode waits.
-Then the preview costs a second redraw. Each redraw is the "painting a preview" row.
+Where an edit's time goes (docs/plugin.md, `python benchmarks/gil_contention.py`): the decode, through the
+worker, when nothing else happens, plus one canvas redraw for the new preview (the "painting a preview"
+row: ~30 ms under Xvfb's software OpenGL). When napari redraws the canvas while the worker decodes (the
+"moved and released in one step" row), that redraw's ~30 ms of C++ hold Python's GIL. The decoder's
+~150 torch calls each need the GIL back, so the decode waits for the redraw.
 """
     print(text)
     if not args.no_write:

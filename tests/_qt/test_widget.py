@@ -30,6 +30,19 @@ def test_box_preview_points_commit_undo_redo(open_widget, qtbot):
     assert dice(box_only, lv) >= 0.85
     assert widget.preview_layer.data.sum() == box_only.sum()  # what the user sees is the preview
 
+    # A drag starts with "changing" (data not changed yet): asking for a preview then would repaint the old
+    # mask as if it answered the edit. Only the "changed" at the release asks for one.
+    from napari.layers.base._base_constants import ActionType
+
+    request = widget._request
+    widget.shapes_layer.events.data(value=widget.shapes_layer.data, action=ActionType.CHANGING,
+                                    data_indices=(0,), vertex_indices=((),))
+    assert widget._request == request
+    widget.shapes_layer.events.data(value=widget.shapes_layer.data, action=ActionType.CHANGED,
+                                    data_indices=(0,), vertex_indices=((),))
+    assert widget._request == request + 1
+    wait_idle(qtbot, widget)
+
     # A negative click (N toggles the polarity of the next clicks) must change the preview.
     widget.toggle_negative()
     ys, xs = np.nonzero(lv)

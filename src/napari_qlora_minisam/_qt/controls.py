@@ -65,8 +65,8 @@ class Controls:
         form.addRow("Quantize", _row(self.quantize, QLabel("Device"), self.device))
         self.bf16_decoder = QCheckBox("bf16 decoder")
         self.bf16_decoder.setToolTip(
-            "Decode prompts in bfloat16 (masks > 0.99 Dice of float32). On by default when the CPU has "
-            "native bf16 (AVX512-BF16 / AMX): the live preview then follows the mouse faster.")
+            "Decode prompts in bfloat16 (masks > 0.99 Dice of float32): ~15 % faster on CPUs with native "
+            "bf16 (AVX512-BF16 / AMX), where it can be ticked.")
         form.addRow("Speed", self.bf16_decoder)
         self.adapter = QComboBox()
         self.adapter.setToolTip("LoRA modality adapter; switching does not reload the base model.")

@@ -86,7 +86,9 @@ class MiniSamWidget(QWidget):
         # Quantization and device are properties of the loaded weights: changing them reloads the model.
         ui.quantize.toggled.connect(lambda _on: self.load_model(ui.model.currentText()))
         ui.device.currentIndexChanged.connect(lambda _i: self.load_model(ui.model.currentText()))
-        ui.bf16_decoder.setChecked(bf16_is_native())
+        # Opt-in: ~15 % faster decode with native bf16, but no measurable gain in the widget under software
+        # OpenGL (canvas redraws dominate, docs/benchmarks.md), so float32 stays the default.
+        ui.bf16_decoder.setEnabled(bf16_is_native())
         ui.bf16_decoder.toggled.connect(lambda _on: self._apply_decoder_precision())
         ui.browse.clicked.connect(self._browse_model)
         ui.adapter.currentIndexChanged.connect(self._on_adapter_choice)
