@@ -151,10 +151,11 @@ def train(cfg):
     accelerator.register_for_checkpointing(best)
 
     pc = tr.prompts
+    point_multimask = bool(pc.get("point_multimask", True))  # older configs without the key: SAM's 3 masks
     sampler = PromptSampler(PromptSamplingConfig(
         mix=dict(pc.mix), box_jitter=float(pc.box_jitter), max_pos_points=int(pc.max_pos_points),
         max_neg_points=int(pc.max_neg_points), neg_prob=float(pc.neg_prob), centroid_prob=float(pc.centroid_prob),
-        point_multimask=bool(pc.get("point_multimask", True))))
+        point_multimask=point_multimask))
     loss_fn = MedSegLoss(float(tr.loss.bce_weight), float(tr.loss.dice_weight), float(tr.loss.iou_weight))
     es = tr.early_stopping
     settings = AdaptLoopSettings(
@@ -164,7 +165,7 @@ def train(cfg):
         max_grad_norm=float(tr.max_grad_norm) if tr.get("max_grad_norm") else None,
         early_stopping=bool(es.enabled), patience=int(es.patience), min_delta=float(es.min_delta),
         restore_best=bool(es.restore_best), resume=bool(tr.resume), progress=progress,
-        point_multimask=bool(pc.get("point_multimask", True)),
+        point_multimask=point_multimask,
         stop_after=tr.get("stop_after"))
     result = train_adapter(accelerator, model, optimizer, scheduler, train_views, val_views, sampler, loss_fn,
                            settings, run_dir, backend.identity, rng, best)
@@ -189,7 +190,7 @@ def train(cfg):
         metadata = {
             "modality": modality, "quantize": backend.quantization,
             # how clicks must be decoded for what this adapter learned (read by SamBackend.point_multimask)
-            "point_multimask": bool(pc.get("point_multimask", True)),
+            "point_multimask": point_multimask,
             "data": data_summary,
             "validation": {"best": result.best, "last": {k: last.get(k) for k in
                                                           ("step", "val_dice", "val_dice_box", "val_dice_point1")}},

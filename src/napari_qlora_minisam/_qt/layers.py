@@ -108,8 +108,8 @@ def paint_plane(layer: Labels, z: int | None, mask: np.ndarray | None) -> int:
     """Make plane ``z`` of ``layer`` (the whole layer for 2D) equal ``mask`` (``None``: empty).
 
     Only the pixels that differ are written, through ``Labels.data_setitem``: napari then uploads just
-    their bounding box to the GPU and skips the thumbnail, so nudging a box repaints a thin border, not
-    the whole slice (under software OpenGL a full refresh costs as much as the decode itself).
+    their bounding box to the GPU and skips re-slicing and the layer-list thumbnail (a few ms per preview
+    here; the canvas redraw itself costs the same either way, see docs/benchmarks.md).
     Returns the number of pixels changed.
     """
     plane = layer.data if z is None else layer.data[z]

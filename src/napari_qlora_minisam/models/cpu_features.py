@@ -1,4 +1,4 @@
-"""What the CPU can do fast: decides defaults such as the plugin's bfloat16 preview decoder."""
+"""What the CPU can do fast: whether the plugin offers its bfloat16 decoder option."""
 
 from __future__ import annotations
 
