@@ -55,18 +55,25 @@ def shoot(viewer, app, name):
     print("wrote", OUT / name)
 
 
+def open_ready(app, sample: str):
+    """The demo viewer on ``sample`` at the screenshot size, once its model is loaded and idle."""
+    from napari_qlora_minisam._qt.demo import open_demo
+
+    viewer, widget = open_demo(sample)
+    viewer.window._qt_window.resize(*WINDOW)
+    pump(app, lambda: widget.model is not None and widget.is_idle)
+    return viewer, widget
+
+
 def main() -> None:
     from napari.qt import get_qapp
 
-    from napari_qlora_minisam._qt.demo import open_demo
     from napari_qlora_minisam.prompts import box_to_rectangle, xy_to_rc
 
     app = get_qapp()
 
     # 1-3: cardiac MRI slice: box prompt, points, committed objects.
-    viewer, widget = open_demo("heart_mri")
-    viewer.window._qt_window.resize(*WINDOW)
-    pump(app, lambda: widget.model is not None and widget.is_idle)
+    viewer, widget = open_ready(app, "heart_mri")
     ref = viewer.layers["cardiac MRI reference"].data
     lv, rv = ref == 1, ref == 3
     frame(viewer, lv | rv, 2.6)
@@ -97,10 +104,8 @@ def main() -> None:
     shoot(viewer, app, "plugin_objects.png")
     viewer.close()
 
-    # 5: one click, with the shipped MRI adapter (LiteMedSAM alone was trained with boxes only).
-    viewer, widget = open_demo("heart_mri")
-    viewer.window._qt_window.resize(*WINDOW)
-    pump(app, lambda: widget.model is not None and widget.is_idle)
+    # 4: one click, with the shipped MRI adapter (LiteMedSAM alone was trained with boxes only).
+    viewer, widget = open_ready(app, "heart_mri")
     combo = widget.ui.adapter
     combo.setCurrentIndex(next(i for i in range(combo.count())
                                if combo.itemData(i) is not None and combo.itemData(i).name == "mri"))
@@ -114,10 +119,8 @@ def main() -> None:
     shoot(viewer, app, "plugin_click_adapter.png")
     viewer.close()
 
-    # 4: chest CT volume: commit on the middle tumour slice, propagate, show another slice.
-    viewer, widget = open_demo("lung_ct_volume")
-    viewer.window._qt_window.resize(*WINDOW)
-    pump(app, lambda: widget.model is not None and widget.is_idle)
+    # 5: chest CT volume: commit on the middle tumour slice, propagate, show another slice.
+    viewer, widget = open_ready(app, "lung_ct_volume")
     tumour = viewer.layers["chest CT reference"].data > 0
     zs = np.nonzero(tumour.any(axis=(1, 2)))[0]
     mid = int(zs[len(zs) // 2])
