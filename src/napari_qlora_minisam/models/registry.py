@@ -61,6 +61,13 @@ HF_SPECS: dict[str, HfSamSpec] = {
     # embedding grid is LiteMedSAM's 64x64 (its decoder is reused as is), windowed attention only.
     "minisam_student_256": HfSamSpec(128, 6, 4, (), image_size=256, patch_size=4, window_size=8, mlp_dim=512,
                                      description="distillation student for LiteMedSAM (256², 64x64 grid, 2.4 M)"),
+    # The same student with global attention in blocks 3 and 6. Relative position biases are off: with them,
+    # SDPA needs a dense 4096x4096 bias per head and a global block costs 4x more to train on the CPU;
+    # without, it runs PyTorch's fused attention kernel, and the absolute position embedding still gives the position.
+    "minisam_student_256_global": HfSamSpec(128, 6, 4, (2, 5), image_size=256, patch_size=4, window_size=8,
+                                            mlp_dim=512, extra={"use_rel_pos": False},
+                                            description="distillation student with 2 global-attention blocks "
+                                                        "(256², 64x64 grid)"),
     # Tiny random models with the input size, grid and window layout of ViT-H / ViT-B (1024², 64x64, window
     # 14): the ViT-H -> ViT-B distillation recipe runs end to end on them in tests.
     "tiny_vit_h_shape": HfSamSpec(64, 4, 2, (1, 3), window_size=14, mlp_dim=128,

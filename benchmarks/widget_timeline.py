@@ -1,0 +1,159 @@
+"""Where the time between a box edit and its painted preview goes, in the real widget.
+
+Run under a display (``xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/widget_timeline.py``).
+It opens the cardiac MRI sample in napari with the widget, draws a box on the left ventricle, then drags
+the box by a pixel through napari's own mouse bindings ``--edits`` times (benchmarks/bench_widget.py's
+``drag_box``). Every drag is stamped from the button release:
+
+* ``release``: napari's release handling on the Qt thread (the layer's CHANGED event, its thumbnail);
+* ``decode``: the widget's worker, from the task start to its end (LiteMedSAM's decoder + mask);
+* ``paint``: the preview written into its labels layer (Qt thread);
+* ``frame``: from the paint to the end of the canvas repaint that shows it (napari's draw, Qt's
+  composition of the window through OpenGL, the buffer swap);
+* ``list repaints before the preview``: how many drags repainted napari's layer list while the decode
+  ran (each such repaint composes the whole window; the widget holds them back, ``_qt/repaint_hold.py``).
+
+``--no-hold`` switches the hold off, for comparison. Figures go into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_widget as B  # noqa: E402 - the shared drag helpers
+
+START, END = "<!-- timeline:start -->", "<!-- timeline:end -->"
+
+
+def run(edits: int, hold: bool) -> dict:
+    from napari.qt import get_qapp
+    from qtpy.QtCore import QEvent, QObject
+
+    from napari_qlora_minisam._qt import tasks
+    from napari_qlora_minisam._qt import widget as W
+    from napari_qlora_minisam._sample_data import heart_mri
+    from napari_qlora_minisam.prompts import box_to_rectangle
+
+    app = get_qapp()
+    stamps: list[tuple[float, str]] = []
+
+    def stamp(what: str) -> None:
+        stamps.append((time.perf_counter(), what))
+
+    original_task = tasks.preview_task
+
+    def timed_task(*args, **kwargs):
+        stamp("task start")
+        gen = original_task(*args, **kwargs)
+        try:
+            while True:
+                yield next(gen)
+        except StopIteration as stop:
+            stamp("task end")
+            return stop.value
+
+    W.tasks.preview_task = timed_task
+    try:
+        viewer, widget = B.open_viewer(heart_mri)
+        B.pump(app, lambda: widget.model is not None and widget.is_idle)
+        if not hold:
+            widget._list_hold.hold = lambda: None
+        original_paint = widget._paint_preview
+
+        def timed_paint(result):
+            stamp("paint start")
+            original_paint(result)
+            stamp("paint end")
+
+        widget._paint_preview = timed_paint
+        layer_list = viewer.window._qt_viewer.layers
+
+        class PaintSpy(QObject):
+            def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+                if event.type() == QEvent.Type.Paint and obj is layer_list.viewport():
+                    stamp("list paint")
+                return False
+
+        spy = PaintSpy()
+        app.installEventFilter(spy)
+        lv = viewer.layers["cardiac MRI reference"].data == 1
+        ys, xs = np.nonzero(lv)
+        widget.shapes_layer.add_rectangles(box_to_rectangle(np.array([xs.min(), ys.min(), xs.max(), ys.max()],
+                                                                     np.float32)))
+        B.pump(app, lambda: widget.is_idle and widget.preview is not None)
+        rows = []
+        for i in range(edits):
+            shift = 1.0 if i % 2 == 0 else -1.0
+            release = B.drag_box(app, widget.shapes_layer, shift, shift)
+            B.pump(app, lambda: widget.is_idle)
+            stamps.clear()
+            t0 = time.perf_counter()
+            release()
+            t_release = time.perf_counter()
+            B.wait_for_paint(widget, widget._request)
+            app.processEvents()  # the canvas repaint of the new preview
+            t_end = time.perf_counter()
+            first = {}
+            for t, what in stamps:
+                first.setdefault(what, t)
+            rows.append({
+                "total": t_end - t0, "release": t_release - t0,
+                "decode": first["task end"] - first["task start"],
+                "paint": first["paint end"] - first["paint start"],
+                "frame": t_end - first["paint end"],
+                "list_before": any(w == "list paint" and t < first["paint start"] for t, w in stamps),
+            })
+            B.pump(app, lambda: widget.is_idle)
+        app.removeEventFilter(spy)
+        viewer.close()
+    finally:
+        W.tasks.preview_task = original_task
+    med = {k: 1000 * statistics.median(r[k] for r in rows) for k in ("total", "release", "decode", "paint", "frame")}
+    med["list_before"] = sum(r["list_before"] for r in rows)
+    med["edits"] = edits
+    med["hold"] = hold
+    return med
+
+
+def table(results: list[dict]) -> str:
+    head = "| layer-list hold | edits | release → preview painted | napari's release | decode (worker) | paint | " \
+           "frame | list repaints during the decode |\n|---|---|---|---|---|---|---|---|\n"
+    return head + "".join(
+        f"| {'on (default)' if r['hold'] else 'off'} | {r['edits']} | **{r['total']:.0f} ms** | {r['release']:.1f} ms | "
+        f"{r['decode']:.1f} ms | {r['paint']:.1f} ms | {r['frame']:.1f} ms | {r['list_before']} of {r['edits']} |\n"
+        for r in results)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--edits", type=int, default=30)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args(argv)
+    # Interleaved (on, off, on, off) so a change of machine load hits both alike.
+    runs = [run(args.edits, hold) for hold in (True, False, True, False)]
+    text = table(runs)
+    print(text)
+    if args.no_write:
+        return
+    section = (f"{START}\n### Where the time goes (`benchmarks/widget_timeline.py`)\n\nMedians per drag, stamped "
+               f"from the button release; two interleaved runs per setting, load average "
+               f"{B.os.getloadavg()[0]:.1f} at the end.\n\n{text}\n{END}")
+    doc = B.DOC.read_text()
+    if START in doc:
+        doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END):]
+    else:
+        anchor = doc.index(B.END) + len(B.END)  # right after bench_widget.py's plugin section
+        doc = doc[:anchor] + "\n\n" + section + doc[anchor:]
+    B.DOC.write_text(doc)
+    print(f"wrote {B.DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Holding back the window's list repaints while a preview decodes, so one edit costs one frame.
+
+An edit of a prompt layer makes napari repaint that layer's row in the layer list (a "data changed" and
+a new thumbnail). The canvas is a ``QOpenGLWidget``, so Qt then composes the *whole window* through
+OpenGL before it shows the new row. With software OpenGL (Xvfb, virtual machines, remote desktops: the
+hospital workstation case) that composition costs ~25 ms of C++ that holds Python's GIL, and it lands
+exactly while the worker thread decodes the preview for the same edit: the decode and the frame then
+take turns instead of overlapping (docs/benchmarks.md). Holding the list's repaints until the preview is
+painted puts the row into the frame that shows the preview: one composition per edit instead of two.
+The hold is bounded by a timer, so a slow decode (a first embedding) never leaves the list frozen.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QAbstractItemView, QWidget
+
+
+class RepaintHold:
+    """Suspend repaints of the item views (napari's layer list) of ``owner``'s window, up to ``max_ms``."""
+
+    def __init__(self, owner: QWidget, max_ms: int = 300):
+        self._owner = owner
+        self._max_ms = max_ms
+        self._held: list[QWidget] = []
+        self._timer = QTimer(owner)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.release)
+
+    @property
+    def held(self) -> tuple:
+        return tuple(self._held)
+
+    def hold(self) -> None:
+        """Stop the window's visible item views (not the owner's own) from repainting; restarts the bound."""
+        self._timer.start(self._max_ms)
+        if self._held:
+            return
+        window = self._owner.window()
+        if window is None or window is self._owner:
+            return  # not docked in a viewer window: nothing of napari's to hold
+        self._held = [v for v in window.findChildren(QAbstractItemView)
+                      if v.isVisible() and v.updatesEnabled() and not self._owner.isAncestorOf(v)]
+        for view in self._held:
+            view.setUpdatesEnabled(False)
+
+    def release_after(self, ms: int) -> None:
+        """Release in ``ms`` (unless held again meanwhile): after the frame that is about to be drawn."""
+        if self._held:
+            self._timer.start(ms)
+
+    def release(self) -> None:
+        """Let the held views repaint again; Qt repaints them in the next frame."""
+        self._timer.stop()
+        views, self._held = self._held, []
+        for view in views:
+            try:
+                view.setUpdatesEnabled(True)
+            except RuntimeError:  # the view was deleted meanwhile (viewer closed)
+                pass

@@ -1,0 +1,97 @@
+"""The layer list waits for the preview: held while a decode runs, repainted after, never frozen for long."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtWidgets import QListView, QMainWindow, QVBoxLayout, QWidget
+
+from napari_qlora_minisam._qt.repaint_hold import RepaintHold
+from napari_qlora_minisam._qt.widget import LIST_REPAINT_DELAY_MS
+from napari_qlora_minisam._sample_data import heart_mri
+from tests._qt.helpers import MODEL_TIMEOUT_MS, add_sample, wait_idle, wait_preview
+from tests.conftest import tight_box
+
+pytestmark = pytest.mark.gui
+
+
+def window_with_views(qtbot):
+    window = QMainWindow()
+    qtbot.addWidget(window)
+    central = QWidget()
+    layout = QVBoxLayout(central)
+    other = QListView()  # stands in for napari's layer list
+    owner = QWidget()
+    own = QListView(owner)  # a view inside the owner (e.g. a combo box popup) is never held
+    layout.addWidget(other)
+    layout.addWidget(owner)
+    window.setCentralWidget(central)
+    window.show()
+    qtbot.waitExposed(window)
+    return window, owner, other, own  # the caller keeps the window alive (qtbot holds a weak reference)
+
+
+def test_hold_release_and_bound(qtbot):
+    _window, owner, other, own = window_with_views(qtbot)
+    hold = RepaintHold(owner, max_ms=200)
+    hold.hold()
+    assert hold.held == (other,)
+    assert not other.updatesEnabled() and own.updatesEnabled()
+    hold.hold()  # a second edit while held: still one hold, bound restarted
+    assert hold.held == (other,)
+    hold.release()
+    assert other.updatesEnabled() and hold.held == ()
+
+    hold.hold()
+    hold.release_after(20)
+    assert not other.updatesEnabled()  # not in this frame
+    qtbot.waitUntil(other.updatesEnabled, timeout=2000)
+
+    hold.hold()  # nobody releases: the bound does
+    qtbot.waitUntil(other.updatesEnabled, timeout=2000)
+    assert hold.held == ()
+
+
+def test_release_survives_a_deleted_view(qtbot):
+    window, owner, other, _ = window_with_views(qtbot)
+    hold = RepaintHold(owner)
+    hold.hold()
+    other.deleteLater()
+    qtbot.waitUntil(lambda: len(window.findChildren(QListView)) == 1, timeout=2000)  # only the owner's left
+    hold.release()  # must not raise on the deleted C++ object
+    assert hold.held == ()
+
+
+def test_not_docked_holds_nothing(qtbot):
+    lone = QWidget()
+    qtbot.addWidget(lone)
+    hold = RepaintHold(lone)
+    hold.hold()
+    assert hold.held == ()
+
+
+@pytest.mark.slow
+def test_layer_list_waits_for_the_preview(make_napari_viewer, qtbot):
+    """Threaded: a box edit holds napari's layer list until its preview is painted, then lets it repaint."""
+    viewer = make_napari_viewer(show=True)
+    _, reference = add_sample(viewer, heart_mri)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-qlora-minisam", "MiniSAM segmentation")
+    wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
+    from napari._qt.containers import QtLayerList
+
+    layer_list = viewer.window._qt_viewer.layers
+    assert isinstance(layer_list, QtLayerList)
+    from napari_qlora_minisam.prompts import box_to_rectangle
+
+    before = widget.previews_painted
+    widget.shapes_layer.add_rectangles(box_to_rectangle(tight_box(reference.data == 1)))
+    assert widget._preview_running, "the edit should have started a decode in a worker"
+    assert layer_list in widget._list_hold.held and not layer_list.updatesEnabled()
+    wait_preview(qtbot, widget, before)
+    assert widget.preview is not None and widget.preview.mask.any()
+    qtbot.waitUntil(layer_list.updatesEnabled, timeout=LIST_REPAINT_DELAY_MS + 5000)
+    assert widget._list_hold.held == ()
+    # An edit that fails (box outside the image) releases the list too.
+    widget.shapes_layer.add_rectangles(box_to_rectangle(np.array([5000, 5000, 5100, 5100], np.float32)))
+    wait_idle(qtbot, widget)
+    qtbot.waitUntil(layer_list.updatesEnabled, timeout=5000)
