@@ -173,6 +173,33 @@ def test_folder_reader_lists_slices_skips_labels_and_test_split(tmp_path, shared
     assert all(it.label_path is not None for it in cosmos)
 
 
+def test_views_are_cached_copies_whose_masks_follow_the_pixels(shared_data):
+    from minisam_train.data.errors import DataError
+    from minisam_train.data.unlabelled import SliceReader, gather_slices
+
+    base = gather_slices([], [shared_data / "cosmos_sample"], exclude_split_file=shared_data / "splits.json")
+    items = gather_slices([], [shared_data / "cosmos_sample"], exclude_split_file=shared_data / "splits.json",
+                          views=["rot90", "gamma0.7", "rot90"])
+    assert len(items) == 3 * len(base)  # the duplicate view counts once
+    assert len({it.key for it in items}) == len(items)  # own keys, so own teacher-cache entries
+    assert len({it.cache_name for it in items}) == len(items)
+    reader = SliceReader()
+    heart = next(it for it in base if it.dataset == "22_Heart")
+    rot = heart.with_view("rot90")
+    img, img_rot = reader.image(heart), reader.image(rot)
+    np.testing.assert_array_equal(img_rot, np.rot90(img))
+    masks, masks_rot = reader.masks(heart), reader.masks(rot)
+    assert masks and len(masks) == len(masks_rot)
+    for m, mr in zip(masks, masks_rot):
+        np.testing.assert_array_equal(mr, np.rot90(m))  # the label boxes move with the anatomy
+    gamma = reader.image(heart.with_view("gamma0.7"))
+    assert gamma.shape == img.shape and gamma.dtype == np.uint8
+    assert gamma.astype(int).sum() > img.astype(int).sum()  # gamma < 1 brightens mid-greys
+    assert all(np.array_equal(a, b) for a, b in zip(reader.masks(heart.with_view("gamma0.7")), masks))
+    with pytest.raises(DataError, match="data.views takes any of"):
+        gather_slices([], [shared_data / "cosmos_sample"], views=["spin"])
+
+
 def test_warm_start_grows_a_trained_student(tmp_path):
     """student.init_encoder: a student with global-attention blocks starts from a windowed one's weights."""
     from napari_qlora_minisam.errors import ModelLoadError

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,36 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy",)
 # File or folder names that hold labels, not images: never fed to the model as pixels.
 LABEL_MARKERS = ("label", "labels", "mask", "masks", "seg", "gt")
+
+# Views: fixed augmented copies of every slice (``data.views``). With ~100 slices a student learns the
+# slices rather than the teacher; each view is one more image for the teacher to label, cached like any
+# other slice, so augmentation costs one teacher pass per view and nothing per epoch. Geometric views move
+# label masks with the pixels; gamma views change intensities only.
+GEOMETRIC_VIEWS = {
+    "hflip": lambda a: a[:, ::-1],
+    "vflip": lambda a: a[::-1],
+    "rot90": lambda a: np.rot90(a, 1),
+    "rot270": lambda a: np.rot90(a, 3),
+    "transpose": lambda a: np.swapaxes(a, 0, 1),
+}
+GAMMA_VIEWS = {"gamma0.7": 0.7, "gamma1.5": 1.5}
+VIEWS = tuple(GEOMETRIC_VIEWS) + tuple(GAMMA_VIEWS)
+
+
+def apply_view(pixels: np.ndarray, view: str, *, is_mask: bool = False) -> np.ndarray:
+    """``pixels`` (``(H, W)`` or ``(H, W, C)``) as seen in ``view``; masks only follow geometric views."""
+    if not view:
+        return pixels
+    if view in GEOMETRIC_VIEWS:
+        return np.ascontiguousarray(GEOMETRIC_VIEWS[view](pixels))
+    if view in GAMMA_VIEWS:
+        if is_mask:
+            return pixels
+        if pixels.dtype != np.uint8:
+            raise DataError(f"Gamma view {view!r} needs uint8 pixels, got {pixels.dtype}.")
+        lut = np.round(255.0 * (np.arange(256) / 255.0) ** GAMMA_VIEWS[view]).astype(np.uint8)
+        return lut[pixels]
+    raise DataError(f"Unknown view {view!r}; data.views takes any of: {', '.join(VIEWS)}.")
 
 
 @dataclass(frozen=True)
@@ -40,6 +70,7 @@ class DistillSlice:
         dataset: folder / COSMOS dataset / volume name (for reports).
         label_path: COSMOS label PNG when labels may be used for prompts, else ``None``.
         classes: COSMOS class name -> grey value (only with ``label_path``).
+        view: an entry of :data:`VIEWS` (augmented copy) or ``""`` for the slice as stored.
     """
 
     key: str
@@ -48,6 +79,13 @@ class DistillSlice:
     dataset: str = ""
     label_path: Path | None = None
     classes: dict = field(default_factory=dict, compare=False, hash=False)
+    view: str = ""
+
+    def with_view(self, view: str) -> "DistillSlice":
+        """This slice seen through ``view``: its own key, so its own teacher-cache entry."""
+        if view not in VIEWS:
+            raise DataError(f"Unknown view {view!r}; data.views takes any of: {', '.join(VIEWS)}.")
+        return replace(self, key=f"{self.key}@{view}", view=view)
 
     @property
     def cache_name(self) -> str:
@@ -168,7 +206,10 @@ class SliceReader:
         return self._volume[1]
 
     def image(self, item: DistillSlice) -> np.ndarray:
-        """``(H, W)`` or ``(H, W, 3)`` pixels of one slice."""
+        """``(H, W)`` or ``(H, W, 3)`` pixels of one slice (in its view)."""
+        return apply_view(self._stored_image(item), item.view)
+
+    def _stored_image(self, item: DistillSlice) -> np.ndarray:
         if item.slice_index is not None:
             return self._volume_u8(item.path)[item.slice_index]
         suffix = item.path.suffix.lower()
@@ -189,14 +230,18 @@ class SliceReader:
         from .cosmos import read_grey_label
         from .records import objects_from_label
 
-        label = read_grey_label(item.label_path)
+        label = apply_view(read_grey_label(item.label_path), item.view, is_mask=True)
         return list(objects_from_label(label, item.classes, self.min_object_pixels).values())
 
 
 def gather_slices(folders: Iterable = (), cosmos_roots: Iterable = (), *, volume_stride: int = 1,
                   exclude: Sequence[str] = (), exclude_split_file=None, exclude_split_key: str = "test",
-                  use_labels: bool = True, max_slices: int | None = None) -> list[DistillSlice]:
-    """All slices of the configured folders and COSMOS roots, without duplicates, in a stable order."""
+                  use_labels: bool = True, max_slices: int | None = None,
+                  views: Sequence[str] = ()) -> list[DistillSlice]:
+    """All slices of the configured folders and COSMOS roots, without duplicates, in a stable order.
+
+    ``views`` adds one augmented copy of every (capped) slice per view, after the slices as stored.
+    """
     items: list[DistillSlice] = []
     for f in folders or ():
         items.extend(folder_slices(f, volume_stride=volume_stride, exclude=exclude))
@@ -216,4 +261,4 @@ def gather_slices(folders: Iterable = (), cosmos_roots: Iterable = (), *, volume
         # Spread a cap over the whole list rather than keeping the first folder only.
         idx = np.linspace(0, len(unique) - 1, num=min(int(max_slices), len(unique))).round().astype(int)
         unique = [unique[i] for i in sorted(set(idx.tolist()))]
-    return unique
+    return unique + [it.with_view(v) for v in dict.fromkeys(views) for it in unique]
