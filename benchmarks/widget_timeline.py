@@ -13,7 +13,8 @@ the box by a pixel through napari's own mouse bindings ``--edits`` times (benchm
 * ``list repaints before the preview``: how many drags repainted napari's layer list while the decode
   ran (each such repaint composes the whole window; the widget holds them back, ``_qt/repaint_hold.py``).
 
-``--no-hold`` switches the hold off, for comparison. Figures go into docs/benchmarks.md.
+Each setting runs twice, interleaved, so a change of machine load hits all alike. ``--bf16`` adds the opt-in
+bf16 decoder. Figures go into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import bench_widget as B  # noqa: E402 - the shared drag helpers
 START, END = "<!-- timeline:start -->", "<!-- timeline:end -->"
 
 
-def run(edits: int, hold: bool) -> dict:
+def run(edits: int, hold: bool, bf16: bool = False) -> dict:
     from napari.qt import get_qapp
     from qtpy.QtCore import QEvent, QObject
 
@@ -65,6 +66,8 @@ def run(edits: int, hold: bool) -> dict:
         B.pump(app, lambda: widget.model is not None and widget.is_idle)
         if not hold:
             widget._list_hold.hold = lambda: None
+        widget.ui.bf16_decoder.setChecked(bf16)
+        assert widget.model.decoder_precision == ("bf16" if bf16 else "fp32")
         original_paint = widget._paint_preview
 
         def timed_paint(result):
@@ -119,14 +122,15 @@ def run(edits: int, hold: bool) -> dict:
     med["list_before"] = sum(r["list_before"] for r in rows)
     med["edits"] = edits
     med["hold"] = hold
+    med["decoder"] = "bf16" if bf16 else "fp32"
     return med
 
 
 def table(results: list[dict]) -> str:
-    head = "| layer-list hold | edits | release → preview painted | napari's release | decode (worker) | paint | " \
-           "frame | list repaints during the decode |\n|---|---|---|---|---|---|---|---|\n"
+    head = "| layer-list hold | decoder | edits | release → preview painted | napari's release | decode (worker) | paint | " \
+           "frame | list repaints during the decode |\n|---|---|---|---|---|---|---|---|---|\n"
     return head + "".join(
-        f"| {'on (default)' if r['hold'] else 'off'} | {r['edits']} | **{r['total']:.0f} ms** | {r['release']:.1f} ms | "
+        f"| {'on (default)' if r['hold'] else 'off'} | {r['decoder']} | {r['edits']} | **{r['total']:.0f} ms** | {r['release']:.1f} ms | "
         f"{r['decode']:.1f} ms | {r['paint']:.1f} ms | {r['frame']:.1f} ms | {r['list_before']} of {r['edits']} |\n"
         for r in results)
 
@@ -134,10 +138,16 @@ def table(results: list[dict]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edits", type=int, default=30)
+    parser.add_argument("--bf16", action="store_true", help="also time the opt-in bf16 decoder (native bf16 only)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     # Interleaved (on, off, on, off) so a change of machine load hits both alike.
-    runs = [run(args.edits, hold) for hold in (True, False, True, False)]
+    from napari_qlora_minisam.models.cpu_features import bf16_is_native
+
+    settings = [(True, False), (False, False), (True, False), (False, False)]
+    if args.bf16 and bf16_is_native():
+        settings = [(True, False), (True, True), (False, False)] * 2
+    runs = [run(args.edits, hold, bf16) for hold, bf16 in settings]
     text = table(runs)
     print(text)
     if args.no_write:

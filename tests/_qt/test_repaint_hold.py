@@ -60,6 +60,27 @@ def test_release_survives_a_deleted_view(qtbot):
     qtbot.waitUntil(lambda: len(window.findChildren(QListView)) == 1, timeout=2000)  # only the owner's left
     hold.release()  # must not raise on the deleted C++ object
     assert hold.held == ()
+    hold.hold()  # nor may a hold that meets it in its list of known views
+    assert hold.held == ()
+    hold.release()
+
+
+def test_a_view_docked_later_is_held_too(qtbot):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    window, owner, other, _ = window_with_views(qtbot)
+    hold = RepaintHold(owner)
+    hold.hold()
+    hold.release()
+    dock = QDockWidget("another plugin", window)
+    late = QListView()
+    dock.setWidget(late)
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+    qtbot.waitUntil(late.isVisible, timeout=2000)
+    hold.hold()
+    assert set(hold.held) == {other, late}
+    hold.release()
 
 
 def test_not_docked_holds_nothing(qtbot):

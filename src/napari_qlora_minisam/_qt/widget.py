@@ -483,8 +483,8 @@ class MiniSamWidget(QWidget):
         if self._preview_pending:
             self._preview_pending = False
             self._start_preview()
-        if not self._preview_running:
-            self._list_hold.release()  # a stale result painted nothing: do not wait for the bound
+        if not self._preview_running:  # also when a stale result painted nothing: do not wait for the bound
+            self._list_hold.release_after(LIST_REPAINT_DELAY_MS)
 
     def _paint_preview(self, result) -> None:
         self.preview = result
