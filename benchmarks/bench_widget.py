@@ -336,11 +336,13 @@ layer refresh (median) | {preview['repaint_median_ms']:.0f} ms / {preview['full_
 
 Widget message after propagation: "{volume['propagation_message']}"
 
-Where an edit's time goes (docs/plugin.md, `python benchmarks/gil_contention.py`): the decode, through the
-worker, when nothing else happens, plus one canvas redraw for the new preview (the "painting a preview"
-row: ~30 ms under Xvfb's software OpenGL). When napari redraws the canvas while the worker decodes (the
-"moved and released in one step" row), that redraw's ~30 ms of C++ hold Python's GIL. The decoder's
-~150 torch calls each need the GIL back, so the decode waits for the redraw.
+Where an edit's time goes: the next section (`benchmarks/widget_timeline.py`) and docs/plugin.md. In short:
+napari's release handling, the decode in the worker, and one frame for the new preview (~30 ms under
+Xvfb's software OpenGL: napari's draw, then Qt composing the window through OpenGL). The widget holds the
+layer list's repaints until the preview is painted: each composes the whole window, ~25 ms of C++ holding
+Python's GIL, and one landing during the decode doubled it. When napari redraws the canvas while the
+worker decodes (the "moved and released in one step" row), the decode still waits for that redraw
+(`python benchmarks/gil_contention.py`).
 """
     print(text)
     if not args.no_write:

@@ -196,6 +196,12 @@ def test_views_are_cached_copies_whose_masks_follow_the_pixels(shared_data):
     assert gamma.shape == img.shape and gamma.dtype == np.uint8
     assert gamma.astype(int).sum() > img.astype(int).sum()  # gamma < 1 brightens mid-greys
     assert all(np.array_equal(a, b) for a, b in zip(reader.masks(heart.with_view("gamma0.7")), masks))
+    from minisam_train.data.unlabelled import apply_view
+
+    us = np.linspace(100, 40000, 64 * 64).reshape(64, 64).astype(np.uint16)  # ultrasound frames are uint16
+    bright = apply_view(us, "gamma0.7")
+    assert bright.dtype == np.uint16 and (bright.min(), bright.max()) == (us.min(), us.max())
+    assert bright.astype(int).sum() > us.astype(int).sum()
     with pytest.raises(DataError, match="data.views takes any of"):
         gather_slices([], [shared_data / "cosmos_sample"], views=["spin"])
 

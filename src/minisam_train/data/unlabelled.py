@@ -52,10 +52,13 @@ def apply_view(pixels: np.ndarray, view: str, *, is_mask: bool = False) -> np.nd
     if view in GAMMA_VIEWS:
         if is_mask:
             return pixels
-        if pixels.dtype != np.uint8:
-            raise DataError(f"Gamma view {view!r} needs uint8 pixels, got {pixels.dtype}.")
-        lut = np.round(255.0 * (np.arange(256) / 255.0) ** GAMMA_VIEWS[view]).astype(np.uint8)
-        return lut[pixels]
+        # Within the image's own range, so any dtype (uint16 ultrasound, float) keeps its dtype and range.
+        x = pixels.astype(np.float64)
+        lo, hi = float(x.min()), float(x.max())
+        if hi <= lo:
+            return pixels
+        out = lo + (hi - lo) * ((x - lo) / (hi - lo)) ** GAMMA_VIEWS[view]
+        return (np.round(out) if np.issubdtype(pixels.dtype, np.integer) else out).astype(pixels.dtype)
     raise DataError(f"Unknown view {view!r}; data.views takes any of: {', '.join(VIEWS)}.")
 
 
