@@ -43,23 +43,27 @@ GAMMA_VIEWS = {"gamma0.7": 0.7, "gamma1.5": 1.5}
 VIEWS = tuple(GEOMETRIC_VIEWS) + tuple(GAMMA_VIEWS)
 
 
+def _check_view(view: str) -> str:
+    if view not in VIEWS:
+        raise DataError(f"Unknown view {view!r}; data.views takes any of: {', '.join(VIEWS)}.")
+    return view
+
+
 def apply_view(pixels: np.ndarray, view: str, *, is_mask: bool = False) -> np.ndarray:
     """``pixels`` (``(H, W)`` or ``(H, W, C)``) as seen in ``view``; masks only follow geometric views."""
     if not view:
         return pixels
-    if view in GEOMETRIC_VIEWS:
+    if _check_view(view) in GEOMETRIC_VIEWS:
         return np.ascontiguousarray(GEOMETRIC_VIEWS[view](pixels))
-    if view in GAMMA_VIEWS:
-        if is_mask:
-            return pixels
-        # Within the image's own range, so any dtype (uint16 ultrasound, float) keeps its dtype and range.
-        x = pixels.astype(np.float64)
-        lo, hi = float(x.min()), float(x.max())
-        if hi <= lo:
-            return pixels
-        out = lo + (hi - lo) * ((x - lo) / (hi - lo)) ** GAMMA_VIEWS[view]
-        return (np.round(out) if np.issubdtype(pixels.dtype, np.integer) else out).astype(pixels.dtype)
-    raise DataError(f"Unknown view {view!r}; data.views takes any of: {', '.join(VIEWS)}.")
+    if is_mask:  # a gamma view
+        return pixels
+    # Within the image's own range, so any dtype (uint16 ultrasound, float) keeps its dtype and range.
+    x = pixels.astype(np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return pixels
+    out = lo + (hi - lo) * ((x - lo) / (hi - lo)) ** GAMMA_VIEWS[view]
+    return (np.round(out) if np.issubdtype(pixels.dtype, np.integer) else out).astype(pixels.dtype)
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,7 @@ class DistillSlice:
 
     def with_view(self, view: str) -> "DistillSlice":
         """This slice seen through ``view``: its own key, so its own teacher-cache entry."""
-        if view not in VIEWS:
-            raise DataError(f"Unknown view {view!r}; data.views takes any of: {', '.join(VIEWS)}.")
-        return replace(self, key=f"{self.key}@{view}", view=view)
+        return replace(self, key=f"{self.key}@{_check_view(view)}", view=view)
 
     @property
     def cache_name(self) -> str:

@@ -5,9 +5,9 @@ a new thumbnail). The canvas is a ``QOpenGLWidget``, so Qt then composes the *wh
 OpenGL before it shows the new row. With software OpenGL (Xvfb, virtual machines, remote desktops: the
 hospital workstation case) that composition costs ~25 ms of C++ that holds Python's GIL, and it lands
 exactly while the worker thread decodes the preview for the same edit: the decode and the frame then
-take turns instead of overlapping (docs/benchmarks.md). Holding the list's repaints until the preview is
-painted puts the row into the frame that shows the preview: one composition per edit instead of two.
-The hold is bounded by a timer, so a slow decode (a first embedding) never leaves the list frozen.
+take turns instead of overlapping (docs/benchmarks.md). The widget holds the list's repaints from the edit
+until shortly after the preview is painted, so the row comes in a frame of its own after the one that shows
+the preview. The hold is bounded by a timer, so a slow decode (a first embedding) never leaves the list frozen.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class MiniSamWidget(QWidget):
         self._thumbnail_timer.setSingleShot(True)
         self._thumbnail_timer.setInterval(400)
         self._thumbnail_timer.timeout.connect(self._refresh_preview_thumbnail)
-        self._list_hold = RepaintHold(self)  # the layer list repaints with the preview, not before it
+        self._list_hold = RepaintHold(self)  # the layer list repaints after the preview, not during its decode
 
         ui = self.ui
         ui.image.currentIndexChanged.connect(self._on_image_choice)
