@@ -271,13 +271,17 @@ def bench_volume(app) -> dict:
             "tumour_mean_dice": float(np.mean(dices)), "propagation_message": message}
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, start: str = START, end: str = END, after: str | None = None) -> None:
+    """Replace the ``start``..``end`` block of docs/benchmarks.md; a new block goes after ``after`` or at the end."""
     DOC.parent.mkdir(parents=True, exist_ok=True)
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in doc and END in doc:
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in doc and end in doc:
+        head, rest = doc.split(start, 1)
+        doc = head + block + rest.split(end, 1)[1]
+    elif after and after in doc:
+        head, rest = doc.split(after, 1)
+        doc = head + after + "\n\n" + block + rest
     else:
         doc = doc.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(doc)

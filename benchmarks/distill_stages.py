@@ -13,18 +13,6 @@ import json
 from pathlib import Path
 
 
-def find(d, key):
-    """The first value stored under ``key`` anywhere in a nested dict."""
-    if isinstance(d, dict):
-        if key in d:
-            return d[key]
-        for v in d.values():
-            found = find(v, key)
-            if found is not None:
-                return found
-    return None
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
@@ -38,12 +26,12 @@ def main(argv=None) -> None:
               f"{d['student_mean_dice_objects']:.3f} (teacher {d['teacher_mean_dice_objects']:.3f}) | "
               f"{r['latency']['speedup']:.2f}× | {r['memory']['ratio_student_over_teacher']:.2f}× | "
               f"{r['training']['train_seconds']:.0f} s, {r['training']['steps']} steps |")
-    classes = list(find(reports[0][1], "per_class") or {})
+    classes = reports[0][1]["dice"]["per_class"]
     print("\n| class (objects) | teacher | " + " | ".join(f"`{run.name}`" for run, _ in reports) + " |")
     print("|---|---|" + "---|" * len(reports))
     for c in classes:
-        first = find(reports[0][1], "per_class")[c]
-        cells = [f"{find(r, 'per_class')[c]['student']:.3f}" for _, r in reports]
+        first = classes[c]
+        cells = [f"{r['dice']['per_class'][c]['student']:.3f}" for _, r in reports]
         print(f"| {c.split('/')[-1]} ({first['n']}) | {first['teacher']:.3f} | " + " | ".join(cells) + " |")
 
 

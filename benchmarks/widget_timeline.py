@@ -152,16 +152,10 @@ def main(argv=None) -> None:
     print(text)
     if args.no_write:
         return
-    section = (f"{START}\n### Where the time goes (`benchmarks/widget_timeline.py`)\n\nMedians per drag, stamped "
+    section = (f"### Where the time goes (`benchmarks/widget_timeline.py`)\n\nMedians per drag, stamped "
                f"from the button release; two interleaved runs per setting, load average "
-               f"{B.os.getloadavg()[0]:.1f} at the end.\n\n{text}\n{END}")
-    doc = B.DOC.read_text()
-    if START in doc:
-        doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END):]
-    else:
-        anchor = doc.index(B.END) + len(B.END)  # right after bench_widget.py's plugin section
-        doc = doc[:anchor] + "\n\n" + section + doc[anchor:]
-    B.DOC.write_text(doc)
+               f"{B.os.getloadavg()[0]:.1f} at the end.\n\n{text}")
+    B.write_section(section, START, END, after=B.END)  # right after bench_widget.py's plugin section
     print(f"wrote {B.DOC}")
 
 
