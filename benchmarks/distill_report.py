@@ -77,13 +77,20 @@ def dice_ratios(rows, teacher: str, student: str, prompt: str = "box") -> dict:
     }
 
 
-def plot_loss(metrics_csv, path):
+def loss_rows(student_dir: Path) -> list[dict]:
+    """The logged loss rows: logs/metrics.csv, or the run summary's history (a run copied back without logs)."""
+    metrics = student_dir / "logs" / "metrics.csv"
+    if metrics.is_file():
+        return read_csv(metrics)
+    return json.loads((student_dir / "distill_summary.json").read_text())["history"]
+
+
+def plot_loss(rows, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_csv(metrics_csv)
     step = [int(float(r["step"])) for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(step, [float(r["feature_mse"]) for r in rows], label="feature MSE (normalised)")
@@ -162,6 +169,7 @@ def main():
     ap.add_argument("--student-dir", default=None, help="default: OUT/student")
     ap.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--figures", default=str(DOCS_IMAGES), help="where the figures go (default: docs/images)")
     args = ap.parse_args()
     out = Path(args.out)
     student_dir = Path(args.student_dir or out / "student")
@@ -181,17 +189,18 @@ def main():
                                                   "teacher_seconds_per_slice", "cache_read_seconds_per_slice",
                                                   "slices_used", "run_seconds") if k in summary}
     report["training"]["cache"] = summary.get("cache")
-    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    plot_loss(student_dir / "logs" / "metrics.csv", DOCS_IMAGES / "distill_loss.png")
+    figures = Path(args.figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    plot_loss(loss_rows(student_dir), figures / "distill_loss.png")
     per_object = out / "eval" / "per_object.csv"
     if per_object.is_file():
         report["dice"] = dice_ratios(read_csv(per_object), args.teacher_name, args.student_name)
-        plot_dice_scatter(report["dice"], DOCS_IMAGES / "distill_dice_scatter.png")
+        plot_dice_scatter(report["dice"], figures / "distill_dice_scatter.png")
         report["dice"].pop("pairs")
     eff = out / "eval" / "efficiency.csv"
     if eff.is_file():
         report["eval_efficiency"] = read_csv(eff)
-    plot_example(teacher, student, Path(args.shared_data), DOCS_IMAGES / "distill_example.png")
+    plot_example(teacher, student, Path(args.shared_data), figures / "distill_example.png")
     (out / f"distill_report_{args.student_name}.json").write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps({k: v for k, v in report.items() if k != "eval_efficiency"}, indent=1, default=str))
 

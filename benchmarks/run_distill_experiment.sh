@@ -7,7 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/distill_experiment}; shift || true
-DATA=../shared/data
 mkdir -p "$OUT"
 uptime | tee "$OUT/uptime_start.txt"
 
@@ -20,10 +19,5 @@ uptime | tee "$OUT/uptime_start.txt"
   logging.tensorboard=true "$@" 2> >(tee "$OUT/distill_stderr.txt" >&2)
 
 uptime | tee "$OUT/uptime_after_train.txt"
-minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" \
-  data.split_file=$DATA/splits.json data.split_key=test \
-  "models=[{source: litemedsam, name: teacher_litemedsam}, {source: $OUT/student, name: student}]" \
-  "prompts=[box]" device=cpu output_dir="$OUT/eval"
-
-python benchmarks/distill_report.py "$OUT" --student-dir "$OUT/student" --student-name student
+bash benchmarks/evaluate_distilled.sh "$OUT"
 uptime | tee "$OUT/uptime_end.txt"

@@ -120,6 +120,34 @@ def test_resume_equals_uninterrupted_run_and_never_calls_the_teacher(setup, monk
     assert [h["step"] for h in done["history"]] == [1, 2, 3, 4, 5]
 
 
+def test_loader_workers_train_on_the_same_batches(setup):
+    """train.num_workers prepares batches in other processes; the weights must match the in-process run."""
+    straight = setup["root"] / "straight" / "model.safetensors"
+    if not straight.exists():
+        _run(_cfg(setup, "straight", *RESUME_ARGS))
+    s = _run(_cfg(setup, "workers", *RESUME_ARGS, "train.num_workers=2"))
+    assert s["num_workers"] == 2 and s["cache_reads"] == 10  # counted from the batches, not the workers
+    a, b = load_file(str(straight)), load_file(str(setup["root"] / "workers" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_planned_batches_resume_mid_epoch_and_split_ranks():
+    from minisam_train.training.distill_loop import PlannedBatches, epoch_order
+
+    def take(plan, n):
+        it = iter(plan)
+        return [next(it) for _ in range(n)]
+
+    full = take(PlannedBatches(10, per_epoch=5, batch_size=2, seed=1, first_micro=0), 12)
+    assert full[:5] == [epoch_order(10, 0, 1)[i:i + 2] for i in range(0, 10, 2)]
+    assert sorted(sum(full[5:10], [])) == list(range(10)) and full[5:10] != full[:5]  # a new permutation
+    assert take(PlannedBatches(10, 5, 2, 1, first_micro=7), 5) == full[7:12]  # resume = same batches
+    r0 = take(PlannedBatches(10, 2, 2, 1, 0, rank=0, world=2), 2)
+    r1 = take(PlannedBatches(10, 2, 2, 1, 0, rank=1, world=2), 2)
+    assert sorted(sum(r0 + r1, [])) == sorted(epoch_order(10, 0, 1)[:8])  # ranks share an epoch, no overlap
+
+
 def test_vit_h_to_vit_b_recipe_on_tiny_shapes(setup):
     """The GPU recipe (ViT-H teacher, ViT-B student, 1024² both) end to end, plus a 1024 -> 256 student."""
     teacher = _teacher_dir(setup["root"] / "teacher_h", "tiny_vit_h_shape")
@@ -171,6 +199,26 @@ def test_folder_reader_lists_slices_skips_labels_and_test_split(tmp_path, shared
     test = set(splits["22_Heart"]["test"]) | set(splits["6_Pancreas"]["test"])
     assert used and not used & test
     assert all(it.label_path is not None for it in cosmos)
+
+
+def test_reader_keeps_recent_volumes_decoded(tmp_path):
+    from minisam_train.data.unlabelled import SliceReader, gather_slices
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        np.save(tmp_path / f"{name}_image.npy", rng.integers(-1000, 1000, (4, 16, 16)).astype(np.int16))
+    items = gather_slices([tmp_path])
+    reader = SliceReader(max_volumes=2)
+    ab = [it for it in items if it.path.name[0] in "ab"]
+    first = [reader.image(it).copy() for it in ab]
+    for _ in range(3):  # random-order training alternates volumes
+        again = [reader.image(it) for it in ab[::-1]][::-1]
+    assert reader.volume_loads == 2
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    for it in items:  # a, b, then a third volume, which pushes the least recently used (a) out
+        reader.image(it)
+    assert reader.volume_loads == 3
+    assert [p.name for p in reader._volumes] == ["b_image.npy", "c_image.npy"]
 
 
 def test_views_are_cached_copies_whose_masks_follow_the_pixels(shared_data):

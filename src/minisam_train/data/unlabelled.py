@@ -14,6 +14,7 @@ place in the volume's HU range and looks like the COSMOS PNGs the student is eva
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -189,26 +190,37 @@ def cosmos_slices(root, *, split: str = "test_data", exclude_split_file=None, ex
 
 
 class SliceReader:
-    """Reads the pixels (and label masks) of :class:`DistillSlice` s, one volume kept in memory at a time."""
+    """Reads the pixels (and label masks) of :class:`DistillSlice` s.
 
-    def __init__(self, min_object_pixels: int = 50):
+    The last ``max_volumes`` volumes stay in memory (as uint8): training visits slices in random order, and
+    re-decoding a 512² x 60 CT for every slice of it would cost more than the training step on a GPU.
+    """
+
+    def __init__(self, min_object_pixels: int = 50, max_volumes: int = 4):
         self.min_object_pixels = int(min_object_pixels)
-        self._volume: tuple[Path, np.ndarray] | None = None
+        self.max_volumes = max(1, int(max_volumes))
+        self._volumes: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self.volume_loads = 0
 
     def _volume_u8(self, path: Path) -> np.ndarray:
-        if self._volume is None or self._volume[0] != path:
-            if path.suffix.lower() in ARRAY_SUFFIXES:
-                vol = np.load(path)
-            else:
-                import tifffile
+        if path in self._volumes:
+            self._volumes.move_to_end(path)
+            return self._volumes[path]
+        if path.suffix.lower() in ARRAY_SUFFIXES:
+            vol = np.load(path)
+        else:
+            import tifffile
 
-                vol = np.asarray(tifffile.imread(path))
-            v = vol.astype(np.float32)
-            lo, hi = float(v.min()), float(v.max())
-            if hi <= lo:
-                raise DataError(f"Volume {path} is constant; there is nothing to learn from it.")
-            self._volume = (path, np.round((v - lo) / (hi - lo) * 255.0).astype(np.uint8))
-        return self._volume[1]
+            vol = np.asarray(tifffile.imread(path))
+        v = vol.astype(np.float32)
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            raise DataError(f"Volume {path} is constant; there is nothing to learn from it.")
+        self.volume_loads += 1
+        self._volumes[path] = np.round((v - lo) / (hi - lo) * 255.0).astype(np.uint8)
+        while len(self._volumes) > self.max_volumes:
+            self._volumes.popitem(last=False)
+        return self._volumes[path]
 
     def image(self, item: DistillSlice) -> np.ndarray:
         """``(H, W)`` or ``(H, W, 3)`` pixels of one slice (in its view)."""

@@ -167,7 +167,8 @@ def run(cfg) -> dict:
         weight_decay=float(t.weight_decay), warmup_fraction=float(t.warmup_fraction),
         max_grad_norm=float(t.max_grad_norm or 0), alpha=float(t.alpha), temperature=float(t.temperature),
         checkpoint_every=int(t.checkpoint_every), log_every=int(t.log_every), seed=int(cfg.seed),
-        resume=bool(t.resume), stop_after=t.stop_after, prompts_per_slice=t.get("prompts_per_slice"), num_workers=int(t.num_workers), progress=progress)
+        resume=bool(t.resume), stop_after=t.stop_after, prompts_per_slice=t.get("prompts_per_slice"),
+        num_workers=int(t.num_workers), progress=progress)
     result = train_student(accelerator, StudentForDistillation(student), samples, settings, out / "checkpoints")
 
     # 4. the output: a plain save_pretrained folder (config.json + model.safetensors)
@@ -180,8 +181,9 @@ def run(cfg) -> dict:
         "slices_listed": len(items), "slices_used": len(usable), "cache_dir": str(cache.dir),
         "cache": stats.as_dict(), "teacher_pass_seconds": teacher_pass_s,
         "teacher_seconds_per_slice": stats.teacher_seconds / max(1, stats.computed),
-        "cache_read_seconds_per_slice": samples.read_seconds / max(1, cache.reads),
-        "cache_reads": cache.reads,
+        "cache_read_seconds_per_slice": result["cache_read_seconds"] / max(1, result["cache_reads"]),
+        "cache_reads": result["cache_reads"], "peak_gpu_memory_bytes": result["peak_gpu_memory_bytes"],
+        "num_workers": settings.num_workers,
         "steps": result["step"], "steps_planned": steps, "steps_per_epoch": steps_per_epoch,
         "resumed_from_step": result["resumed_from"], "stopped_early": result["stopped_early"],
         "train_seconds": result["train_seconds"], "run_seconds": time.perf_counter() - t_run,

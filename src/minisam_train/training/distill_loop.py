@@ -62,23 +62,51 @@ class DistillSamples(torch.utils.data.Dataset):
         item = self.items[i]
         start = time.perf_counter()
         entry = self.cache.load(item)
-        self.read_seconds += time.perf_counter() - start
+        read_s = time.perf_counter() - start
+        self.read_seconds += read_s
         pixels, original_hw, _ = prepare_image(self.reader.image(item), self.spec, self.intensity)
         boxes = scale_boxes(entry["boxes"].numpy(), original_hw, self.spec.image_size)
         return {"pixels": pixels[0], "boxes": torch.from_numpy(boxes), "teacher_embedding": entry["embedding"],
-                "teacher_logits": entry["logits"][:, 0]}
+                "teacher_logits": entry["logits"][:, 0], "read_seconds": read_s}
 
 
 def _collate(batch):
+    # Cache-read time travels with the batch: with loader workers, their own counters never reach the loop.
     return {"pixels": torch.stack([b["pixels"] for b in batch]),
             "boxes": [b["boxes"] for b in batch],
             "teacher_embedding": torch.stack([b["teacher_embedding"] for b in batch]),
-            "teacher_logits": [b["teacher_logits"] for b in batch]}
+            "teacher_logits": [b["teacher_logits"] for b in batch],
+            "read_seconds": sum(b["read_seconds"] for b in batch), "reads": len(batch)}
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
     return torch.randperm(n, generator=g).tolist()
+
+
+class PlannedBatches(torch.utils.data.Sampler):
+    """The slice indices of every micro-batch from ``first_micro`` on, in the order the loop consumes them.
+
+    The plan depends only on the micro-batch number (epoch permutation + position), so a resumed run and
+    a run with loader workers read exactly the batches an uninterrupted single-process run reads.
+    Endless: the loop stops taking batches when it is done.
+    """
+
+    def __init__(self, n: int, per_epoch: int, batch_size: int, seed: int, first_micro: int, rank: int = 0,
+                 world: int = 1):
+        self.n, self.per_epoch, self.batch_size, self.seed = n, per_epoch, batch_size, seed
+        self.first_micro, self.rank, self.world = first_micro, rank, world
+
+    def __iter__(self):
+        micro, cached = self.first_micro, (None, None)
+        while True:
+            epoch, pos = divmod(micro, self.per_epoch)
+            if cached[0] != epoch:
+                cached = (epoch, epoch_order(self.n, epoch, self.seed))
+            order = cached[1]
+            first = (pos * self.world + self.rank) * self.batch_size
+            yield [order[(first + j) % len(order)] for j in range(self.batch_size)]
+            micro += 1
 
 
 class CSVTracker(GeneralTracker):
@@ -136,7 +164,18 @@ def make_scheduler(optimizer, steps: int, warmup_fraction: float):
 
 
 def _to(batch, device):
-    return {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in batch.items()}
+    return {k: ([t.to(device, non_blocking=True) for t in v] if isinstance(v, list)
+                else v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _batches(samples, plan: PlannedBatches, num_workers: int, pin: bool):
+    """Collated micro-batches in plan order; ``num_workers`` processes prepare the next ones meanwhile."""
+    if num_workers <= 0:
+        return (_collate([samples[i] for i in picks]) for picks in plan)
+    loader = torch.utils.data.DataLoader(samples, batch_sampler=plan, num_workers=num_workers,
+                                         collate_fn=_collate, pin_memory=pin, prefetch_factor=4,
+                                         persistent_workers=False)
+    return iter(loader)
 
 
 def train_student(accelerator, model, samples: DistillSamples, settings: LoopSettings, checkpoint_dir) -> dict:
@@ -170,17 +209,20 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
     stopped_early = False
     micro = step * settings.grad_accum
     epochs_seen = set()
+    plan = PlannedBatches(len(samples), per_epoch, settings.batch_size, settings.seed, micro, rank, world)
+    batches = _batches(samples, plan, settings.num_workers, accelerator.device.type == "cuda")
+    reads, read_seconds = 0, 0.0
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     while step < settings.steps:
         if settings.stop_after is not None and step - resumed_from >= settings.stop_after:
             stopped_early = True
             break
         for k in range(settings.grad_accum):
-            epoch, pos = divmod(micro, per_epoch)
+            epoch = micro // per_epoch
             epochs_seen.add(epoch)
-            order = epoch_order(len(samples), epoch, settings.seed)
-            first = (pos * world + rank) * settings.batch_size
-            picks = [order[(first + j) % len(order)] for j in range(settings.batch_size)]
-            batch = _to(_collate([samples[i] for i in picks]), accelerator.device)
+            batch = _to(next(batches), accelerator.device)
+            reads, read_seconds = reads + batch.pop("reads"), read_seconds + batch.pop("read_seconds")
             if settings.prompts_per_slice:
                 batch = _rotate_prompts(batch, settings.prompts_per_slice, epoch)
             sync = k == settings.grad_accum - 1
@@ -210,9 +252,12 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
         if step % settings.checkpoint_every == 0 or step == settings.steps:
             checkpoints.save(step, {"history": history})
     bar.close()
+    del batches  # ends loader workers
     checkpoints.close()
+    peak = torch.cuda.max_memory_allocated(accelerator.device) if accelerator.device.type == "cuda" else None
     return {"history": history, "step": step, "resumed_from": resumed_from, "stopped_early": stopped_early,
-            "train_seconds": time.perf_counter() - start, "epochs": sorted(epochs_seen), "model": model}
+            "train_seconds": time.perf_counter() - start, "epochs": sorted(epochs_seen), "model": model,
+            "cache_reads": reads, "cache_read_seconds": read_seconds, "peak_gpu_memory_bytes": peak}
 
 
 def _rotate_prompts(batch, k: int, epoch: int):
