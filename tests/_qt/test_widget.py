@@ -25,10 +25,16 @@ def test_box_preview_points_commit_undo_redo(open_widget, qtbot):
     assert widget.image_layer is image and widget.depth == 0
     lv = reference.data == 1
 
+    fd = widget.model.fast_decoder()
+    grids = []
+    upscale = fd._upscale_tokens
+    fd._upscale_tokens = lambda keys, hyper, h, w: grids.append((h, w)) or upscale(keys, hyper, h, w)
     draw_box(qtbot, widget, tight_box(lv))
+    del fd._upscale_tokens
     box_only = widget.preview.mask.copy()
     assert dice(box_only, lv) >= 0.85
     assert widget.preview_layer.data.sum() == box_only.sum()  # what the user sees is the preview
+    assert grids and all(h * w < 64 * 64 for h, w in grids)  # the preview decoded around its box only
 
     # A drag starts with "changing" (data not changed yet): asking for a preview then would repaint the old
     # mask as if it answered the edit. Only the "changed" at the release asks for one.

@@ -280,3 +280,68 @@ def test_bf16_decoder_is_opt_in_and_keeps_the_masks(own_litemedsam, heart_slice)
             predictor.predict(box=box, multimask=False)
     finally:
         model.decoder_precision = "fp32"
+
+
+def test_box_window_decodes_the_same_mask_around_the_box(litemedsam, heart_pixels, heart_embedding):
+    """Upscaling only the box's grid cells gives the full decode's logits there, background elsewhere."""
+    from napari_qlora_minisam.models.fast_decoder import OUTSIDE_WINDOW_LOGIT
+    from napari_qlora_minisam.predictor import box_window
+
+    fd = litemedsam.fast_decoder()
+    for v in (85, 255):  # LV and RV of the real slice, tight boxes as a user draws them
+        box = _boxes(heart_pixels[2], heart_pixels[1])[[0 if v == 85 else 2]]
+        full, iou_full = fast_decode(litemedsam, heart_embedding, boxes=box, multimask=False)
+        window = box_window(box[0].numpy(), 4.0)
+        r0, r1, c0, c1 = window
+        assert (r1 - r0) * (c1 - c0) < 0.5 * 64 * 64  # the point: far fewer cells than the grid
+        before = fd.window_fallbacks
+        got, iou = fast_decode(litemedsam, heart_embedding, boxes=box, multimask=False, window=window)
+        assert fd.window_fallbacks == before  # the object lies well inside its window
+        inside = (..., slice(4 * r0, 4 * r1), slice(4 * c0, 4 * c1))
+        torch.testing.assert_close(got[inside], full[inside], atol=1e-5, rtol=0)
+        outside = torch.ones_like(got, dtype=torch.bool)
+        outside[inside] = False
+        assert (got[outside] == OUTSIDE_WINDOW_LOGIT).all()
+        assert torch.equal((got > 0), (full > 0))  # the mask itself is unchanged
+        torch.testing.assert_close(iou, iou_full)
+
+
+def test_box_window_falls_back_to_the_whole_grid_when_the_mask_reaches_its_edge(litemedsam, heart_pixels,
+                                                                                 heart_embedding):
+    fd = litemedsam.fast_decoder()
+    box = _boxes(heart_pixels[2], heart_pixels[1])[[0]]
+    full, _ = fast_decode(litemedsam, heart_embedding, boxes=box, multimask=False)
+    x0, y0, x1, y1 = (box[0] / 4).tolist()
+    cy, cx = int((y0 + y1) / 2), int((x0 + x1) / 2)
+    before = fd.window_fallbacks
+    got, _ = fast_decode(litemedsam, heart_embedding, boxes=box, multimask=False,
+                         window=(cy - 2, cy + 2, cx - 2, cx + 2))  # inside the ventricle: cut on all sides
+    assert fd.window_fallbacks == before + 1
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+
+
+def test_predictor_box_window_keeps_the_masks_of_real_slices(litemedsam, shared_data):
+    """LV/RV/pancreas/lung boxes on real COSMOS slices: the windowed preview mask equals the full one."""
+    import imageio.v3 as iio
+
+    from napari_qlora_minisam import MiniSamPredictor
+
+    root = shared_data / "cosmos_sample" / "data" / "test_data"
+    extra = shared_data / "cosmos_extra" / "data" / "test_data"
+    cases = [(root / "22_Heart", "22_Heart_4_5.png", (85, 255)),
+             (root / "6_Pancreas", sorted((root / "6_Pancreas" / "images").iterdir())[0].name, None),
+             (extra / "90_LungTumour", sorted((extra / "90_LungTumour" / "images").iterdir())[0].name, None)]
+    predictor = MiniSamPredictor(litemedsam)
+    checked = 0
+    for folder, name, values in cases:
+        image, label = iio.imread(folder / "images" / name), iio.imread(folder / "labels" / name)
+        predictor.set_image(image)
+        for v in values or [int(u) for u in np.unique(label) if u]:
+            if (label == v).sum() < 50:
+                continue
+            box = tight_box(label == v)
+            full = predictor.predict(box=box, multimask=False)[0]
+            windowed = predictor.predict(box=box, multimask=False, box_window=True)[0]
+            np.testing.assert_array_equal(windowed, full)
+            checked += 1
+    assert checked >= 4

@@ -71,7 +71,8 @@ def preview_task(predictor, image: np.ndarray, intensity: str, prompts: SlicePro
     multimask = prompts.box is None and len(prompts.points_xy) == 1
     with MODEL_LOCK:
         predictor.set_image(image, intensity)
-        masks, scores, _ = predictor.predict(**prompts.predict_kwargs(), multimask=multimask)
+        # box_window: a preview needs the mask around its box only (the decode is ~a quarter cheaper).
+        masks, scores, _ = predictor.predict(**prompts.predict_kwargs(), multimask=multimask, box_window=True)
     best = int(np.argmax(scores))
     return PreviewResult(request, z, masks[best], float(scores[best]))
 

@@ -47,7 +47,8 @@ class SamBackend:
         """``(B, 3, S, S)`` preprocessed pixels -> image embeddings ``(B, 256, 64, 64)``."""
         raise NotImplementedError
 
-    def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+    def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True,
+               window=None):
         """Run prompt encoder + mask decoder for a batch of ``P`` prompts on one image.
 
         Args:
@@ -57,6 +58,9 @@ class SamBackend:
             boxes: ``(P, 4)`` float, or ``None``.
             mask_input: ``(P, 1, 256, 256)`` low-res logits from an earlier call, or ``None``.
             multimask: three candidate masks per prompt if True, else one.
+            window: ``(r0, r1, c0, c1)`` embedding-grid cells where the mask is wanted, or ``None``. A speed
+                hint: a backend may compute the mask only there (same logits inside, background outside,
+                the whole grid whenever the mask reaches the window's edge) or ignore it.
 
         Returns:
             ``(low_res_logits (P, M, 256, 256), iou_predictions (P, M))``.

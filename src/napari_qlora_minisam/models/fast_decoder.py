@@ -17,7 +17,10 @@ fixed and only the prompt changes, so:
   transposed conv has no overlap, so it is a per-pixel linear map to 4 sub-pixels) and the hypernetwork
   product is taken before un-shuffling the sub-pixels, so only the ``M`` final mask channels are
   re-ordered instead of 32 feature channels;
-* with ``multimask=False`` only the one mask that is returned is computed.
+* with ``multimask=False`` only the one mask that is returned is computed;
+* with a ``window`` (previews of a box), the upscaling and hypernetwork product, which are local to each
+  grid cell, run only on the cells around the box; if the mask reaches an inner edge of the window, the
+  whole grid is done after all (see :meth:`FastSamDecoder._upscale_and_project`).
 
 peft injects LoRA layers and bitsandbytes swaps in ``Linear4bit`` in place, so a projection's weight is
 only read when the module is exactly ``nn.Linear``; otherwise the module is called, and the fast path
@@ -40,6 +43,8 @@ from .fast_encoder import _linear
 
 # peft's LoRA layers expose these; their values change what a module computes without touching weights.
 _ADAPTER_STATE_ATTRS = ("active_adapters", "disable_adapters", "merged")
+# Written outside a decode window: plainly background (SAM's mask logits stay within about +-30).
+OUTSIDE_WINDOW_LOGIT = -20.0
 
 
 def module_state_signature(modules) -> tuple:
@@ -174,6 +179,7 @@ class FastSamDecoder:
         self.mask_decoder = mask_decoder
         self._image: _ImageState | None = None
         self._pe: tuple | None = None  # (key, (1, HW, C) dense positional encoding)
+        self.window_fallbacks = 0  # windowed decodes redone on the whole grid (the mask reached the edge)
 
     @staticmethod
     def supports(prompt_encoder: nn.Module, mask_decoder: nn.Module) -> bool:
@@ -231,7 +237,8 @@ class FastSamDecoder:
         return st
 
     # -- decoding ---------------------------------------------------------------------------------------
-    def __call__(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+    def __call__(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True,
+                 window=None):
         """Same contract as ``SamBackend.decode``: ``(low_res_logits (P, M, 4h, 4w), iou (P, M))``."""
         pe_enc, md = self.prompt_encoder, self.mask_decoder
         sparse, _ = pe_enc(points=None if points is None else (points, labels), boxes=boxes, masks=None)
@@ -261,7 +268,7 @@ class FastSamDecoder:
 
         sel = range(1, md.num_mask_tokens) if multimask else range(0, 1)
         hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in sel], dim=1)
-        masks = self._upscale_and_project(keys, hyper, h, w)
+        masks = self._upscale_and_project(keys, hyper, h, w, window)
         iou = md.iou_prediction_head(queries[:, 0, :])
         iou = iou[:, 1:] if multimask else iou[:, :1]
         return masks, iou
@@ -300,8 +307,34 @@ class FastSamDecoder:
         keys = blk.norm4(keys + image_to_token(blk.cross_attn_image_to_token, kpe, queries + query_pe, queries))
         return queries, keys
 
-    def _upscale_and_project(self, keys, hyper, h, w):
-        """``output_upscaling`` + hypernetwork product on the token layout.
+    def _upscale_and_project(self, keys, hyper, h, w, window=None):
+        """Low-res mask logits ``(B, M, 4h, 4w)``: all grid cells, or only those of ``window``.
+
+        ``window`` = ``(r0, r1, c0, c1)`` grid cells. Upscaling and the hypernetwork product map each grid
+        cell to its own 4x4 logits, so inside the window the logits are exactly the full decode's; outside,
+        :data:`OUTSIDE_WINDOW_LOGIT`. If the mask reaches an edge of the window that is not an edge of the
+        grid, it may go on beyond it, and the whole grid is computed instead. What can differ from the full
+        decode is therefore only mask that lies wholly outside the window, away from the prompted object.
+        """
+        if window is not None:
+            r0, r1 = max(0, int(window[0])), min(h, int(window[1]))
+            c0, c1 = max(0, int(window[2])), min(w, int(window[3]))
+            if r1 > r0 and c1 > c0 and (r1 - r0) * (c1 - c0) < h * w:
+                b, _, c = keys.shape
+                inner = keys.view(b, h, w, c)[:, r0:r1, c0:c1].reshape(b, -1, c)
+                part = self._upscale_tokens(inner, hyper, r1 - r0, c1 - c0)
+                fg = part > 0
+                open_edge = ((r0 > 0 and bool(fg[..., 0, :].any())) or (r1 < h and bool(fg[..., -1, :].any()))
+                             or (c0 > 0 and bool(fg[..., :, 0].any())) or (c1 < w and bool(fg[..., :, -1].any())))
+                self.window_fallbacks += open_edge
+                if not open_edge:
+                    out = part.new_full((b, part.shape[1], 4 * h, 4 * w), OUTSIDE_WINDOW_LOGIT)
+                    out[..., 4 * r0:4 * r1, 4 * c0:4 * c1] = part
+                    return out
+        return self._upscale_tokens(keys, hyper, h, w)
+
+    def _upscale_tokens(self, keys, hyper, h, w):
+        """``output_upscaling`` + hypernetwork product on the token layout of an ``h x w`` grid.
 
         A 2x2 stride-2 transposed conv maps each input pixel to its own 2x2 output block, so on tokens it
         is one matmul to ``4 * C_out`` columns (sub-pixel major). Both upscalings are done that way, the

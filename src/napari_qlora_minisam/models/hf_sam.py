@@ -38,7 +38,9 @@ class HfSamBackend(SamBackend):
     def compute_dtype(self) -> torch.dtype:
         return self.net.vision_encoder.patch_embed.projection.weight.dtype
 
-    def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+    def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True,
+               window=None):
+        # ``window`` is a speed hint only (see SamBackend.decode); HF's decoder always does the whole grid.
         dtype = self.compute_dtype
         emb = embeddings[:1]
         if mask_input is None:

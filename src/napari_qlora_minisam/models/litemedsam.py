@@ -116,7 +116,8 @@ class LiteMedSamBackend(SamBackend):
             self._fast_decoder = fd
         return fd
 
-    def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+    def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True,
+               window=None):
         if self._use_fast():
             fd = self.fast_decoder()
             if fd is not None:
@@ -124,9 +125,9 @@ class LiteMedSamBackend(SamBackend):
                     raise ValueError(f"decoder_precision must be 'fp32' or 'bf16', not {self.decoder_precision!r}")
                 if self.decoder_precision == "bf16" and not self.quantization:
                     with torch.autocast(embeddings.device.type, dtype=torch.bfloat16):
-                        masks, iou = fd(embeddings, points, labels, boxes, mask_input, multimask)
+                        masks, iou = fd(embeddings, points, labels, boxes, mask_input, multimask, window)
                     return masks.float(), iou.float()
-                return fd(embeddings, points, labels, boxes, mask_input, multimask)
+                return fd(embeddings, points, labels, boxes, mask_input, multimask, window)
         pe = self.net.prompt_encoder
         sparse, dense = pe(
             points=None if points is None else (points, labels),
