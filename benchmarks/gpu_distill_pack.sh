@@ -27,5 +27,17 @@ cp "$STUDENT/config.json" .gpu/student4/
 cp -r "$DATA/cosmos_sample" "$DATA/cosmos_extra" "$DATA/ultrasound_unlabelled" "$DATA/splits.json" .gpu/data/
 # The test-split patients' volumes (lung2, brain2, breast1) stay behind; labels are never read by distill.
 cp "$DATA/volumes/lung1_image.tif" "$DATA/volumes/brain1_image.tif" "$DATA/volumes/volumes.json" .gpu/data/volumes/
+# bitsandbytes for the NF4 checks (benchmarks/gpu_nf4_session.sh): the GPU image has none. Only the CUDA 13.0
+# library is kept (the image's torch is cu130): the full wheel (43 MB) would not fit beside the rest.
+python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_24_x86_64 -d .gpu/whl "bitsandbytes==$(python -c 'import bitsandbytes; print(bitsandbytes.__version__)')"
+python - <<'PY'
+import glob, zipfile
+with zipfile.ZipFile(glob.glob(".gpu/whl/bitsandbytes-*.whl")[0]) as z:
+    for name in z.namelist():
+        if name.startswith("bitsandbytes/") and (not name.endswith(".so") or name.endswith("_cuda130.so")):
+            z.extract(name, ".gpu/site")
+PY
+rm -rf .gpu/whl
 chmod -R u+w .gpu
 du -sh .gpu

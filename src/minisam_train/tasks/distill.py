@@ -139,6 +139,8 @@ def run(cfg) -> dict:
         torch.save(teacher_decoder_state(load_teacher()), decoder_file)
     accelerator.wait_for_everyone()
     teacher_pass_s = time.perf_counter() - t0
+    cuda = accelerator.device.type == "cuda"
+    teacher_peak = torch.cuda.max_memory_allocated(accelerator.device) if cuda else None
     loaded.clear()  # free the teacher before the student trains (ViT-H is 2.5 GB)
     gc.collect()
     if not usable:
@@ -183,6 +185,7 @@ def run(cfg) -> dict:
         "teacher_seconds_per_slice": stats.teacher_seconds / max(1, stats.computed),
         "cache_read_seconds_per_slice": result["cache_read_seconds"] / max(1, result["cache_reads"]),
         "cache_reads": result["cache_reads"], "peak_gpu_memory_bytes": result["peak_gpu_memory_bytes"],
+        "teacher_pass_peak_gpu_memory_bytes": teacher_peak,
         "num_workers": settings.num_workers,
         "steps": result["step"], "steps_planned": steps, "steps_per_epoch": steps_per_epoch,
         "resumed_from_step": result["resumed_from"], "stopped_early": result["stopped_early"],
