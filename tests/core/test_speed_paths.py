@@ -345,3 +345,14 @@ def test_predictor_box_window_keeps_the_masks_of_real_slices(litemedsam, shared_
             np.testing.assert_array_equal(windowed, full)
             checked += 1
     assert checked >= 4
+
+
+def test_box_window_takes_in_clicks_outside_the_box():
+    from napari_qlora_minisam.predictor import box_window
+
+    box = np.array([100.0, 100.0, 140.0, 140.0])  # network pixels, 4 per grid cell
+    r0, r1, c0, c1 = box_window(box, 4.0)
+    assert (r0, r1, c0, c1) == (17, 43, 17, 43)  # 10 cells of box + 8 cells of margin on every side
+    far = np.array([[230.0, 20.0]])  # a click up and to the right, far from the box
+    r0, r1, c0, c1 = box_window(box, 4.0, points_net=far)
+    assert c1 >= 230 / 4 and r0 <= 20 / 4
