@@ -321,12 +321,12 @@ Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, t
 |---|---|
 | prompt edit → preview painted: a drag of the box through napari's mouse bindings, from the release, \
 slice embedded, widget defaults (median of {preview['edits']}; p90) | \
-{preview['drag_median_ms']:.0f} ms; {preview['drag_p90_ms']:.0f} ms (target ≤ 50 ms: {verdict}) |
+{preview['drag_median_ms']:.1f} ms; {preview['drag_p90_ms']:.0f} ms (target ≤ 50 ms: {verdict}) |
 | the same with the opt-in bf16 decoder (median; p90) | \
 {f"{bf16['drag_median_ms']:.0f} ms; {bf16['drag_p90_ms']:.0f} ms (bare decode {bf16['bare_predict_median_ms']:.0f} ms)" if bf16 else "not timed: no native bf16"} |
 | box moved *and* released in one step, so napari redraws the moved box while the decode runs \
 (median; p90) | {preview['preview_median_ms']:.0f} ms; {preview['preview_p90_ms']:.0f} ms |
-| the same box decoded by `MiniSamPredictor.predict` alone (median) | \
+| the same box decoded by `MiniSamPredictor.predict` alone, whole grid (median) | \
 {preview['bare_predict_median_ms']:.0f} ms |
 | the same decode through the widget's worker, no edit and so no canvas redraw (median) | \
 {preview['worker_decode_median_ms']:.0f} ms |
@@ -341,8 +341,10 @@ layer refresh (median) | {preview['repaint_median_ms']:.0f} ms / {preview['full_
 Widget message after propagation: "{volume['propagation_message']}"
 
 Where an edit's time goes: the next section (`benchmarks/widget_timeline.py`) and docs/plugin.md. In short:
-napari's release handling, the decode in the worker, and one frame for the new preview (~30 ms under
-Xvfb's software OpenGL: napari's draw, then Qt composing the window through OpenGL). The widget holds the
+napari's release handling, the decode in the worker (box previews are decoded around the box only:
+`MiniSamPredictor.predict(box_window=True)`, so the worker row is below the bare full-grid decode), and one
+frame for the new preview (~30 ms under Xvfb's software OpenGL: napari's draw, then Qt composing the window
+through OpenGL). This VM's speed drifts by about ±10 % within minutes: compare rows of one run. The widget holds the
 layer list's repaints until the preview is painted: each composes the whole window, ~25 ms of C++ holding
 Python's GIL, and one landing during the decode doubled it. When napari redraws the canvas while the
 worker decodes (the "moved and released in one step" row), the decode still waits for that redraw

@@ -13,6 +13,8 @@ the box by a pixel through napari's own mouse bindings ``--edits`` times (benchm
 * ``list repaints before the preview``: how many drags repainted napari's layer list while the decode
   ran (each such repaint composes the whole window; the widget holds them back, ``_qt/repaint_hold.py``).
 
+Settings: the widget's defaults; the box window off (previews decoded on the whole grid,
+``MiniSamPredictor.predict(box_window=...)``); the layer-list hold off.
 Each setting runs twice, interleaved, so a change of machine load hits all alike. ``--bf16`` adds the opt-in
 bf16 decoder. Figures go into docs/benchmarks.md.
 """
@@ -33,7 +35,7 @@ import bench_widget as B  # noqa: E402 - the shared drag helpers
 START, END = "<!-- timeline:start -->", "<!-- timeline:end -->"
 
 
-def run(edits: int, hold: bool, bf16: bool = False) -> dict:
+def run(edits: int, hold: bool, bf16: bool = False, window: bool = True) -> dict:
     from napari.qt import get_qapp
     from qtpy.QtCore import QEvent, QObject
 
@@ -61,6 +63,11 @@ def run(edits: int, hold: bool, bf16: bool = False) -> dict:
             return stop.value
 
     W.tasks.preview_task = timed_task
+    from napari_qlora_minisam.predictor import MiniSamPredictor
+
+    original_predict = MiniSamPredictor.predict
+    if not window:  # the widget before box previews were windowed: the whole grid upscaled every time
+        MiniSamPredictor.predict = lambda self, *a, box_window=False, **k: original_predict(self, *a, **k)
     try:
         viewer, widget = B.open_viewer(heart_mri)
         B.pump(app, lambda: widget.model is not None and widget.is_idle)
@@ -118,19 +125,22 @@ def run(edits: int, hold: bool, bf16: bool = False) -> dict:
         viewer.close()
     finally:
         W.tasks.preview_task = original_task
+        MiniSamPredictor.predict = original_predict
     med = {k: 1000 * statistics.median(r[k] for r in rows) for k in ("total", "release", "decode", "paint", "frame")}
     med["list_before"] = sum(r["list_before"] for r in rows)
     med["edits"] = edits
     med["hold"] = hold
     med["decoder"] = "bf16" if bf16 else "fp32"
+    med["window"] = window
     return med
 
 
 def table(results: list[dict]) -> str:
-    head = "| layer-list hold | decoder | edits | release → preview painted | napari's release | decode (worker) | paint | " \
-           "frame | list repaints during the decode |\n|---|---|---|---|---|---|---|---|---|\n"
+    head = "| layer-list hold | box window | decoder | edits | release → preview painted | napari's release | " \
+           "decode (worker) | paint | frame | list repaints during the decode |\n|---|---|---|---|---|---|---|---|---|---|\n"
     return head + "".join(
-        f"| {'on (default)' if r['hold'] else 'off'} | {r['decoder']} | {r['edits']} | **{r['total']:.0f} ms** | {r['release']:.1f} ms | "
+        f"| {'on (default)' if r['hold'] else 'off'} | {'on (default)' if r['window'] else 'off'} | {r['decoder']} | "
+        f"{r['edits']} | **{r['total']:.0f} ms** | {r['release']:.1f} ms | "
         f"{r['decode']:.1f} ms | {r['paint']:.1f} ms | {r['frame']:.1f} ms | {r['list_before']} of {r['edits']} |\n"
         for r in results)
 
@@ -144,10 +154,11 @@ def main(argv=None) -> None:
     # Interleaved (on, off, on, off) so a change of machine load hits both alike.
     from napari_qlora_minisam.models.cpu_features import bf16_is_native
 
-    settings = [(True, False), (False, False), (True, False), (False, False)]
+    # (hold, bf16, window): the defaults, then each one switched off (or bf16 on) alone.
+    settings = [(True, False, True), (True, False, False), (False, False, True)] * 2
     if args.bf16 and bf16_is_native():
-        settings = [(True, False), (True, True), (False, False)] * 2
-    runs = [run(args.edits, hold, bf16) for hold, bf16 in settings]
+        settings = [(True, False, True), (True, True, True), (True, False, False), (False, False, True)] * 2
+    runs = [run(args.edits, hold, bf16, window) for hold, bf16, window in settings]
     text = table(runs)
     print(text)
     if args.no_write:
