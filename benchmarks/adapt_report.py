@@ -16,6 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import doc_sections  # noqa: E402 - the shared section writer
+
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- adapt-results:start -->", "<!-- adapt-results:end -->"
 MODELS = ("litemedsam", "nf4 adapters off", "nf4 + CT adapter", "nf4 + MRI adapter", "fp32 + CT adapter",
@@ -179,10 +182,7 @@ def main(argv=None) -> int:
     (out / "report.md").write_text(text)
     doc = REPO / "docs" / "adapters.md"
     if doc.exists() and START in doc.read_text():
-        body = doc.read_text()
-        pre, rest = body.split(START, 1)
-        post = rest.split(END, 1)[1]
-        doc.write_text(pre + START + "\n" + text + END + post)
+        doc_sections.write_section(doc, text, START, END)
     if not args.no_ship and by_mod:
         for mod, model in (("ct", "nf4 + CT adapter"), ("mri", "nf4 + MRI adapter")):
             src = out / "adapters" / mod

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -27,6 +26,9 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import doc_sections  # noqa: E402 - the shared section writer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MINISAM_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -305,13 +307,7 @@ def _cpu_name():
 
 
 def write_doc(text):
-    body = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text}{END}"
-    if START in body and END in body:
-        body = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(body)
+    doc_sections.write_section(DOC, text, START, END)
 
 
 def main(argv=None):

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import doc_sections  # noqa: E402 - the shared section writer
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- plugin:start -->", "<!-- plugin:end -->"
@@ -272,19 +275,8 @@ def bench_volume(app) -> dict:
 
 
 def write_section(text: str, start: str = START, end: str = END, after: str | None = None) -> None:
-    """Replace the ``start``..``end`` block of docs/benchmarks.md; a new block goes after ``after`` or at the end."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in doc and end in doc:
-        head, rest = doc.split(start, 1)
-        doc = head + block + rest.split(end, 1)[1]
-    elif after and after in doc:
-        head, rest = doc.split(after, 1)
-        doc = head + after + "\n\n" + block + rest
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    """Replace the ``start``..``end`` block of docs/benchmarks.md (a new block goes after ``after`` or at the end)."""
+    doc_sections.write_section(DOC, text, start, end, after=after)
 
 
 def main(argv=None) -> None:
