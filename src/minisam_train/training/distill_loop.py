@@ -53,7 +53,6 @@ class DistillSamples(torch.utils.data.Dataset):
     def __init__(self, items, cache, reader, student_spec: PreprocessSpec, intensity: str = "minmax"):
         self.items, self.cache, self.reader = list(items), cache, reader
         self.spec, self.intensity = student_spec, intensity
-        self.read_seconds = 0.0
 
     def __len__(self):
         return len(self.items)
@@ -62,8 +61,7 @@ class DistillSamples(torch.utils.data.Dataset):
         item = self.items[i]
         start = time.perf_counter()
         entry = self.cache.load(item)
-        read_s = time.perf_counter() - start
-        self.read_seconds += read_s
+        read_s = time.perf_counter() - start  # reported per batch: a loader worker's own counters stay there
         pixels, original_hw, _ = prepare_image(self.reader.image(item), self.spec, self.intensity)
         boxes = scale_boxes(entry["boxes"].numpy(), original_hw, self.spec.image_size)
         return {"pixels": pixels[0], "boxes": torch.from_numpy(boxes), "teacher_embedding": entry["embedding"],

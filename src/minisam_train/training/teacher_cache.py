@@ -138,7 +138,6 @@ class TeacherCache:
         self.settings = {"version": CACHE_VERSION, **settings}
         digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.dir = Path(root) / digest
-        self.reads = 0
 
     def path(self, item) -> Path:
         return self.dir / f"{item.cache_name}.pt"
@@ -147,7 +146,6 @@ class TeacherCache:
         return self.path(item).is_file()
 
     def load(self, item) -> dict:
-        self.reads += 1
         return torch.load(self.path(item), map_location="cpu", weights_only=True)
 
     def save(self, item, entry: dict) -> int:
