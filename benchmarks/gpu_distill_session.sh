@@ -29,15 +29,9 @@ stamp() { echo "[$(($(date +%s) - T0)) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, transformers, peft, accelerate, hydra; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
 
-# A. ViT-H -> ViT-B shapes. A registry ViT-H is initialised to ~0 by transformers (zero embeddings), so it is
-#    re-initialised and saved first, as the tests do; the timings are those of real ViT-H/ViT-B weights.
+# A. ViT-H -> ViT-B shapes, random weights (save_random_teacher.py); the timings are those of real ViT-H/ViT-B.
 stamp "A: building the random ViT-H teacher"
-$PY - "$WORK/vit_h" "$TEACHER_H" <<'EOF'
-import sys
-from napari_qlora_minisam.models.registry import build_random_hf_sam
-from minisam_train.training.student import init_vision_encoder
-net = build_random_hf_sam(sys.argv[2]); init_vision_encoder(net, seed=0); net.save_pretrained(sys.argv[1])
-EOF
+$PY benchmarks/save_random_teacher.py "$TEACHER_H" "$WORK/vit_h"
 stamp "A: distill"
 timeout 180 $PY -m minisam_train.cli distill teacher.source="$WORK/vit_h" student.source=$STUDENT_B \
   "data.folders=[]" "data.cosmos_roots=[$DATA/cosmos_sample]" data.exclude_split_file=$DATA/splits.json \

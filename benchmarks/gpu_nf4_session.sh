@@ -34,12 +34,7 @@ timeout 120 $PY -m minisam_train.cli adapt --modality mri "data.roots=[$DATA/cos
 cp "$WORK/adapt/summary.json" "$OUT/adapt_nf4_summary.json" 2>/dev/null || stamp "C failed"
 
 stamp "D: random ViT-H teacher"
-$PY - "$WORK/vit_h" "$TEACHER_H" <<'PY'
-import sys
-from napari_qlora_minisam.models.registry import build_random_hf_sam
-from minisam_train.training.student import init_vision_encoder
-net = build_random_hf_sam(sys.argv[2]); init_vision_encoder(net, seed=0); net.save_pretrained(sys.argv[1])
-PY
+$PY benchmarks/save_random_teacher.py "$TEACHER_H" "$WORK/vit_h"
 stamp "D: distill, teacher in NF4"
 timeout 150 $PY -m minisam_train.cli distill teacher.source="$WORK/vit_h" teacher.quantize=nf4 \
   student.source=$STUDENT_B "data.folders=[]" "data.cosmos_roots=[$DATA/cosmos_sample]" \

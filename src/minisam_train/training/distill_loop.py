@@ -208,9 +208,10 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
     micro = step * settings.grad_accum
     epochs_seen = set()
     plan = PlannedBatches(len(samples), per_epoch, settings.batch_size, settings.seed, micro, rank, world)
-    batches = _batches(samples, plan, settings.num_workers, accelerator.device.type == "cuda")
+    cuda = accelerator.device.type == "cuda"
+    batches = _batches(samples, plan, settings.num_workers, cuda)
     reads, read_seconds = 0, 0.0
-    if accelerator.device.type == "cuda":
+    if cuda:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     while step < settings.steps:
         if settings.stop_after is not None and step - resumed_from >= settings.stop_after:
@@ -252,7 +253,7 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
     bar.close()
     del batches  # ends loader workers
     checkpoints.close()
-    peak = torch.cuda.max_memory_allocated(accelerator.device) if accelerator.device.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(accelerator.device) if cuda else None
     return {"history": history, "step": step, "resumed_from": resumed_from, "stopped_early": stopped_early,
             "train_seconds": time.perf_counter() - start, "epochs": sorted(epochs_seen), "model": model,
             "cache_reads": reads, "cache_read_seconds": read_seconds, "peak_gpu_memory_bytes": peak}
