@@ -184,14 +184,20 @@ def main():
         "student_encoder_params": sum(p.numel() for p in student.image_encoder.parameters()),
     }
     report["memory"]["ratio_student_over_teacher"] = report["memory"]["student_bytes"] / report["memory"]["teacher_bytes"]
-    summary = json.loads((student_dir / "distill_summary.json").read_text())
-    report["training"] = {k: summary[k] for k in ("steps", "train_seconds", "teacher_pass_seconds",
-                                                  "teacher_seconds_per_slice", "cache_read_seconds_per_slice",
-                                                  "slices_used", "run_seconds") if k in summary}
-    report["training"]["cache"] = summary.get("cache")
     figures = Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
-    plot_loss(loss_rows(student_dir), figures / "distill_loss.png")
+    averaged = student_dir / "average_summary.json"
+    if averaged.is_file():  # a weight average (minisam-train average): no training of its own, no loss curve
+        summary = json.loads(averaged.read_text())
+        report["training"] = {"averaged_from": summary["sources"], "weights": summary["weights"],
+                              "sources": summary["source_summaries"]}
+    else:
+        summary = json.loads((student_dir / "distill_summary.json").read_text())
+        report["training"] = {k: summary[k] for k in ("steps", "train_seconds", "teacher_pass_seconds",
+                                                      "teacher_seconds_per_slice", "cache_read_seconds_per_slice",
+                                                      "slices_used", "run_seconds") if k in summary}
+        report["training"]["cache"] = summary.get("cache")
+        plot_loss(loss_rows(student_dir), figures / "distill_loss.png")
     per_object = out / "eval" / "per_object.csv"
     if per_object.is_file():
         report["dice"] = dice_ratios(read_csv(per_object), args.teacher_name, args.student_name)

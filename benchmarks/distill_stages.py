@@ -25,7 +25,7 @@ def main(argv=None) -> None:
         print(f"| `{run}` | **{d['ratio_of_object_means']:.3f}** | {d['ratio_of_class_means']:.3f} | "
               f"{d['student_mean_dice_objects']:.3f} (teacher {d['teacher_mean_dice_objects']:.3f}) | "
               f"{r['latency']['speedup']:.2f}× | {r['memory']['ratio_student_over_teacher']:.2f}× | "
-              f"{r['training']['train_seconds']:.0f} s, {r['training']['steps']} steps |")
+              f"{_training(r['training'])} |")
     classes = reports[0][1]["dice"]["per_class"]
     print("\n| class (objects) | teacher | " + " | ".join(f"`{run.name}`" for run, _ in reports) + " |")
     print("|---|---|" + "---|" * len(reports))
@@ -33,6 +33,12 @@ def main(argv=None) -> None:
         first = classes[c]
         cells = [f"{r['dice']['per_class'][c]['student']:.3f}" for _, r in reports]
         print(f"| {c.split('/')[-1]} ({first['n']}) | {first['teacher']:.3f} | " + " | ".join(cells) + " |")
+
+
+def _training(t: dict) -> str:
+    if "averaged_from" in t:  # minisam-train average: no training of its own
+        return "weight average of " + " + ".join(f"`{Path(src).parent}`" for src in t["averaged_from"])
+    return f"{t['train_seconds']:.0f} s, {t['steps']} steps"
 
 
 if __name__ == "__main__":

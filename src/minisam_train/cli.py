@@ -15,6 +15,7 @@ VERBS = {
     "eval": ("eval", "minisam_train.tasks.evaluate", "COSMOS 1050K protocol: Dice/NSD, oracle and deployable"),
     "adapt": ("adapt", "minisam_train.tasks.adapt", "QLoRA modality adapter on an NF4 base (few-shot)"),
     "distill": ("distill", "minisam_train.tasks.distill", "teacher -> student knowledge distillation"),
+    "average": ("average", "minisam_train.tasks.average", "weight average (model soup) of students of one shape"),
 }
 CONFIG_MODULE = "minisam_train.conf"
 
