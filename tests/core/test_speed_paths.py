@@ -129,6 +129,22 @@ def test_prompt_independent_cache_is_reused_and_follows_the_image(litemedsam, he
     torch.testing.assert_close(masks, reference_decode(litemedsam, other, **prompts)[0], atol=ATOL, rtol=RTOL)
 
 
+def test_repeated_decodes_leave_the_image_cache_untouched(litemedsam, heart_pixels, heart_embedding):
+    # The blocks after the first accumulate into their input tokens in place; the cached tokens of the
+    # image must never be among them, or the next prompt on the same slice would see another image.
+    fd = litemedsam.fast_decoder()
+    prompts = _prompts("one_box", heart_pixels[2], heart_pixels[1])  # batch of one, as the cache
+    first = fast_decode(litemedsam, heart_embedding, multimask=False, **prompts)
+    cached = [t.clone() for t in (fd._image.keys, fd._image.l0_k, fd._image.l0_v, fd._image.l0_i2t_q)]
+    for multimask in (True, False):
+        fast_decode(litemedsam, heart_embedding, multimask=multimask, **prompts)
+    for before, now in zip(cached, (fd._image.keys, fd._image.l0_k, fd._image.l0_v, fd._image.l0_i2t_q)):
+        assert torch.equal(before, now)
+    again = fast_decode(litemedsam, heart_embedding, multimask=False, **prompts)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
 @pytest.fixture()
 def own_litemedsam():
     """A private model for tests that change weights, modes or attach adapters."""

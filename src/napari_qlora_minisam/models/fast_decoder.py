@@ -17,7 +17,8 @@ fixed and only the prompt changes, so:
   transposed conv has no overlap, so it is a per-pixel linear map to 4 sub-pixels) and the hypernetwork
   product is taken before un-shuffling the sub-pixels, so only the ``M`` final mask channels are
   re-ordered instead of 32 feature channels;
-* with ``multimask=False`` only the one mask that is returned is computed;
+* with ``multimask=False`` only the one mask that is returned is computed, and the final token->image
+  attention runs for the IoU token and the returned masks' tokens only (2 of 7 rows for a box);
 * with a ``window`` (previews of a box), the upscaling and hypernetwork product, which are local to each
   grid cell, run only on the cells around the box; if the mask reaches an inner edge of the window, the
   whole grid is done after all (see :meth:`FastSamDecoder._upscale_and_project`).
@@ -123,21 +124,27 @@ def token_to_image(attn: nn.Module, q_in: torch.Tensor, kpe: torch.Tensor, keys:
 
 
 def image_to_token(attn: nn.Module, kpe: torch.Tensor, q_tok: torch.Tensor, v_tok: torch.Tensor,
-                   cached_q: torch.Tensor | None = None) -> torch.Tensor:
+                   cached_q: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                   in_place: bool = False) -> torch.Tensor:
     """segment-anything ``Attention(q=kpe, k=q_tok, v=v_tok)`` where every image token attends the prompt.
 
     With plain projections, the image-side query projection and the output projection are folded into
     the few prompt tokens: scores = ``x (W_q,h^T k_h^T) + b_q,h . k_h`` and the output is
     ``sum_h A_h (v_h W_o,h^T) + b_o``. ``cached_q`` (head-split image queries of the first block, which
-    depend only on the image) replaces the query projection when given.
+    depend only on the image) replaces the query projection when given. With ``residual`` (the image tokens
+    the block adds the result to) it returns ``residual + attention``: the sum is the GEMM's accumulator
+    instead of a separate pass over the 4096 x C tokens; ``in_place`` lets it accumulate into ``residual``
+    itself (a tensor the caller no longer needs), which also saves copying it.
     """
     heads = attn.num_heads
     if not _is_plain(attn):
         if cached_q is None:
-            return FastSamDecoder.module_attention(attn, kpe, q_tok, v_tok)
+            out = FastSamDecoder.module_attention(attn, kpe, q_tok, v_tok)
+            return out if residual is None else residual + out
         k = _split_heads(attn.k_proj(q_tok), heads)
         v = _split_heads(attn.v_proj(v_tok), heads)
-        return attn.out_proj(_merge_heads(_attend(cached_q, k, v)))
+        out = attn.out_proj(_merge_heads(_attend(cached_q, k, v)))
+        return out if residual is None else residual + out
     k = attn.k_proj(q_tok)  # (B, n, h*d)
     b, n, inner = k.shape
     d = inner // heads
@@ -157,7 +164,16 @@ def image_to_token(attn: nn.Module, kpe: torch.Tensor, q_tok: torch.Tensor, v_to
     v = attn.v_proj(v_tok).view(b, n, heads, d)
     wo = attn.out_proj.weight.view(-1, heads, d)  # (C, h, d)
     vf = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, heads * n, -1)  # (B, h*n, C)
-    return torch.baddbmm(attn.out_proj.bias.view(1, 1, -1), weights.transpose(1, 2), vf)
+    if residual is None or residual.dtype != vf.dtype:  # (bf16 decoder: keep the sum in the tokens' fp32)
+        out = torch.baddbmm(attn.out_proj.bias.view(1, 1, -1), weights.transpose(1, 2), vf)
+        return out if residual is None else residual + out
+    # Each head's weights sum to one over its tokens, so b_o / heads on every row of vf adds exactly b_o.
+    vf = vf + attn.out_proj.bias.view(1, 1, -1) / heads
+    if in_place and residual.shape[0] == vf.shape[0]:
+        return residual.baddbmm_(weights.transpose(1, 2), vf)
+    if residual.shape[0] != vf.shape[0]:
+        residual = residual.expand(vf.shape[0], -1, -1)
+    return torch.baddbmm(residual, weights.transpose(1, 2), vf)
 
 
 class _ImageState:
@@ -262,14 +278,17 @@ class FastSamDecoder:
             queries, keys = self._block(md.transformer.layers[0], tokens, keys, tokens, pos)
         for layer in md.transformer.layers[1:]:
             queries, keys = self._block(layer, queries, keys, tokens, pos)
-        final = md.transformer.final_attn_token_to_image
-        queries = md.transformer.norm_final_attn(
-            queries + token_to_image(final, queries + tokens, keys + pos, keys))
-
         sel = range(1, md.num_mask_tokens) if multimask else range(0, 1)
-        hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in sel], dim=1)
+        # The final attention updates each token on its own and only the IoU token and the returned masks'
+        # tokens are read after it: the prompt tokens, and the unused mask tokens, are left out of it.
+        rows = [0] + [1 + i for i in sel]
+        final = md.transformer.final_attn_token_to_image
+        q_out, t_out = queries[:, rows], tokens[:, rows]
+        q_out = md.transformer.norm_final_attn(q_out + token_to_image(final, q_out + t_out, keys + pos, keys))
+
+        hyper = torch.stack([md.output_hypernetworks_mlps[i](q_out[:, 1 + j, :]) for j, i in enumerate(sel)], dim=1)
         masks = self._upscale_and_project(keys, hyper, h, w, window)
-        iou = md.iou_prediction_head(queries[:, 0, :])
+        iou = md.iou_prediction_head(q_out[:, 0, :])
         iou = iou[:, 1:] if multimask else iou[:, :1]
         return masks, iou
 
@@ -289,8 +308,8 @@ class FastSamDecoder:
         q = _split_heads(t2i.q_proj(queries + tokens), t2i.num_heads)
         queries = blk.norm2(queries + t2i.out_proj(_merge_heads(_attend(q, st.l0_k, st.l0_v))))
         queries = blk.norm3(queries + blk.mlp(queries))
-        i2t = image_to_token(blk.cross_attn_image_to_token, None, queries + tokens, queries, cached_q=st.l0_i2t_q)
-        keys = blk.norm4(st.keys + i2t)
+        keys = blk.norm4(image_to_token(blk.cross_attn_image_to_token, None, queries + tokens, queries,
+                                        cached_q=st.l0_i2t_q, residual=st.keys))
         return queries, keys
 
     def _block(self, blk, queries, keys, query_pe, key_pe):
@@ -304,7 +323,9 @@ class FastSamDecoder:
         kpe = keys + key_pe
         queries = blk.norm2(queries + token_to_image(blk.cross_attn_token_to_image, queries + query_pe, kpe, keys))
         queries = blk.norm3(queries + blk.mlp(queries))
-        keys = blk.norm4(keys + image_to_token(blk.cross_attn_image_to_token, kpe, queries + query_pe, queries))
+        # keys is the previous block's own output (never the per-image cache): it may be overwritten.
+        keys = blk.norm4(image_to_token(blk.cross_attn_image_to_token, kpe, queries + query_pe, queries,
+                                        residual=keys, in_place=True))
         return queries, keys
 
     def _upscale_and_project(self, keys, hyper, h, w, window=None):
