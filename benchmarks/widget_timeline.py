@@ -14,8 +14,10 @@ the box by a pixel through napari's own mouse bindings ``--edits`` times (benchm
   ran (each such repaint composes the whole window; the widget holds them back, ``_qt/repaint_hold.py``).
 
 Settings: the widget's defaults; the box window off (previews decoded on the whole grid,
-``MiniSamPredictor.predict(box_window=...)``); the layer-list hold off.
-Each setting runs twice, interleaved, so a change of machine load hits all alike. ``--bf16`` adds the opt-in
+``MiniSamPredictor.predict(box_window=...)``); the layer-list hold off; the canvas hold off.
+Then clicks: a positive point added inside the box through napari's add-mode bindings, stamped from the
+button coming up: the defaults, then the decode started inside napari's add event, then also no canvas hold. Each setting runs twice, interleaved, so a change of
+machine load hits all alike. ``--bf16`` adds the opt-in
 bf16 decoder. Figures go into docs/benchmarks.md.
 """
 
@@ -35,7 +37,8 @@ import bench_widget as B  # noqa: E402 - the shared drag helpers
 START, END = "<!-- timeline:start -->", "<!-- timeline:end -->"
 
 
-def run(edits: int, hold: bool, bf16: bool = False, window: bool = True) -> dict:
+def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas: bool = True,
+        clicks: bool = False, defer: bool = True) -> dict:
     from napari.qt import get_qapp
     from qtpy.QtCore import QEvent, QObject
 
@@ -73,6 +76,16 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True) -> dict
         B.pump(app, lambda: widget.model is not None and widget.is_idle)
         if not hold:
             widget._list_hold.hold = lambda: None
+        if not canvas:
+            widget._canvas_hold.hold = lambda: None
+        if not defer:  # an added point's decode starts inside napari's event, as before
+            schedule = widget.schedule_preview
+
+            def schedule_now():
+                widget._defer_start = False
+                schedule()
+
+            widget.schedule_preview = schedule_now
         widget.ui.bf16_decoder.setChecked(bf16)
         assert widget.model.decoder_precision == ("bf16" if bf16 else "fp32")
         original_paint = widget._paint_preview
@@ -100,8 +113,11 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True) -> dict
         B.pump(app, lambda: widget.is_idle and widget.preview is not None)
         rows = []
         for i in range(edits):
-            shift = 1.0 if i % 2 == 0 else -1.0
-            release = B.drag_box(app, widget.shapes_layer, shift, shift)
+            if clicks:  # a positive point inside the box, clicked through napari's add-mode bindings
+                release = click_point(widget.points_layer, (float(ys.mean()) + (i % 3) - 1, float(xs.mean()) + (i % 2)))
+            else:
+                shift = 1.0 if i % 2 == 0 else -1.0
+                release = B.drag_box(app, widget.shapes_layer, shift, shift)
             B.pump(app, lambda: widget.is_idle)
             stamps.clear()
             t0 = time.perf_counter()
@@ -121,6 +137,9 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True) -> dict
                 "list_before": any(w == "list paint" and t < first["paint start"] for t, w in stamps),
             })
             B.pump(app, lambda: widget.is_idle)
+            if clicks:
+                widget.points_layer.data = widget.points_layer.data[:0]
+                B.pump(app, lambda: widget.is_idle)
         app.removeEventFilter(spy)
         viewer.close()
     finally:
@@ -130,16 +149,36 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True) -> dict
     med["list_before"] = sum(r["list_before"] for r in rows)
     med["edits"] = edits
     med["hold"] = hold
+    med["canvas"] = canvas
+    med["edit"] = "click" if clicks else "drag"
+    med["defer"] = defer
     med["decoder"] = "bf16" if bf16 else "fp32"
     med["window"] = window
     return med
 
 
+def click_point(layer, position):
+    """Press the mouse on ``position`` in the points layer's add mode; returns the release, for the caller to time."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    layer.mode = "add"
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=position))
+
+    def release():
+        mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=position))
+
+    return release
+
+
 def table(results: list[dict]) -> str:
-    head = "| layer-list hold | box window | decoder | edits | release → preview painted | napari's release | " \
-           "decode (worker) | paint | frame | list repaints during the decode |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    head = "| edit | layer-list hold | canvas hold | decode after napari's add | box window | decoder | edits | " \
+           "release → preview painted | napari's release | decode (worker) | paint | frame | " \
+           "list repaints during the decode |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     return head + "".join(
-        f"| {'on (default)' if r['hold'] else 'off'} | {'on (default)' if r['window'] else 'off'} | {r['decoder']} | "
+        f"| {r['edit']} | {'on (default)' if r['hold'] else 'off'} | {'on (default)' if r['canvas'] else 'off'} | "
+        f"{('on (default)' if r['defer'] else 'off') if r['edit'] == 'click' else '–'} | "
+        f"{'on (default)' if r['window'] else 'off'} | {r['decoder']} | "
         f"{r['edits']} | **{r['total']:.0f} ms** | {r['release']:.1f} ms | "
         f"{r['decode']:.1f} ms | {r['paint']:.1f} ms | {r['frame']:.1f} ms | {r['list_before']} of {r['edits']} |\n"
         for r in results)
@@ -154,16 +193,20 @@ def main(argv=None) -> None:
     # Interleaved (on, off, on, off) so a change of machine load hits both alike.
     from napari_qlora_minisam.models.cpu_features import bf16_is_native
 
-    # (hold, bf16, window): the defaults, then each one switched off (or bf16 on) alone.
-    settings = [(True, False, True), (True, False, False), (False, False, True)] * 2
+    # (hold, bf16, window, canvas): the defaults, then each one switched off (or bf16 on) alone.
+    settings = [(True, False, True, True), (True, False, False, True), (False, False, True, True),
+                (True, False, True, False)]
     if args.bf16 and bf16_is_native():
-        settings = [(True, False, True), (True, True, True), (True, False, False), (False, False, True)] * 2
-    runs = [run(args.edits, hold, bf16, window) for hold, bf16, window in settings]
+        settings.insert(1, (True, True, True, True))
+    runs = [run(args.edits, hold, bf16, window, canvas) for hold, bf16, window, canvas in settings * 2]
+    # Clicks: a point added next to the box; then the decode started inside napari's event; then also no canvas hold.
+    runs += [run(args.edits, True, canvas=canvas, clicks=True, defer=defer)
+             for canvas, defer in [(True, True), (True, False), (False, False)] * 2]
     text = table(runs)
     print(text)
     if args.no_write:
         return
-    section = (f"### Where the time goes (`benchmarks/widget_timeline.py`)\n\nMedians per drag, stamped "
+    section = (f"### Where the time goes (`benchmarks/widget_timeline.py`)\n\nMedians per edit, stamped "
                f"from the button release; two interleaved runs per setting, load average "
                f"{B.os.getloadavg()[0]:.1f} at the end.\n\n{text}")
     B.write_section(section, START, END, after=B.END)  # right after bench_widget.py's plugin section

@@ -83,6 +83,22 @@ def test_a_view_docked_later_is_held_too(qtbot):
     hold.release()
 
 
+def test_canvas_hold_takes_the_opengl_widgets_only(qtbot):
+    from qtpy.QtWidgets import QOpenGLWidget
+
+    from napari_qlora_minisam._qt.repaint_hold import canvas_hold
+
+    window, owner, other, _ = window_with_views(qtbot)
+    gl = QOpenGLWidget()
+    window.centralWidget().layout().addWidget(gl)
+    qtbot.waitUntil(gl.isVisible, timeout=2000)
+    hold = canvas_hold(owner, max_ms=100)
+    hold.hold()
+    assert hold.held == (gl,) and not gl.updatesEnabled() and other.updatesEnabled()
+    qtbot.waitUntil(gl.updatesEnabled, timeout=2000)  # nobody releases: the bound does
+    assert hold.held == ()
+
+
 def test_not_docked_holds_nothing(qtbot):
     lone = QWidget()
     qtbot.addWidget(lone)
@@ -102,17 +118,35 @@ def test_layer_list_waits_for_the_preview(make_napari_viewer, qtbot):
 
     layer_list = viewer.window._qt_viewer.layers
     assert isinstance(layer_list, QtLayerList)
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas.native  # napari's QOpenGLWidget
     from napari_qlora_minisam.prompts import box_to_rectangle
 
     before = widget.previews_painted
+    seen_at_paint = []
+    widget.preview_painted.connect(lambda: seen_at_paint.append(canvas.updatesEnabled()))
     widget.shapes_layer.add_rectangles(box_to_rectangle(tight_box(reference.data == 1)))
-    assert widget._preview_running, "the edit should have started a decode in a worker"
+    # An added box starts its decode once napari has finished the edit (a zero timer), held meanwhile.
+    assert widget._start_timer.isActive() and not widget.is_idle
+    qtbot.waitUntil(lambda: widget._preview_running or widget.previews_painted > before, timeout=2000)
     assert layer_list in widget._list_hold.held and not layer_list.updatesEnabled()
+    assert widget._canvas_hold.held == (canvas,) and not canvas.updatesEnabled()
     wait_preview(qtbot, widget, before)
     assert widget.preview is not None and widget.preview.mask.any()
+    assert seen_at_paint[-1], "the canvas must draw the frame that shows the preview"
     qtbot.waitUntil(layer_list.updatesEnabled, timeout=LIST_REPAINT_DELAY_MS + 5000)
     assert widget._list_hold.held == ()
-    # An edit that fails (box outside the image) releases the list too.
+    # A click is held from napari's "adding" event, before napari asks the canvas to draw the point.
+    held_when_added = []
+    widget.points_layer.events.data.connect(
+        lambda e: held_when_added.append((str(e.action), canvas.updatesEnabled())), position="first")
+    before = widget.previews_painted
+    ys, xs = np.nonzero(reference.data == 1)
+    widget.points_layer.add([ys.mean(), xs.mean()])
+    assert ("added", False) in held_when_added
+    wait_preview(qtbot, widget, before)
+    qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
+    # An edit that fails (box outside the image) releases the list and the canvas too.
     widget.shapes_layer.add_rectangles(box_to_rectangle(np.array([5000, 5000, 5100, 5100], np.float32)))
     wait_idle(qtbot, widget)
     qtbot.waitUntil(layer_list.updatesEnabled, timeout=5000)
+    assert canvas.updatesEnabled() and widget._canvas_hold.held == ()

@@ -1,27 +1,34 @@
-"""Holding back the window's list repaints while a preview decodes, so one edit costs one frame.
+"""Holding back repaints while a preview decodes, so one edit costs one frame.
 
-An edit of a prompt layer makes napari repaint that layer's row in the layer list (a "data changed" and
-a new thumbnail). The canvas is a ``QOpenGLWidget``, so Qt then composes the *whole window* through
-OpenGL before it shows the new row. With software OpenGL (Xvfb, virtual machines, remote desktops: the
-hospital workstation case) that composition costs ~25 ms of C++ that holds Python's GIL, and it lands
-exactly while the worker thread decodes the preview for the same edit: the decode and the frame then
-take turns instead of overlapping (docs/benchmarks.md). The widget holds the list's repaints from the edit
-until shortly after the preview is painted, so the row comes in a frame of its own after the one that shows
-the preview. The hold is bounded by a timer, so a slow decode (a first embedding) never leaves the list frozen.
+An edit of a prompt layer makes napari repaint the canvas (the new point, the moved box) and that layer's
+row in the layer list (a "data changed" and a new thumbnail). The canvas is a ``QOpenGLWidget``, so Qt then
+composes the *whole window* through OpenGL. With software OpenGL (Xvfb, virtual machines, remote desktops:
+the hospital workstation case) that composition costs ~20-25 ms, and it runs inside napari's main-window
+``event()`` override, that is in C++ called from Python, holding Python's GIL. It lands exactly while the
+worker thread decodes the preview for the same edit, and the decoder's ~150 torch calls each need the GIL
+back: the decode and the frame then take turns instead of overlapping (docs/plugin.md).
+
+So the widget holds the canvas from the edit until the preview is painted, and the list until shortly
+after: the new prompt and its mask come in one frame, and the list's row in a frame of its own after it.
+Each hold is bounded by a timer, so a slow decode (a first embedding) never leaves anything frozen.
 """
 
 from __future__ import annotations
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QAbstractItemView, QWidget
+from qtpy.QtWidgets import QAbstractItemView, QOpenGLWidget, QWidget
 
 
 class RepaintHold:
-    """Suspend repaints of the item views (napari's layer list) of ``owner``'s window, up to ``max_ms``."""
+    """Suspend repaints of the widgets of ``kinds`` in ``owner``'s window (not the owner's own), up to ``max_ms``.
 
-    def __init__(self, owner: QWidget, max_ms: int = 300):
+    The default kind is the item views (napari's layer list); ``(QOpenGLWidget,)`` holds napari's canvas.
+    """
+
+    def __init__(self, owner: QWidget, max_ms: int = 300, kinds: tuple = (QAbstractItemView,)):
         self._owner = owner
         self._max_ms = max_ms
+        self._kinds = tuple(kinds)
         self._held: list[QWidget] = []
         self._views: tuple = ((), [])  # (window signature, its item views): see _window_views
         self._timer = QTimer(owner)
@@ -33,7 +40,7 @@ class RepaintHold:
         return tuple(self._held)
 
     def hold(self) -> None:
-        """Stop the window's visible item views (not the owner's own) from repainting; restarts the bound."""
+        """Stop the window's visible widgets of the held kinds from repainting; restarts the bound."""
         self._timer.start(self._max_ms)
         if self._held:
             return
@@ -45,14 +52,14 @@ class RepaintHold:
             view.setUpdatesEnabled(False)
 
     def _window_views(self, window) -> list:
-        """The window's item views outside the owner, found again only when the window gains or loses a child.
+        """The window's widgets of the held kinds outside the owner, found again only when the window gains or loses a child.
 
         Walking napari's ~850 widgets costs ~1.4 ms on the Qt thread, right when the decode starts; new
         views (another plugin's dock) come with a new direct child of the main window.
         """
         sig = (id(window), len(window.children()))
         if self._views[0] != sig:
-            self._views = (sig, [v for v in window.findChildren(QAbstractItemView)
+            self._views = (sig, [v for kind in self._kinds for v in window.findChildren(kind)
                                  if not self._owner.isAncestorOf(v)])
         return self._views[1]
 
@@ -62,7 +69,7 @@ class RepaintHold:
             self._timer.start(ms)
 
     def release(self) -> None:
-        """Let the held views repaint again; Qt repaints them in the next frame."""
+        """Let the held widgets repaint again; Qt repaints them in the next frame (re-enabling updates asks for it)."""
         self._timer.stop()
         views, self._held = self._held, []
         for view in views:
@@ -77,3 +84,8 @@ def _shown(view) -> bool:
         return view.isVisible() and view.updatesEnabled()
     except RuntimeError:  # deleted since it was found
         return False
+
+
+def canvas_hold(owner: QWidget, max_ms: int) -> RepaintHold:
+    """A hold of the window's OpenGL canvases (napari's), found with plain Qt rather than napari's private API."""
+    return RepaintHold(owner, max_ms=max_ms, kinds=(QOpenGLWidget,))

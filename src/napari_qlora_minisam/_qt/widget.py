@@ -28,9 +28,12 @@ from . import tasks, workers
 from .controls import INTENSITY_CHOICES, NO_ADAPTER, Controls
 from .gl_safety import keep_triton_out
 from .propagation import PropagationController
-from .repaint_hold import RepaintHold
+from .repaint_hold import RepaintHold, canvas_hold
 
 LIST_REPAINT_DELAY_MS = 150
+# The canvas waits for the preview at most this long (a decode of the bundled model takes ~15 ms here,
+# a ViT-B or 4-bit one ~30-60 ms); a first embedding releases it at once.
+CANVAS_HOLD_MAX_MS = 120
 
 keep_triton_out()  # before any model import: see gl_safety.py
 
@@ -83,6 +86,14 @@ class MiniSamWidget(QWidget):
         self._thumbnail_timer.setInterval(400)
         self._thumbnail_timer.timeout.connect(self._refresh_preview_thumbnail)
         self._list_hold = RepaintHold(self)  # the layer list repaints after the preview, not during its decode
+        self._canvas_hold = canvas_hold(self, CANVAS_HOLD_MAX_MS)  # the edit and its preview in one frame
+        # After a point or box is added or removed, the decode starts from the event loop, once napari is done
+        # with the edit (see _on_prompts_changed); one timer, so the edit's several events start one decode.
+        self._start_timer = QTimer(self)
+        self._start_timer.setSingleShot(True)
+        self._start_timer.setInterval(0)
+        self._start_timer.timeout.connect(self._start_preview)
+        self._defer_start = False
 
         ui = self.ui
         ui.image.currentIndexChanged.connect(self._on_image_choice)
@@ -131,7 +142,7 @@ class MiniSamWidget(QWidget):
     def is_idle(self) -> bool:
         """No model work running or queued (tests and benchmarks wait for this)."""
         return not (self._workers or self._preview_running or self._preview_pending or self._embed_running
-                    or self._embed_pending or self._model_busy)
+                    or self._embed_pending or self._model_busy or self._start_timer.isActive())
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.ui.message.setText(text)
@@ -411,24 +422,43 @@ class MiniSamWidget(QWidget):
         if self._previews_suspended:
             return
         action = getattr(event, "action", None)
-        if action is not None and str(getattr(action, "value", action)) in ("adding", "removing", "changing"):
-            return  # announced before the data changes: the matching "-ed" event follows
+        action = None if action is None else str(getattr(action, "value", action))
+        if action in ("adding", "removing", "changing"):
+            # Announced before the data changes: the matching "-ed" event follows and asks for the preview.
+            # A click's point is held back from here, before napari asks the canvas to draw it, so that
+            # it comes in the preview's frame (not "changing": a drag must stay visible while it moves).
+            # napari ends an add or a removal with several milliseconds of Python (selection, highlight,
+            # thumbnail, dims): a decode started inside the event would fight it for the GIL, so it starts
+            # right after. Measured on clicks: ~77 -> ~60 ms (docs/plugin.md). A drag's release ends with
+            # little more, and its decode starts at once.
+            if action != "changing" and self.predictor is not None and self.image_layer is not None:
+                self._canvas_hold.hold()
+                self._defer_start = True
+            return
         self.schedule_preview()
 
     # -- preview --------------------------------------------------------------------------------------
     def schedule_preview(self) -> None:
         """Ask for a new preview (debounced by the decode in flight).
 
-        Leading edge: when no decode runs, one starts at once — no timer, because under a software
-        OpenGL a canvas repaint queued by the same edit would otherwise run first. While a decode runs,
+        Leading edge: when no decode runs, one starts at once, or, after an add or a removal, as soon as napari
+        has finished the edit (a zero timer; the canvas is held meanwhile, so no repaint of the edit runs
+        first). While a decode runs,
         requests only set "pending": when it ends, one decode runs for the newest prompts, so a drag
         never builds a backlog.
         """
         self._request += 1
+        if self._defer_start and not workers.run_synchronously():  # synchronous mode: everything inline
+            self._list_hold.hold()
+            self._start_timer.start()
+            return
         self._start_preview()
 
     def _start_preview(self) -> None:
+        self._defer_start = False
+        self._start_timer.stop()
         if self.predictor is None or self.image_layer is None:
+            self._canvas_hold.release()
             return
         if self._preview_running:
             self._preview_pending = True  # run again with the newest prompts when this one ends
@@ -447,6 +477,7 @@ class MiniSamWidget(QWidget):
             return
         self._preview_running = True
         self._list_hold.hold()
+        self._canvas_hold.hold()
 
         def decoded(result, key=key):
             self._last_decoded = (key, result)
@@ -475,6 +506,7 @@ class MiniSamWidget(QWidget):
     def _preview_failed(self, exc) -> None:
         self._commit_when_ready = False
         self._list_hold.release()
+        self._canvas_hold.release()
         self._error(exc)
 
     def _preview_finished(self) -> None:
@@ -484,6 +516,7 @@ class MiniSamWidget(QWidget):
             self._preview_pending = False
             self._start_preview()
         if not self._preview_running:  # also when a stale result painted nothing: do not wait for the bound
+            self._canvas_hold.release()
             self._list_hold.release_after(LIST_REPAINT_DELAY_MS)
 
     def _paint_preview(self, result) -> None:
@@ -500,8 +533,10 @@ class MiniSamWidget(QWidget):
             if result is not None:
                 L.paint_plane(layer, new_z, result.mask)
         self._painted_z = None if result is None else result.z
-        # Not in the frame about to show the preview: measured ~8 ms faster with the list's row in a frame of
-        # its own, 150 ms later (benchmarks/widget_timeline.py); a new edit meanwhile keeps holding it.
+        # The canvas now shows the edit and its preview in one frame. The list is not in that frame: measured
+        # ~8 ms faster with its row in a frame of its own, 150 ms later (benchmarks/widget_timeline.py); a new
+        # edit meanwhile keeps holding it.
+        self._canvas_hold.release()
         self._list_hold.release_after(LIST_REPAINT_DELAY_MS)
         self._thumbnail_timer.start()  # partial paints skip the layer-list thumbnail: redo it when idle
         self.previews_painted += 1
@@ -525,6 +560,7 @@ class MiniSamWidget(QWidget):
                       on_finished=self._embedding_finished, keep=self._workers)
 
     def _on_embedding_started(self, info) -> None:
+        self._canvas_hold.release()  # an embedding takes a second: show the edit (or the new slice) now
         _, z = info
         self.ui.embed_progress.setFormat("embedding slice %d…" % z if z is not None else "embedding image…")
         self.ui.embed_progress.setVisible(True)
