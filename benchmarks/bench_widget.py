@@ -98,6 +98,29 @@ def drag_box(app, layer, dy: float, dx: float):
     return release
 
 
+def click_point(app, layer, position):
+    """Press the mouse on ``position`` in the points layer's add mode, as a user's click does.
+
+    The button stays down ~0.1 s while Qt processes events (a click's press and release are that far
+    apart, and napari repaints after the press meanwhile); the returned function is the release, which
+    adds the point, for the caller to time.
+    """
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    layer.mode = "add"
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=position))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.1:
+        app.processEvents()
+        time.sleep(0.002)
+
+    def release():
+        mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=position))
+
+    return release
+
+
 def nudge_box(layer, dy: float, dx: float) -> None:
     """Move the box the way napari's select-mode drag does, then release it (the CHANGED event)."""
     from napari.layers.base._base_constants import ActionType
@@ -186,17 +209,13 @@ def bench_preview(app, edits: int, bf16: bool) -> dict:
         pump(app, lambda: widget.is_idle)
     # A click: a positive point added inside the box through napari's own add-mode mouse bindings (the point
     # and its preview are painted in one frame), timed from the button coming up; the point is then removed.
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
-
     points = widget.points_layer
-    points.mode = "add"
     clicks = []
     for i in range(edits):
-        where = (float(ys.mean()) + (i % 3) - 1, float(xs.mean()) + (i % 2))
-        mouse_press_callbacks(points, read_only_mouse_event(type="mouse_press", position=where))
+        release = click_point(app, points, (float(ys.mean()) + (i % 3) - 1, float(xs.mean()) + (i % 2)))
+        pump(app, lambda: widget.is_idle)
         t0 = time.perf_counter()
-        mouse_release_callbacks(points, read_only_mouse_event(type="mouse_release", position=where))
+        release()
         if len(points.data) != 1:
             raise RuntimeError("the click did not add a point")
         wait_for_paint(widget, widget._request)

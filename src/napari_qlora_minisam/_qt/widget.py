@@ -87,13 +87,6 @@ class MiniSamWidget(QWidget):
         self._thumbnail_timer.timeout.connect(self._refresh_preview_thumbnail)
         self._list_hold = RepaintHold(self)  # the layer list repaints after the preview, not during its decode
         self._canvas_hold = canvas_hold(self, CANVAS_HOLD_MAX_MS)  # the edit and its preview in one frame
-        # After a point or box is added or removed, the decode starts from the event loop, once napari is done
-        # with the edit (see _on_prompts_changed); one timer, so the edit's several events start one decode.
-        self._start_timer = QTimer(self)
-        self._start_timer.setSingleShot(True)
-        self._start_timer.setInterval(0)
-        self._start_timer.timeout.connect(self._start_preview)
-        self._defer_start = False
 
         ui = self.ui
         ui.image.currentIndexChanged.connect(self._on_image_choice)
@@ -142,7 +135,7 @@ class MiniSamWidget(QWidget):
     def is_idle(self) -> bool:
         """No model work running or queued (tests and benchmarks wait for this)."""
         return not (self._workers or self._preview_running or self._preview_pending or self._embed_running
-                    or self._embed_pending or self._model_busy or self._start_timer.isActive())
+                    or self._embed_pending or self._model_busy)
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.ui.message.setText(text)
@@ -427,13 +420,8 @@ class MiniSamWidget(QWidget):
             # Announced before the data changes: the matching "-ed" event follows and asks for the preview.
             # A click's point is held back from here, before napari asks the canvas to draw it, so that
             # it comes in the preview's frame (not "changing": a drag must stay visible while it moves).
-            # napari ends an add or a removal with several milliseconds of Python (selection, highlight,
-            # thumbnail, dims): a decode started inside the event would fight it for the GIL, so it starts
-            # right after. Measured on clicks: ~77 -> ~60 ms (docs/plugin.md). A drag's release ends with
-            # little more, and its decode starts at once.
             if action != "changing" and self.predictor is not None and self.image_layer is not None:
                 self._canvas_hold.hold()
-                self._defer_start = True
             return
         self.schedule_preview()
 
@@ -441,22 +429,15 @@ class MiniSamWidget(QWidget):
     def schedule_preview(self) -> None:
         """Ask for a new preview (debounced by the decode in flight).
 
-        Leading edge: when no decode runs, one starts at once, or, after an add or a removal, as soon as napari
-        has finished the edit (a zero timer; the canvas is held meanwhile, so no repaint of the edit runs
-        first). While a decode runs,
+        Leading edge: when no decode runs, one starts at once — no timer, because under a software
+        OpenGL a canvas repaint queued by the same edit would otherwise run first. While a decode runs,
         requests only set "pending": when it ends, one decode runs for the newest prompts, so a drag
         never builds a backlog.
         """
         self._request += 1
-        if self._defer_start and not workers.run_synchronously():  # synchronous mode: everything inline
-            self._list_hold.hold()
-            self._start_timer.start()
-            return
         self._start_preview()
 
     def _start_preview(self) -> None:
-        self._defer_start = False
-        self._start_timer.stop()
         if self.predictor is None or self.image_layer is None:
             self._canvas_hold.release()
             return
