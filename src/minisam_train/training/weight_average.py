@@ -30,7 +30,7 @@ def average_state_dicts(states: list[dict], weights: list[float] | None = None) 
     """
     if not states:
         raise ValueError("nothing to average: give at least one model")
-    weights = [1.0] * len(states) if weights is None else [float(w) for w in weights]
+    weights = _weights_or_uniform(weights, len(states))
     if len(weights) != len(states):
         raise ValueError(f"{len(weights)} weights for {len(states)} models")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -54,6 +54,10 @@ def average_state_dicts(states: list[dict], weights: list[float] | None = None) 
             acc.add_(st[k].detach().float().cpu(), alpha=w / total)
         out[k] = acc.to(t0.dtype)
     return out
+
+
+def _weights_or_uniform(weights, n: int) -> list[float]:
+    return [1.0] * n if weights is None else [float(w) for w in weights]
 
 
 def _load_sam(source: Path):
@@ -92,7 +96,7 @@ def average_models(sources: list, output_dir, weights: list[float] | None = None
     net.save_pretrained(str(tmp))
     summary = {
         "sources": [str(s) for s in sources],
-        "weights": [1.0] * len(sources) if weights is None else [float(w) for w in weights],
+        "weights": _weights_or_uniform(weights, len(sources)),
         "source_summaries": [_source_summary(s) for s in sources],
     }
     (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))

@@ -30,7 +30,7 @@ class RepaintHold:
         self._max_ms = max_ms
         self._kinds = tuple(kinds)
         self._held: list[QWidget] = []
-        self._views: tuple = ((), [])  # (window signature, its item views): see _window_views
+        self._views: tuple = ((), [])  # (window signature, its widgets of the held kinds): see _window_views
         self._timer = QTimer(owner)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.release)
