@@ -98,6 +98,11 @@ def drag_box(app, layer, dy: float, dx: float):
     return release
 
 
+def click_position(ys, xs, i: int) -> tuple:
+    """Where click ``i`` lands: the object's centre, moved by a pixel or two so every click is a new prompt."""
+    return float(ys.mean()) + (i % 3) - 1, float(xs.mean()) + (i % 2)
+
+
 def click_point(app, layer, position):
     """Press the mouse on ``position`` in the points layer's add mode, as a user's click does.
 
@@ -212,7 +217,7 @@ def bench_preview(app, edits: int, bf16: bool) -> dict:
     points = widget.points_layer
     clicks = []
     for i in range(edits):
-        release = click_point(app, points, (float(ys.mean()) + (i % 3) - 1, float(xs.mean()) + (i % 2)))
+        release = click_point(app, points, click_position(ys, xs, i))
         pump(app, lambda: widget.is_idle)
         t0 = time.perf_counter()
         release()
@@ -385,8 +390,8 @@ through OpenGL). This VM's speed drifts by about ±10 % within minutes: compare 
 composes the whole window, ~20-25 ms of C++ that holds Python's GIL (napari's main window handles it in a
 Python `event()` override), so one landing during the decode stalls it: the widget holds the canvas from the
 edit until the preview is painted (the prompt and its mask come in one frame) and the layer list until
-shortly after. A click costs more than a drag because napari's own handling of an added point takes ~10 ms
-and ends with more Python, so its decode starts only after it. When napari redraws the box before the
+shortly after. A click costs more than a drag because napari's own handling of an added point takes
+~11 ms before the widget hears of it (a drag's release: ~3 ms). When napari redraws the box before the
 widget hears of the edit (the "moved and released in one step" row), that redraw still runs first
 (`python benchmarks/gil_contention.py`).
 """

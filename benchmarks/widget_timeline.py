@@ -16,8 +16,8 @@ the box by a pixel through napari's own mouse bindings ``--edits`` times (benchm
 Settings: the widget's defaults; the box window off (previews decoded on the whole grid,
 ``MiniSamPredictor.predict(box_window=...)``); the layer-list hold off; the canvas hold off.
 Then clicks: a positive point added inside the box through napari's add-mode bindings, the button held
-~0.1 s as a user's is, stamped from the button coming up, with the canvas hold on and off. Each setting runs twice, interleaved, so a change of
-machine load hits all alike. ``--bf16`` adds the opt-in
+~0.1 s as a user's is, stamped from the button coming up, with the canvas hold on and off. Each setting
+runs twice, interleaved, so a change of machine load hits all alike. ``--bf16`` adds the opt-in
 bf16 decoder. Figures go into docs/benchmarks.md.
 """
 
@@ -106,8 +106,7 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
         rows = []
         for i in range(edits):
             if clicks:  # a positive point inside the box, clicked through napari's add-mode bindings
-                release = B.click_point(app, widget.points_layer,
-                                        (float(ys.mean()) + (i % 3) - 1, float(xs.mean()) + (i % 2)))
+                release = B.click_point(app, widget.points_layer, B.click_position(ys, xs, i))
             else:
                 shift = 1.0 if i % 2 == 0 else -1.0
                 release = B.drag_box(app, widget.shapes_layer, shift, shift)
