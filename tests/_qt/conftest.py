@@ -22,6 +22,13 @@ def open_widget(make_napari_viewer, qtbot):
     yield _open
 
 
+@pytest.fixture
+def tiny_widget(open_widget, monkeypatch):
+    """The widget on a tiny random SAM: code paths that do not need the real weights."""
+    monkeypatch.setenv("MINISAM_NAPARI_MODEL", "tiny_hf_sam")
+    return open_widget()
+
+
 @pytest.fixture(autouse=True)
 def drain_worker_threads():
     """Let every worker thread finish after a test, after the viewer has closed.

@@ -25,6 +25,22 @@ def wait_preview(qtbot, widget, painted_before, timeout=STEP_TIMEOUT_MS):
     qtbot.waitUntil(lambda: widget.previews_painted > painted_before and widget.is_idle, timeout=timeout)
 
 
+def press(layer, position, pos=(0, 0)):
+    """A mouse press at ``position`` (world) through napari's own layer mouse bindings."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks
+
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=position, pos=np.array(pos)))
+
+
+def release(layer, position, pos=(0, 0)):
+    """The release; ``pos`` is the canvas position: napari adds no point when it is far from the press's (a drag)."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_release_callbacks
+
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=position, pos=np.array(pos)))
+
+
 def dice(a, b):
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     s = a.sum() + b.sum()

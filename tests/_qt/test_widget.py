@@ -7,7 +7,7 @@ import pytest
 
 from napari_qlora_minisam._sample_data import heart_mri, lung_ct_volume
 from napari_qlora_minisam.prompts import NEGATIVE, PROMPT_FEATURE, box_to_rectangle, xy_to_rc
-from tests._qt.helpers import MODEL_TIMEOUT_MS, dice, wait_idle, wait_preview
+from tests._qt.helpers import MODEL_TIMEOUT_MS, dice, press, release, wait_idle, wait_preview
 from tests.conftest import tight_box
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
@@ -49,15 +49,26 @@ def test_box_preview_points_commit_undo_redo(open_widget, qtbot):
     assert widget._request == request + 1
     wait_idle(qtbot, widget)
 
-    # A negative click (N toggles the polarity of the next clicks) must change the preview.
+    # A negative click (N toggles the polarity of the next clicks) must change the preview. It is clicked
+    # through napari's mouse bindings: decoded at the press, painted at the release.
     widget.toggle_negative()
+    widget.activate_point_mode()
     ys, xs = np.nonzero(lv)
-    inside = np.array([[xs.mean(), ys.mean()]])
+    inside = tuple(xy_to_rc(np.array([[xs.mean(), ys.mean()]]))[0])
     before = widget.previews_painted
-    widget.points_layer.add(xy_to_rc(inside))
+    press(widget.points_layer, inside)
+    wait_idle(qtbot, widget)
+    release(widget.points_layer, inside)
     assert widget.points_layer.features[PROMPT_FEATURE].iloc[-1] == NEGATIVE
     wait_preview(qtbot, widget, before)
+    assert widget.clicks_decoded_ahead == 1
     assert not np.array_equal(widget.preview.mask, box_only)
+    clicked = widget.preview.mask.copy()
+    widget._last_decoded = None  # the same prompts decoded anew give the mask the press made
+    before = widget.previews_painted
+    widget.schedule_preview()
+    wait_preview(qtbot, widget, before)
+    np.testing.assert_array_equal(widget.preview.mask, clicked)
 
     # Commit writes the preview as object 1 and clears the prompts; the next commit gets id 2.
     widget.commit()

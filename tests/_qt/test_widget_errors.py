@@ -11,12 +11,6 @@ from tests._qt.helpers import MODEL_TIMEOUT_MS, wait_idle, wait_preview
 pytestmark = [pytest.mark.gui]
 
 
-@pytest.fixture
-def tiny_widget(open_widget, monkeypatch):
-    monkeypatch.setenv("MINISAM_NAPARI_MODEL", "tiny_hf_sam")  # errors do not need the real weights
-    return open_widget()
-
-
 def test_rgb_stack_and_4d_images_give_messages(tiny_widget, qtbot):
     viewer, widget, _ = tiny_widget
     viewer.add_image(np.random.randint(0, 255, (3, 32, 32, 3), np.uint8), rgb=True, name="rgb stack")

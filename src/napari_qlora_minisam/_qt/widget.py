@@ -23,6 +23,7 @@ from ..labels_edit import LabelEditor
 from ..models.cpu_features import bf16_is_native
 from ..prompts import PROMPT_FEATURE, slice_prompts
 from ..volume import plane, stack_depth
+from . import click_ahead
 from . import layers as L
 from . import tasks, workers
 from .controls import INTENSITY_CHOICES, NO_ADAPTER, Controls
@@ -80,6 +81,7 @@ class MiniSamWidget(QWidget):
         self._painted_z = None
         self._last_z = None
         self._last_decoded = None  # (prompt key, PreviewResult) of the newest decode, even if it was stale
+        self.clicks_decoded_ahead = 0  # previews painted from a decode started at the click's press
         self._previews_suspended = False
         self._thumbnail_timer = QTimer(self)
         self._thumbnail_timer.setSingleShot(True)
@@ -333,6 +335,7 @@ class MiniSamWidget(QWidget):
         self.points_layer.bind_key("n", lambda _layer: self.toggle_negative(), overwrite=True)
         self.points_layer.bind_key("Shift-N", lambda _layer: self.flip_selected_points(), overwrite=True)
         self.points_layer.events.features.connect(self._on_prompts_changed)
+        click_ahead.install(self.points_layer, self._on_points_press)
         if created:
             self.activate_box_mode()  # LiteMedSAM is box-trained: drawing a box is the first thing to do
 
@@ -392,13 +395,31 @@ class MiniSamWidget(QWidget):
         if self.points_layer is not None and L.flip_selected_polarity(self.points_layer):
             self.schedule_preview()
 
-    def current_prompts(self):
+    def current_prompts(self, points=None, polarities=None):
+        """The prompts on the slice in view; ``points``/``polarities`` stand in for the points layer's."""
         pts, shp = self.points_layer, self.shapes_layer
-        polarities = pts.features[PROMPT_FEATURE].tolist() if pts is not None and len(pts.data) else None
+        if points is None and pts is not None:
+            points = pts.data
+            polarities = pts.features[PROMPT_FEATURE].tolist() if len(points) else None
         return slice_prompts(
-            pts.data if pts is not None else None, polarities,
+            points, polarities,
             shp.data if shp is not None else (), shp.shape_type if shp is not None else (),
             self.current_z())
+
+    def _on_points_press(self, layer, event) -> None:
+        """Decode the click's prompts while the button is down (see click_ahead.py); nothing is painted."""
+        if (self.predictor is None or self.image_layer is None or self._preview_running
+                or layer is not self.points_layer):  # a points layer of an image segmented before
+            return
+        predicted = click_ahead.predicted_click(layer, event)
+        if predicted is None:
+            return
+        prompts = self.current_prompts(*predicted)
+        z = self.current_z()
+        key = self._prompt_key(prompts, z)
+        if prompts.is_empty or (self._last_decoded is not None and self._last_decoded[0] == key):
+            return
+        self._launch_decode(prompts, z, key, request=-1)  # -1: answers no request, so never painted as is
 
     def clear_prompts(self) -> None:
         z = self.current_z()
@@ -452,20 +473,26 @@ class MiniSamWidget(QWidget):
         z = self.current_z()
         key = self._prompt_key(prompts, z)
         if self._last_decoded is not None and self._last_decoded[0] == key:
-            # One edit can fire several events (data, then features): the decode already made for these
-            # exact prompts is current again, not stale.
-            self._on_preview(replace(self._last_decoded[1], request=self._request))
+            # One edit can fire several events (data, then features), and a click's prompts were decoded
+            # at its press: the decode already made for these exact prompts is current again, not stale.
+            result = self._last_decoded[1]
+            self.clicks_decoded_ahead += result.request == -1
+            self._last_decoded = (key, replace(result, request=self._request))
+            self._on_preview(self._last_decoded[1])
             return
-        self._preview_running = True
         self._list_hold.hold()
         self._canvas_hold.hold()
+        self._launch_decode(prompts, z, key, self._request)
+
+    def _launch_decode(self, prompts, z, key, request: int) -> None:
+        self._preview_running = True
 
         def decoded(result, key=key):
             self._last_decoded = (key, result)
             self._on_preview(result)
 
         workers.start(tasks.preview_task, self.predictor, self.current_plane(), self.intensity, prompts,
-                      self._request, z, on_yielded=self._on_embedding_started,
+                      request, z, on_yielded=self._on_embedding_started,
                       on_returned=decoded, on_errored=self._preview_failed,
                       on_finished=self._preview_finished, keep=self._workers)
 

@@ -1,0 +1,96 @@
+"""A click is decoded while its button is down, through napari's own add-mode mouse bindings, threaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_qlora_minisam.prompts import box_to_rectangle
+from tests._qt.helpers import press, release, wait_idle, wait_preview
+
+pytestmark = [pytest.mark.gui]
+
+
+def fresh_mask(qtbot, widget):
+    """The preview of the current prompts decoded anew, nothing reused."""
+    widget._last_decoded = None
+    before = widget.previews_painted
+    widget.schedule_preview()
+    wait_preview(qtbot, widget, before)
+    return widget.preview.mask.copy()
+
+
+@pytest.fixture
+def clicking(tiny_widget, qtbot):
+    viewer, widget, _ = tiny_widget
+    rng = np.random.default_rng(0)
+    widget.set_image_layer(viewer.add_image(rng.random((40, 50)), name="img"))
+    widget.shapes_layer.add_rectangles(box_to_rectangle([5, 5, 40, 30]))
+    wait_idle(qtbot, widget)
+    widget.activate_point_mode()
+    return widget
+
+
+def test_a_click_is_decoded_at_the_press_and_painted_at_the_release(clicking, qtbot):
+    widget = clicking
+    points = widget.points_layer
+    painted, shown = widget.previews_painted, widget.preview_layer.data.copy()
+    press(points, (12.0, 20.0))
+    assert not widget.is_idle  # the decode started at the press, in a worker
+    wait_idle(qtbot, widget)
+    # Decoded, but nothing shown yet: the point does not exist until the button comes up.
+    assert widget.previews_painted == painted and len(points.data) == 0
+    np.testing.assert_array_equal(widget.preview_layer.data, shown)
+
+    release(points, (12.0, 20.0))
+    assert len(points.data) == 1
+    assert widget.previews_painted > painted  # painted within the release's own event handling, no decode
+    assert widget.clicks_decoded_ahead == 1 and widget.is_idle
+    ahead = widget.preview.mask.copy()
+    np.testing.assert_array_equal(widget.preview_layer.data.astype(bool), ahead)
+    np.testing.assert_array_equal(fresh_mask(qtbot, widget), ahead)
+    assert widget.clicks_decoded_ahead == 1  # a fresh decode is not counted as one made ahead
+
+
+def test_a_release_elsewhere_decodes_its_own_point(clicking, qtbot):
+    widget = clicking
+    points = widget.points_layer
+    press(points, (12.0, 20.0))
+    wait_idle(qtbot, widget)
+    painted = widget.previews_painted
+    release(points, (25.0, 10.0))  # the mouse moved a little, under napari's drag threshold
+    np.testing.assert_array_equal(points.data, [[25.0, 10.0]])
+    wait_preview(qtbot, widget, painted)
+    assert widget.clicks_decoded_ahead == 0
+    np.testing.assert_array_equal(widget.current_prompts().points_xy, [[10.0, 25.0]])
+    mask = widget.preview.mask.copy()
+    np.testing.assert_array_equal(fresh_mask(qtbot, widget), mask)
+
+
+def test_a_press_that_becomes_a_drag_paints_nothing(clicking, qtbot):
+    widget = clicking
+    points = widget.points_layer
+    painted, shown, request = widget.previews_painted, widget.preview_layer.data.copy(), widget._request
+    press(points, (12.0, 20.0))
+    release(points, (30.0, 40.0), pos=(50, 50))  # far on the canvas: napari pans instead of adding
+    wait_idle(qtbot, widget)
+    assert len(points.data) == 0 and widget.previews_painted == painted and widget._request == request
+    np.testing.assert_array_equal(widget.preview_layer.data, shown)
+    assert widget.preview.request == widget._request  # the box's preview is still the current one
+    widget.commit()
+    assert widget.objects_layer.data.any() or not shown.any()
+
+
+def test_one_press_callback_per_layer_and_none_outside_add_mode(clicking, qtbot):
+    widget = clicking
+    points = widget.points_layer
+    widget.set_image_layer(widget.image_layer)  # the layers are found again, not duplicated
+    wait_idle(qtbot, widget)
+    marked = [cb for cb in points.mouse_drag_callbacks if getattr(cb, "_minisam_click_ahead", False)]
+    assert len(marked) == 1 and points.mouse_drag_callbacks[0] is marked[0]
+    points.mode = "select"
+    assert points.mouse_drag_callbacks[0] is marked[0]  # napari appends its mode callbacks after it
+    press(points, (12.0, 20.0))
+    assert widget.is_idle  # select mode: a press adds no point, so nothing is decoded ahead
+    release(points, (12.0, 20.0))
+    wait_idle(qtbot, widget)
