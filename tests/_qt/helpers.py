@@ -33,12 +33,22 @@ def press(layer, position, pos=(0, 0)):
     mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=position, pos=np.array(pos)))
 
 
+def move(layer, position, pos=(0, 0)):
+    """A mouse move with the button down (a drag) through napari's own layer mouse bindings."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_move_callbacks
+
+    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=position,
+                                                      pos=np.array(pos)))
+
+
 def release(layer, position, pos=(0, 0)):
     """The release; ``pos`` is the canvas position: napari adds no point when it is far from the press's (a drag)."""
     from napari.utils._test_utils import read_only_mouse_event
     from napari.utils.interactions import mouse_release_callbacks
 
-    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=position, pos=np.array(pos)))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=position, pos=np.array(pos),
+                                                         is_dragging=bool(layer._mouse_drag_gen)))
 
 
 def dice(a, b):

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QListView, QMainWindow, QVBoxLayout, QWidget
 from napari_qlora_minisam._qt.repaint_hold import RepaintHold
 from napari_qlora_minisam._qt.widget import LIST_REPAINT_DELAY_MS
 from napari_qlora_minisam._sample_data import heart_mri
-from tests._qt.helpers import MODEL_TIMEOUT_MS, add_sample, wait_idle, wait_preview
+from tests._qt.helpers import MODEL_TIMEOUT_MS, add_sample, dice, move, press, release, wait_idle, wait_preview
 from tests.conftest import tight_box
 
 pytestmark = pytest.mark.gui
@@ -143,6 +143,21 @@ def test_layer_list_waits_for_the_preview(make_napari_viewer, qtbot):
     assert ("added", False) in held_when_added
     wait_preview(qtbot, widget, before)
     qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
+    # Drawing a box with the mouse: napari announces it ("adding") at the press, but the canvas must follow
+    # the drag, so nothing is held while the button is down, not even for the paused drag's preview.
+    widget.clear_prompts()
+    wait_idle(qtbot, widget)
+    widget.activate_box_mode()
+    shapes = widget.shapes_layer
+    press(shapes, (float(ys.min()), float(xs.min())))
+    assert len(shapes.data) == 1 and canvas.updatesEnabled() and widget._canvas_hold.held == ()
+    before = widget.previews_painted
+    move(shapes, (float(ys.max()), float(xs.max())))
+    wait_preview(qtbot, widget, before)
+    assert canvas.updatesEnabled() and seen_at_paint[-1]
+    release(shapes, (float(ys.max()), float(xs.max())))
+    wait_idle(qtbot, widget)
+    assert canvas.updatesEnabled() and dice(widget.preview.mask, reference.data == 1) > 0.8
     # An edit that fails (box outside the image) releases the list and the canvas too.
     widget.shapes_layer.add_rectangles(box_to_rectangle(np.array([5000, 5000, 5100, 5100], np.float32)))
     wait_idle(qtbot, widget)

@@ -23,7 +23,7 @@ from ..labels_edit import LabelEditor
 from ..models.cpu_features import bf16_is_native
 from ..prompts import PROMPT_FEATURE, slice_prompts
 from ..volume import plane, stack_depth
-from . import click_ahead
+from . import gestures
 from . import layers as L
 from . import tasks, workers
 from .controls import INTENSITY_CHOICES, NO_ADAPTER, Controls
@@ -35,6 +35,9 @@ LIST_REPAINT_DELAY_MS = 150
 # The canvas waits for the preview at most this long (a decode of the bundled model takes ~15 ms here,
 # a ViT-B or 4-bit one ~30-60 ms); a first embedding releases it at once.
 CANVAS_HOLD_MAX_MS = 120
+# A drag that stops this long gets its preview decoded and painted while the button is still down (the mouse
+# sends a move every ~10-20 ms while it moves; a user stops, then releases, ~50-200 ms later).
+DRAG_PAUSE_MS = 30
 
 keep_triton_out()  # before any model import: see gl_safety.py
 
@@ -82,6 +85,11 @@ class MiniSamWidget(QWidget):
         self._last_z = None
         self._last_decoded = None  # (prompt key, PreviewResult) of the newest decode, even if it was stale
         self.clicks_decoded_ahead = 0  # previews painted from a decode started at the click's press
+        self._gesture_layer = None  # the prompt layer whose mouse button is down (see gestures.py)
+        self._drag_pause = QTimer(self)
+        self._drag_pause.setSingleShot(True)
+        self._drag_pause.setInterval(DRAG_PAUSE_MS)
+        self._drag_pause.timeout.connect(self._on_drag_paused)
         self._previews_suspended = False
         self._thumbnail_timer = QTimer(self)
         self._thumbnail_timer.setSingleShot(True)
@@ -332,10 +340,10 @@ class MiniSamWidget(QWidget):
         for layer in (self.points_layer, self.shapes_layer):
             layer.events.data.connect(self._on_prompts_changed)
             layer.bind_key("c", lambda _layer: self.commit(), overwrite=True)
+            gestures.install(layer, self)
         self.points_layer.bind_key("n", lambda _layer: self.toggle_negative(), overwrite=True)
         self.points_layer.bind_key("Shift-N", lambda _layer: self.flip_selected_points(), overwrite=True)
         self.points_layer.events.features.connect(self._on_prompts_changed)
-        click_ahead.install(self.points_layer, self._on_points_press)
         if created:
             self.activate_box_mode()  # LiteMedSAM is box-trained: drawing a box is the first thing to do
 
@@ -406,12 +414,29 @@ class MiniSamWidget(QWidget):
             shp.data if shp is not None else (), shp.shape_type if shp is not None else (),
             self.current_z())
 
-    def _on_points_press(self, layer, event) -> None:
-        """Decode the click's prompts while the button is down (see click_ahead.py); nothing is painted."""
-        if (self.predictor is None or self.image_layer is None or self._preview_running
-                or layer is not self.points_layer):  # a points layer of an image segmented before
+    # -- gestures: the mouse button is down in a prompt layer (see gestures.py) ------------------------
+    def gesture_pressed(self, layer, event) -> None:
+        if layer not in (self.points_layer, self.shapes_layer):
+            return  # a prompt layer of an image segmented before
+        self._gesture_layer = layer
+        if layer is self.points_layer:
+            try:
+                self._decode_click_ahead(layer, event)
+            except Exception:  # noqa: BLE001 - raising here would stop napari from adding the point
+                log.exception("MiniSAM: decoding a click ahead failed")
+
+    def gesture_moved(self, layer) -> None:
+        self._drag_pause.start()  # napari moves the prompt after this call: look once the drag pauses
+
+    def gesture_released(self, layer) -> None:
+        self._drag_pause.stop()
+        self._gesture_layer = None  # before napari's release emits the data event (see gestures.install)
+
+    def _decode_click_ahead(self, layer, event) -> None:
+        """Decode the prompts the click will make once the button comes up; nothing is painted."""
+        if self.predictor is None or self.image_layer is None or self._preview_running:
             return
-        predicted = click_ahead.predicted_click(layer, event)
+        predicted = gestures.predicted_click(layer, event)
         if predicted is None:
             return
         prompts = self.current_prompts(*predicted)
@@ -420,6 +445,15 @@ class MiniSamWidget(QWidget):
         if prompts.is_empty or (self._last_decoded is not None and self._last_decoded[0] == key):
             return
         self._launch_decode(prompts, z, key, request=-1)  # -1: answers no request, so never painted as is
+
+    def _on_drag_paused(self) -> None:
+        """Preview the prompts as the paused drag left them (a pan in add mode changes none: nothing to do)."""
+        if self._gesture_layer is None or self.predictor is None or self.image_layer is None:
+            return
+        prompts = self.current_prompts()
+        if self._last_decoded is not None and self._last_decoded[0] == self._prompt_key(prompts, self.current_z()):
+            return
+        self.schedule_preview()
 
     def clear_prompts(self) -> None:
         z = self.current_z()
@@ -441,7 +475,9 @@ class MiniSamWidget(QWidget):
             # Announced before the data changes: the matching "-ed" event follows and asks for the preview.
             # A click's point is held back from here, before napari asks the canvas to draw it, so that
             # it comes in the preview's frame (not "changing": a drag must stay visible while it moves).
-            if action != "changing" and self.predictor is not None and self.image_layer is not None:
+            # Not while a gesture is on: napari's box being drawn is "adding" from its press.
+            if (action != "changing" and self._gesture_layer is None and self.predictor is not None
+                    and self.image_layer is not None):
                 self._canvas_hold.hold()
             return
         self.schedule_preview()
@@ -481,7 +517,8 @@ class MiniSamWidget(QWidget):
             self._on_preview(self._last_decoded[1])
             return
         self._list_hold.hold()
-        self._canvas_hold.hold()
+        if self._gesture_layer is None:  # a paused drag's preview: the box must keep following the mouse
+            self._canvas_hold.hold()
         self._launch_decode(prompts, z, key, self._request)
 
     def _launch_decode(self, prompts, z, key, request: int) -> None:

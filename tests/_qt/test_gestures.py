@@ -1,4 +1,5 @@
-"""A click is decoded while its button is down, through napari's own add-mode mouse bindings, threaded."""
+"""Gestures on the prompt layers through napari's own mouse bindings, threaded: a click is decoded while its
+button is down, a paused drag is previewed before its release."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_qlora_minisam.prompts import box_to_rectangle
-from tests._qt.helpers import press, release, wait_idle, wait_preview
+from tests._qt.helpers import move, press, release, wait_idle, wait_preview
 
 pytestmark = [pytest.mark.gui]
 
@@ -81,16 +82,62 @@ def test_a_press_that_becomes_a_drag_paints_nothing(clicking, qtbot):
     assert widget.objects_layer.data.any() or not shown.any()
 
 
-def test_one_press_callback_per_layer_and_none_outside_add_mode(clicking, qtbot):
+def test_one_gesture_callback_per_layer_and_no_click_decode_outside_add_mode(clicking, qtbot):
     widget = clicking
     points = widget.points_layer
     widget.set_image_layer(widget.image_layer)  # the layers are found again, not duplicated
     wait_idle(qtbot, widget)
-    marked = [cb for cb in points.mouse_drag_callbacks if getattr(cb, "_minisam_click_ahead", False)]
-    assert len(marked) == 1 and points.mouse_drag_callbacks[0] is marked[0]
+    for layer in (widget.shapes_layer, points):
+        marked = [cb for cb in layer.mouse_drag_callbacks if getattr(cb, "_minisam_gesture", False)]
+        assert len(marked) == 1 and layer.mouse_drag_callbacks[0] is marked[0]
     points.mode = "select"
     assert points.mouse_drag_callbacks[0] is marked[0]  # napari appends its mode callbacks after it
     press(points, (12.0, 20.0))
     assert widget.is_idle  # select mode: a press adds no point, so nothing is decoded ahead
     release(points, (12.0, 20.0))
     wait_idle(qtbot, widget)
+
+
+def test_a_paused_drag_is_previewed_before_its_release(clicking, qtbot):
+    """Drawing a box: the preview follows once the drag pauses, and the release paints it at once."""
+    widget = clicking
+    shapes = widget.shapes_layer
+    shapes.data = []
+    wait_idle(qtbot, widget)
+    widget.activate_box_mode()
+    painted = widget.previews_painted
+    press(shapes, (5.0, 5.0))
+    move(shapes, (20.0, 25.0))
+    assert len(shapes.data) == 1 and widget.is_idle  # nothing decoded while the mouse moves
+    wait_preview(qtbot, widget, painted)  # the drag paused: a preview with the button still down
+    drawn = widget.current_prompts().box.copy()
+    np.testing.assert_allclose(drawn, [5, 5, 25, 20])
+    move(shapes, (30.0, 35.0))
+    painted = widget.previews_painted
+    wait_preview(qtbot, widget, painted)
+    assert widget._gesture_layer is shapes
+    mask = widget.preview.mask.copy()
+    painted = widget.previews_painted
+    release(shapes, (30.0, 35.0))
+    assert widget._gesture_layer is None
+    assert widget.previews_painted > painted and widget.is_idle  # the release's preview needed no decode
+    np.testing.assert_allclose(widget.current_prompts().box, [5, 5, 35, 30])
+    np.testing.assert_array_equal(widget.preview.mask, mask)
+    np.testing.assert_array_equal(fresh_mask(qtbot, widget), mask)
+
+
+def test_a_drag_released_while_moving_is_decoded_at_the_release(clicking, qtbot):
+    widget = clicking
+    shapes = widget.shapes_layer
+    shapes.mode = "select"
+    shapes.selected_data = {0}
+    centre = tuple(np.mean(shapes.data[0], axis=0))
+    painted = widget.previews_painted
+    press(shapes, centre)
+    move(shapes, centre)
+    move(shapes, tuple(np.add(centre, 3.0)))
+    release(shapes, tuple(np.add(centre, 3.0)))  # no pause: nothing was decoded during the drag
+    assert widget.previews_painted == painted and not widget.is_idle
+    wait_preview(qtbot, widget, painted)
+    np.testing.assert_allclose(widget.current_prompts().box, [8, 8, 43, 33])
+    np.testing.assert_array_equal(fresh_mask(qtbot, widget), widget.preview.mask)
