@@ -141,3 +141,41 @@ def test_a_drag_released_while_moving_is_decoded_at_the_release(clicking, qtbot)
     wait_preview(qtbot, widget, painted)
     np.testing.assert_allclose(widget.current_prompts().box, [8, 8, 43, 33])
     np.testing.assert_array_equal(fresh_mask(qtbot, widget), widget.preview.mask)
+
+
+def test_moving_again_drops_the_rest_preview_and_frees_the_canvas(clicking, qtbot, monkeypatch):
+    import threading
+
+    from napari_qlora_minisam._qt import tasks
+
+    widget = clicking
+    shapes = widget.shapes_layer
+    shapes.mode = "select"
+    shapes.selected_data = {0}
+    gate = threading.Event()
+    real_task = tasks.preview_task
+
+    def gated_task(*args):
+        gate.wait(30)  # the decode of the rest lasts until the test lets it end
+        return (yield from real_task(*args))
+
+    monkeypatch.setattr(tasks, "preview_task", gated_task)
+    centre = tuple(np.mean(shapes.data[0], axis=0))
+    painted = widget.previews_painted
+    painted_keys = []  # the prompt key of the decode behind each paint
+    widget.preview_painted.connect(lambda: painted_keys.append(widget._last_decoded[0]))
+    press(shapes, centre)
+    move(shapes, tuple(np.add(centre, 2.0)))
+    qtbot.waitUntil(lambda: widget._preview_running, timeout=5000)  # the drag rested: its decode started
+    move(shapes, tuple(np.add(centre, 4.0)))  # and moves on before that decode ends
+    assert not widget._drag_resting  # the canvas hold of the rest is released (see test_repaint_hold)
+    gate.set()
+    qtbot.waitUntil(lambda: widget._gesture_layer is shapes and widget.previews_painted > painted, timeout=10_000)
+    # Every preview painted is the second rest's, of the box where it is now, never the first one's.
+    np.testing.assert_allclose(widget.current_prompts().box, [9, 9, 44, 34])
+    now = widget._prompt_key(widget.current_prompts(), widget.current_z())
+    assert painted_keys and all(key == now for key in painted_keys)
+    assert widget.preview.request == widget._request
+    np.testing.assert_array_equal(fresh_mask(qtbot, widget), widget.preview.mask)
+    release(shapes, tuple(np.add(centre, 4.0)))
+    wait_idle(qtbot, widget)

@@ -153,8 +153,17 @@ def test_layer_list_waits_for_the_preview(make_napari_viewer, qtbot):
     assert len(shapes.data) == 1 and canvas.updatesEnabled() and widget._canvas_hold.held == ()
     before = widget.previews_painted
     move(shapes, (float(ys.max()), float(xs.max())))
+    assert canvas.updatesEnabled() and widget._list_hold.held  # the list waits, the box is drawn
+    qtbot.waitUntil(lambda: widget._preview_running, timeout=5000)  # the drag rests: its preview decodes
+    assert widget._canvas_hold.held == (canvas,)  # the still box and its preview in one frame
     wait_preview(qtbot, widget, before)
     assert canvas.updatesEnabled() and seen_at_paint[-1]
+    move(shapes, (float(ys.max()) + 1, float(xs.max()) + 1))
+    qtbot.waitUntil(lambda: widget._preview_running, timeout=5000)
+    before = widget.previews_painted
+    move(shapes, (float(ys.max()), float(xs.max())))  # moving again frees the canvas at once
+    assert canvas.updatesEnabled() and widget._canvas_hold.held == ()
+    wait_preview(qtbot, widget, before)  # and the drag's next rest brings its preview
     release(shapes, (float(ys.max()), float(xs.max())))
     wait_idle(qtbot, widget)
     assert canvas.updatesEnabled() and dice(widget.preview.mask, reference.data == 1) > 0.8

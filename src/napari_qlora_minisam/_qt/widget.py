@@ -40,7 +40,7 @@ CANVAS_HOLD_MAX_MS = 120
 # last move takes ~50 ms anyway (benchmarks/bench_widget.py); a release within it takes the release's path:
 # the canvas is held and the box and its preview come in one frame. Decoding during the moves instead cost
 # the drag a fifth of its frames here and was no faster.
-DRAG_PAUSE_MS = 60
+DRAG_PAUSE_MS = 30
 
 keep_triton_out()  # before any model import: see gl_safety.py
 
@@ -87,8 +87,10 @@ class MiniSamWidget(QWidget):
         self._painted_z = None
         self._last_z = None
         self._last_decoded = None  # (prompt key, PreviewResult) of the newest decode, even if it was stale
+        self._painted_key = None  # prompt key of the preview on screen
         self.clicks_decoded_ahead = 0  # previews painted from a decode started at the click's press
         self._gesture_layer = None  # the prompt layer whose mouse button is down (see gestures.py)
+        self._drag_resting = False  # that gesture is a drag whose mouse has stopped (DRAG_PAUSE_MS)
         self._drag_pause = QTimer(self)
         self._drag_pause.setSingleShot(True)
         self._drag_pause.setInterval(DRAG_PAUSE_MS)
@@ -430,10 +432,20 @@ class MiniSamWidget(QWidget):
 
     def gesture_moved(self, layer) -> None:
         self._drag_pause.start()  # napari moves the prompt after this call: look once the drag pauses
+        # napari redraws the layer's thumbnail in the layer list at each move; that repaint composes the
+        # whole window (~15 ms), and the last one would land in the rested drag's decode. The list shows
+        # the thumbnail after the drag instead (the hold's bound, or shortly after the next preview).
+        self._list_hold.hold()
+        if self._drag_resting:  # moving again: the box must follow the mouse, not wait for a preview
+            self._drag_resting = False
+            self._canvas_hold.release()
+            if self._preview_running:
+                self._request += 1  # the rest's decode answers where the box was: stale, not painted
 
     def gesture_released(self, layer) -> None:
         self._drag_pause.stop()
         self._gesture_layer = None  # before napari's release emits the data event (see gestures.install)
+        self._drag_resting = False
 
     def _decode_click_ahead(self, layer, event) -> None:
         """Decode the prompts the click will make once the button comes up; nothing is painted."""
@@ -453,9 +465,11 @@ class MiniSamWidget(QWidget):
         """Preview the prompts as the paused drag left them (a pan in add mode changes none: nothing to do)."""
         if self._gesture_layer is None or self.predictor is None or self.image_layer is None:
             return
-        prompts = self.current_prompts()
-        if self._last_decoded is not None and self._last_decoded[0] == self._prompt_key(prompts, self.current_z()):
+        shown = self.preview is not None and self.preview.request == self._request
+        if (shown and not self._preview_running
+                and self._painted_key == self._prompt_key(self.current_prompts(), self.current_z())):
             return
+        self._drag_resting = True  # the box stands still: it and its preview can come in one frame
         self.schedule_preview()
 
     def clear_prompts(self) -> None:
@@ -508,6 +522,7 @@ class MiniSamWidget(QWidget):
         self._preview_pending = False
         if prompts.is_empty:
             self._paint_preview(None)
+            self._painted_key = None
             return
         z = self.current_z()
         key = self._prompt_key(prompts, z)
@@ -517,10 +532,10 @@ class MiniSamWidget(QWidget):
             result = self._last_decoded[1]
             self.clicks_decoded_ahead += result.request == -1
             self._last_decoded = (key, replace(result, request=self._request))
-            self._on_preview(self._last_decoded[1])
+            self._on_preview(self._last_decoded[1], key)
             return
         self._list_hold.hold()
-        if self._gesture_layer is None:  # a paused drag's preview: the box must keep following the mouse
+        if self._gesture_layer is None or self._drag_resting:  # a moving drag's box must follow the mouse
             self._canvas_hold.hold()
         self._launch_decode(prompts, z, key, self._request)
 
@@ -529,7 +544,7 @@ class MiniSamWidget(QWidget):
 
         def decoded(result, key=key):
             self._last_decoded = (key, result)
-            self._on_preview(result)
+            self._on_preview(result, key)
 
         workers.start(tasks.preview_task, self.predictor, self.current_plane(), self.intensity, prompts,
                       request, z, on_yielded=self._on_embedding_started,
@@ -543,10 +558,11 @@ class MiniSamWidget(QWidget):
                 getattr(self.model, "decoder_precision", None),
                 id(self.image_layer))
 
-    def _on_preview(self, result: tasks.PreviewResult) -> None:
+    def _on_preview(self, result: tasks.PreviewResult, key: tuple) -> None:
         if result.request != self._request:
             return  # the prompts, slice or model changed while this was computed
         self._paint_preview(result)
+        self._painted_key = key
         if self._commit_when_ready:
             self._commit_when_ready = False
             self.commit()
