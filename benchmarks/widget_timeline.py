@@ -13,14 +13,16 @@ the box by a pixel through napari's own mouse bindings ``--edits`` times (benchm
 * ``list repaints before the preview``: how many drags repainted napari's layer list while the decode
   ran (each such repaint composes the whole window; the widget holds them back, ``_qt/repaint_hold.py``).
 
-Settings: the widget's defaults; the box window off (previews decoded on the whole grid,
-``MiniSamPredictor.predict(box_window=...)``); the layer-list hold off; the canvas hold off.
-Drags are released as the mouse stops (once the canvas has drawn the moved box), so the widget hears of them at the
-release. Then clicks: a positive point added inside the box through napari's add-mode bindings, the button
-held ~0.1 s as a user's is, stamped from the button coming up: the defaults (decoded from the press,
-``_qt/gestures.py``), decoded from the release instead, and that without the canvas hold. Each setting
-runs twice, interleaved, so a change of machine load hits all alike. ``--bf16`` adds the opt-in
-bf16 decoder. Figures go into docs/benchmarks.md.
+Settings: the widget's defaults; drags decoded from the release (no preview at their rest), and on that
+path, where they still matter, the box window off (previews decoded on the whole grid,
+``MiniSamPredictor.predict(box_window=...)``), the layer-list hold off, the canvas hold off. Drags are released as the mouse stops, once the canvas has drawn
+the moved box: by then the drag has usually rested the widget's ``DRAG_PAUSE_MS`` and its decode has begun
+(the "decode" column says how often). Then clicks: a positive point added inside the box through napari's
+add-mode bindings, the button held ~0.1 s as a user's is, stamped from the button coming up: the defaults
+(decoded from the press, ``_qt/gestures.py``), decoded from the release instead, and that without the
+canvas hold. Each setting runs twice, interleaved, so a change of machine load hits all alike. ``--bf16``
+adds the opt-in bf16 decoder. Figures go into docs/benchmarks.md, the plot into
+docs/images/widget_latency.png.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ START, END = "<!-- timeline:start -->", "<!-- timeline:end -->"
 
 def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas: bool = True,
         clicks: bool = False, ahead: bool = True) -> dict:
+    """``ahead``: clicks decoded from their press, drags from their rest (the widget's defaults); else from
+    the release, as before the widget watched gestures (``_qt/gestures.py``)."""
     from napari.qt import get_qapp
     from qtpy.QtCore import QEvent, QObject
 
@@ -80,8 +84,9 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
             widget._list_hold.hold = lambda: None
         if not canvas:
             widget._canvas_hold.hold = lambda: None
-        if not ahead:  # the widget before clicks were decoded from their press
+        if not ahead:  # the widget before it decoded clicks from their press and drags from their rest
             widget._decode_click_ahead = lambda *a, **k: None
+            widget._drag_pause.setInterval(24 * 3600 * 1000)
         widget.ui.bf16_decoder.setChecked(bf16)
         assert widget.model.decoder_precision == ("bf16" if bf16 else "fp32")
         original_paint = widget._paint_preview
@@ -150,8 +155,8 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
     med["edits"] = edits
     med["hold"] = hold
     med["canvas"] = canvas
-    med["edit"] = ("click, decoded from the press" if ahead else "click, decoded from the release") if clicks \
-        else "drag"
+    med["edit"] = ("click" if clicks else "drag") + (
+        (", decoded from the press" if clicks else ", decoded from its rest") if ahead else ", decoded from the release")
     med["decoder"] = "bf16" if bf16 else "fp32"
     med["window"] = window
     return med
@@ -177,6 +182,42 @@ def table(results: list[dict]) -> str:
         for r in results)
 
 
+FIGURE = B.REPO / "docs" / "images" / "widget_latency.png"
+
+
+def label(r: dict) -> str:
+    off = [name for name, on in (("layer-list hold", r["hold"]), ("canvas hold", r["canvas"]),
+                                 ("box window", r["window"])) if not on]
+    extra = (", bf16" if r["decoder"] == "bf16" else "") + ("".join(f", no {o}" for o in off) if off else "")
+    return f"{r['edit']}{extra or (' (defaults)' if 'release' not in r['edit'] else '')}"
+
+
+def plot(runs: list[dict], path=FIGURE) -> None:
+    """Bars: the mean of a setting's runs; dots: each run. The dashed line is the issue's 50 ms target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(label(r) for r in runs))
+    totals = {name: [r["total"] for r in runs if label(r) == name] for name in labels}
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.4))
+    ys = np.arange(len(labels))[::-1]
+    colors = ["#2b8cbe" if "defaults" in name else "#bdbdbd" for name in labels]  # blue: what users get
+    ax.barh(ys, [np.mean(totals[n]) for n in labels], color=colors, height=0.6)
+    for y, name in zip(ys, labels):
+        ax.plot(totals[name], [y] * len(totals[name]), "k.", ms=6)
+    ax.axvline(50, color="#d7301f", ls="--", lw=1)
+    ax.set_ylim(-0.9, len(labels) - 0.5)
+    ax.text(50, -0.75, " target 50 ms", color="#d7301f", va="bottom", fontsize=8)
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_xlabel("button up → preview on screen, median per run (ms)")
+    ax.set_title("MiniSAM widget, LiteMedSAM, 2-core CPU, Xvfb (benchmarks/widget_timeline.py)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edits", type=int, default=30)
@@ -186,12 +227,14 @@ def main(argv=None) -> None:
     # Interleaved (on, off, on, off) so a change of machine load hits both alike.
     from napari_qlora_minisam.models.cpu_features import bf16_is_native
 
-    # (hold, bf16, window, canvas): the defaults, then each one switched off (or bf16 on) alone.
-    settings = [(True, False, True, True), (True, False, False, True), (False, False, True, True),
-                (True, False, True, False)]
+    # (hold, bf16, window, canvas, ahead): the defaults; decoded from the release; and on that path, where
+    # the other settings still matter, each one switched off (or bf16 on) alone.
+    settings = [(True, False, True, True, True), (True, False, True, True, False), (True, False, False, True, False),
+                (False, False, True, True, False), (True, False, True, False, False)]
     if args.bf16 and bf16_is_native():
-        settings.insert(1, (True, True, True, True))
-    runs = [run(args.edits, hold, bf16, window, canvas) for hold, bf16, window, canvas in settings * 2]
+        settings.insert(2, (True, True, True, True, False))
+    runs = [run(args.edits, hold, bf16, window, canvas, ahead=ahead)
+            for hold, bf16, window, canvas, ahead in settings * 2]
     # Clicks: a point added inside the box; the defaults, then without the decode from the press, then
     # without the canvas hold too.
     click_settings = [(True, True), (True, False), (False, False)]
@@ -200,9 +243,11 @@ def main(argv=None) -> None:
     print(text)
     if args.no_write:
         return
+    plot(runs)
     section = (f"### Where the time goes (`benchmarks/widget_timeline.py`)\n\nMedians per edit, stamped "
                f"from the button release; two interleaved runs per setting, load average "
-               f"{B.os.getloadavg()[0]:.1f} at the end.\n\n{text}")
+               f"{B.os.getloadavg()[0]:.1f} at the end.\n\n{text}\n"
+               f"![Latency per setting](images/{FIGURE.name})\n")
     B.write_section(section, START, END, after=B.END)  # right after bench_widget.py's plugin section
     print(f"wrote {B.DOC}")
 
