@@ -212,7 +212,7 @@ def plot(runs: list[dict], path=FIGURE) -> None:
     ax.text(50, -0.75, " target 50 ms", color="#d7301f", va="bottom", fontsize=8)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.set_xlabel("button up → preview on screen, median per run (ms)")
-    ax.set_title("MiniSAM widget, LiteMedSAM, 2-core CPU, Xvfb (benchmarks/widget_timeline.py)", fontsize=9)
+    ax.set_title("MiniSAM widget, LiteMedSAM, 2-core CPU under Xvfb (widget_timeline.py)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
