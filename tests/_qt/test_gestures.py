@@ -179,3 +179,78 @@ def test_moving_again_drops_the_rest_preview_and_frees_the_canvas(clicking, qtbo
     np.testing.assert_array_equal(fresh_mask(qtbot, widget), widget.preview.mask)
     release(shapes, tuple(np.add(centre, 4.0)))
     wait_idle(qtbot, widget)
+
+
+def test_a_dragged_point_is_previewed_at_its_rest_and_released_without_a_decode(clicking, qtbot):
+    widget = clicking
+    points = widget.points_layer
+    points.add([[12.0, 20.0]])
+    wait_idle(qtbot, widget)
+    points.mode = "select"
+    press(points, (12.0, 20.0))
+    assert points.selected_data == {0}
+    painted = widget.previews_painted
+    move(points, (15.0, 24.0))
+    wait_preview(qtbot, widget, painted)  # the point rests: its preview, the button still down
+    np.testing.assert_array_equal(widget.current_prompts().points_xy, [[24.0, 15.0]])
+    mask = widget.preview.mask.copy()
+    painted = widget.previews_painted
+    release(points, (15.0, 24.0))
+    assert widget.previews_painted > painted and widget.is_idle  # painted within the release, no decode
+    np.testing.assert_array_equal(widget.preview.mask, mask)
+    np.testing.assert_array_equal(fresh_mask(qtbot, widget), mask)
+
+
+def test_real_mouse_events_on_the_canvas(make_napari_viewer, qtbot, monkeypatch):
+    """Qt mouse events on napari's canvas (through vispy), as a user's hand makes them, not napari's callbacks."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    from tests._qt.helpers import MODEL_TIMEOUT_MS
+
+    monkeypatch.setenv("MINISAM_NAPARI_MODEL", "tiny_hf_sam")
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.random.default_rng(0).random((40, 50)), name="img")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-qlora-minisam", "MiniSAM segmentation")
+    wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
+    widget.shapes_layer.add_rectangles(box_to_rectangle([5, 5, 40, 30]))
+    wait_idle(qtbot, widget)
+    viewer.reset_view()
+    qtbot.wait(100)
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas.native
+    centre = QPoint(canvas.width() // 2, canvas.height() // 2)  # the image's centre, inside the box
+    left, none = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+
+    # A click: decoded while the button is down, painted when it comes up.
+    widget.activate_point_mode()
+    QTest.mouseMove(canvas, centre)
+    QTest.mousePress(canvas, left, none, centre)
+    assert len(widget.points_layer.data) == 0 and not widget.is_idle
+    wait_idle(qtbot, widget)
+    painted = widget.previews_painted
+    QTest.mouseRelease(canvas, left, none, centre)
+    assert len(widget.points_layer.data) == 1 and widget.clicks_decoded_ahead == 1
+    assert widget.previews_painted > painted and widget.is_idle
+
+    # A drag of the box: previewed at its rest with the button down, and the release needs no decode.
+    widget.points_layer.data = widget.points_layer.data[:0]
+    wait_idle(qtbot, widget)
+    widget.shapes_layer.mode = "select"
+    viewer.layers.selection.active = widget.shapes_layer
+    box = widget.current_prompts().box.copy()
+    QTest.mousePress(canvas, left, none, centre)
+    painted = widget.previews_painted
+    for step in range(1, 6):
+        QTest.mouseMove(canvas, centre + QPoint(4 * step, 4 * step))
+        qtbot.wait(5)
+    assert widget._gesture_layer is widget.shapes_layer
+    moved = widget.current_prompts().box
+    assert moved[0] > box[0] and moved[1] > box[1]
+    now = widget._prompt_key(widget.current_prompts(), widget.current_z())
+    # (a slow machine may also have previewed a rest between two moves: wait for the last position's)
+    qtbot.waitUntil(lambda: widget.is_idle and widget._painted_key == now, timeout=10_000)
+    assert widget.previews_painted > painted and widget._gesture_layer is widget.shapes_layer
+    painted = widget.previews_painted
+    QTest.mouseRelease(canvas, left, none, centre + QPoint(20, 20))
+    assert widget._gesture_layer is None and widget.previews_painted > painted and widget.is_idle
+    np.testing.assert_array_equal(widget.current_prompts().box, moved)
