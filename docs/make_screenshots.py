@@ -2,8 +2,8 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
-Writes docs/images/plugin_box.png, plugin_points.png, plugin_objects.png, plugin_click_adapter.png,
-plugin_propagation.png.
+Writes docs/images/plugin_box.png, plugin_drawing.png, plugin_points.png, plugin_objects.png,
+plugin_click_adapter.png, plugin_propagation.png.
 """
 
 from __future__ import annotations
@@ -65,6 +65,31 @@ def open_ready(app, sample: str):
     return viewer, widget
 
 
+def draw_box_and_rest(app, widget, box):
+    """Draw ``box`` (x0, y0, x1, y1, image pixels) with napari's own mouse bindings and keep the button down
+    until the resting drag's preview is on screen; returns the release."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+
+    layer = widget.shapes_layer
+    widget.activate_box_mode()
+    start = tuple(layer.data_to_world([box[1], box[0]]))
+    end = tuple(layer.data_to_world([box[3], box[2]]))
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
+    for k in np.linspace(0.2, 1.0, 5):  # the corner follows the mouse
+        pos = tuple(np.add(start, k * np.subtract(end, start)))
+        mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=pos))
+        app.processEvents()
+    key = widget._prompt_key(widget.current_prompts(), widget.current_z())
+    pump(app, lambda: widget.is_idle and widget._painted_key == key)
+
+    def release():
+        mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True,
+                                                             position=end))
+
+    return release
+
+
 def main() -> None:
     from napari.qt import get_qapp
 
@@ -84,6 +109,13 @@ def main() -> None:
     shoot(viewer, app, "plugin_box.png")
 
     widget.commit()
+    # 1b: a box being drawn on the left ventricle: the preview follows as soon as the mouse rests.
+    release = draw_box_and_rest(app, widget, tight_box(lv) + np.array([-2, -2, 2, 2]))
+    shoot(viewer, app, "plugin_drawing.png")
+    release()
+    pump(app, lambda: widget.is_idle)
+    widget.clear_prompts()
+    pump(app, lambda: widget.is_idle)
     n = widget.previews_painted
     widget.shapes_layer.add_rectangles(box_to_rectangle(tight_box(lv) + np.array([-3, -3, 3, 3])))
     ys, xs = np.nonzero(lv)
