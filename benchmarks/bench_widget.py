@@ -2,9 +2,12 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/bench_widget.py [--edits 30] [--no-write]
 
-Measures, with the bundled LiteMedSAM on the shipped samples:
-  * prompt edit -> preview painted (the box is nudged by a pixel; the slice is already embedded): median,
-    next to the bare ``predictor.predict`` time of the same box (the widget's own overhead is the gap);
+Measures, with the bundled LiteMedSAM on the shipped samples, the slice already embedded:
+  * prompt edit -> preview painted, through napari's own mouse bindings: a drag of the box released as the
+    mouse stops, timed from the release; a click adding a point, timed from the button coming up; a drag
+    that rests, timed from the mouse stopping (its preview comes with the button down) and from its release;
+  * a box moved and released by a script in one step, and the bare ``predictor.predict`` time of the same
+    box (the widget's own overhead is the gap);
   * embedding a new slice of the chest CT volume in the background, and the longest stall of the Qt
     event loop meanwhile (a 5 ms timer keeps ticking if the Qt thread is never blocked);
   * 3D propagation of the tumour through the chest CT volume (embeddings not cached).
@@ -440,17 +443,20 @@ layer refresh (median) | {preview['repaint_median_ms']:.0f} ms / {preview['full_
 Widget message after propagation: "{volume['propagation_message']}"
 
 Where an edit's time goes: the next section (`benchmarks/widget_timeline.py`) and docs/plugin.md. In short:
-napari's release handling, the decode in the worker (box previews are decoded around the box only:
-`MiniSamPredictor.predict(box_window=True)`, so the worker row is below the bare full-grid decode), and one
-frame for the new preview (~30 ms under Xvfb's software OpenGL: napari's draw, then Qt composing the window
-through OpenGL). This VM's speed drifts by about ±10 % within minutes: compare rows of one run. Every frame
-composes the whole window, ~20-25 ms of C++ that holds Python's GIL (napari's main window handles it in a
-Python `event()` override), so one landing during the decode stalls it: the widget holds the canvas from the
-edit until the preview is painted (the prompt and its mask come in one frame) and the layer list until
-shortly after. A click costs more than a drag because napari's own handling of an added point takes
-~11 ms before the widget hears of it (a drag's release: ~3 ms). When napari redraws the box before the
-widget hears of the edit (the "moved and released in one step" row), that redraw still runs first
-(`python benchmarks/gil_contention.py`).
+the widget watches each gesture on its prompt layers from the press (`_qt/gestures.py`). A click's prompts
+are decoded while the button is down, so at the release napari adds the point (~11 ms of its own work) and
+the point and its preview come in one frame. A drag is previewed once the mouse rests {DRAG_PAUSE_MS} ms, the button
+still down; a release as the mouse stops finds that decode under way or done. What remains is one frame
+(~28 ms under Xvfb's software OpenGL: napari's draw, then Qt composing the whole window through OpenGL,
+~20-25 ms of C++ that holds Python's GIL, run from napari's main-window `event()` override). So the widget
+holds napari's canvas from an edit until its preview is painted, and the layer list during drags and
+decodes: a frame landing in a decode stalls it. A rested drag's preview comes after the frame of the last
+move (~30-50 ms), the rest, a decode (box previews are decoded around the box only:
+`MiniSamPredictor.predict(box_window=True)`, so the worker row is below the bare full-grid decode) and one
+frame. When napari redraws the box before the widget hears of the edit (the "moved and released in one
+step" row: no gesture, the data changed by a script), that redraw still runs first
+(`python benchmarks/gil_contention.py`). This VM's speed drifts by about ±10 % within minutes: compare
+rows of one run.
 """
     print(text)
     if not args.no_write:
