@@ -35,11 +35,10 @@ LIST_REPAINT_DELAY_MS = 150
 # The canvas waits for the preview at most this long (a decode of the bundled model takes ~15 ms here,
 # a ViT-B or 4-bit one ~30-60 ms); a first embedding releases it at once.
 CANVAS_HOLD_MAX_MS = 120
-# A drag that rests this long gets its preview decoded and painted while the button is still down (a moving
-# mouse sends a move every ~10-20 ms). Shorter gains nothing under software OpenGL, where the frame of the
-# last move takes ~50 ms anyway (benchmarks/bench_widget.py); a release within it takes the release's path:
-# the canvas is held and the box and its preview come in one frame. Decoding during the moves instead cost
-# the drag a fifth of its frames here and was no faster.
+# A drag that rests this long gets its preview decoded and painted while the button is still down. A moving
+# mouse sends a move every ~10-20 ms, each restarting the wait; under software OpenGL the frame of the last
+# move takes ~30-50 ms, so the rest is seen right after it. Decoding at every move instead cost the drag a
+# fifth of its frames here and showed the preview no sooner (docs/plugin.md).
 DRAG_PAUSE_MS = 30
 
 keep_triton_out()  # before any model import: see gl_safety.py
