@@ -90,9 +90,10 @@ def drag_box(app, widget, dy: float, dx: float, rest: float | None = None):
     """Drag the widget's box by (dy, dx) through napari's own select-mode mouse bindings, up to the release.
 
     Press and moves run here, then Qt processes events with the mouse still and the button down: for
-    ``rest`` seconds, or (``None``) until the canvas has drawn the moved box, a release as the mouse stops
-    (that frame takes ~50 ms under software OpenGL, less than the widget's ``DRAG_PAUSE_MS``). The
-    returned function is the release (which emits the layer's CHANGED event), for the caller to time.
+    ``rest`` seconds, or (``None``) until the canvas has drawn the moved box: a release as the mouse stops
+    (that frame takes ~30-50 ms under software OpenGL, so the widget's ``DRAG_PAUSE_MS`` has usually
+    passed by then). The returned function is the release (which emits the layer's CHANGED event), for
+    the caller to time.
     """
     from napari.utils._test_utils import read_only_mouse_event
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
@@ -413,10 +414,10 @@ Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, t
 | what | figure |
 |---|---|
 | prompt edit → preview painted: a drag of the box through napari's mouse bindings, released as the \
-mouse stops (after the frame of its last move, before the drag rests {DRAG_PAUSE_MS} ms), from the release, slice \
-embedded, widget defaults (median of {preview['edits']}; p90) | \
+mouse stops (right after the frame that draws its last move), from the release, slice embedded, widget \
+defaults (median of {preview['edits']}; p90) | \
 {preview['drag_median_ms']:.1f} ms; {preview['drag_p90_ms']:.0f} ms (target ≤ 50 ms: {verdict}; \
-{preview['drags_paused_before_release']} of {preview['edits']} rested long enough to start their preview before the release) |
+{preview['drags_paused_before_release']} of {preview['edits']} had rested {DRAG_PAUSE_MS} ms by then, so their preview's decode had begun) |
 | prompt edit → preview painted: a click adds a positive point inside the box (napari's add-mode mouse \
 bindings, button down 0.1 s: its prompts are decoded from the press), from the button coming up (median; p90) | \
 {preview['click_median_ms']:.1f} ms; \
