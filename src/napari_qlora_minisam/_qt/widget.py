@@ -37,8 +37,8 @@ LIST_REPAINT_DELAY_MS = 150
 CANVAS_HOLD_MAX_MS = 120
 # A drag that rests this long gets its preview decoded and painted while the button is still down. A moving
 # mouse sends a move every ~10-20 ms, each restarting the wait; under software OpenGL the frame of the last
-# move takes ~30-50 ms, so the rest is seen right after it. Decoding at every move instead cost the drag a
-# fifth of its frames here and showed the preview no sooner (docs/plugin.md).
+# move takes ~30-50 ms, so the rest is seen right after it (benchmarks/drag_motion.py). Decoding at every
+# move instead was tried: the drag lost frames and the preview came no sooner.
 DRAG_PAUSE_MS = 30
 
 keep_triton_out()  # before any model import: see gl_safety.py
