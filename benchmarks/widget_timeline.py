@@ -15,9 +15,9 @@ the box by a pixel through napari's own mouse bindings ``--edits`` times (benchm
 
 Settings: the widget's defaults; drags decoded from the release (no preview at their rest), and on that
 path, where they still matter, the box window off (previews decoded on the whole grid,
-``MiniSamPredictor.predict(box_window=...)``), the layer-list hold off, the canvas hold off. Drags are released as the mouse stops, once the canvas has drawn
-the moved box: by then the drag has usually rested the widget's ``DRAG_PAUSE_MS`` and its decode has begun
-(the "decode" column says how often). Then clicks: a positive point added inside the box through napari's
+``MiniSamPredictor.predict(box_window=...)``), the layer-list hold off, the canvas hold off. Drags are
+released as the mouse stops, once the canvas has drawn the moved box: by then the drag has usually rested
+the widget's ``DRAG_PAUSE_MS`` and its decode has begun (the "decode" column says how often). Then clicks: a positive point added inside the box through napari's
 add-mode bindings, the button held ~0.1 s as a user's is, stamped from the button coming up: the defaults
 (decoded from the press, ``_qt/gestures.py``), decoded from the release instead, and that without the
 canvas hold. Each setting runs twice, interleaved, so a change of machine load hits all alike. ``--bf16``
@@ -155,8 +155,8 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
     med["edits"] = edits
     med["hold"] = hold
     med["canvas"] = canvas
-    med["edit"] = ("click" if clicks else "drag") + (
-        (", decoded from the press" if clicks else ", decoded from its rest") if ahead else ", decoded from the release")
+    early = ", decoded from the press" if clicks else ", decoded from its rest"
+    med["edit"] = ("click" if clicks else "drag") + (early if ahead else ", decoded from the release")
     med["decoder"] = "bf16" if bf16 else "fp32"
     med["window"] = window
     return med

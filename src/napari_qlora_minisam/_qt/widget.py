@@ -40,6 +40,7 @@ CANVAS_HOLD_MAX_MS = 120
 # move takes ~30-50 ms, so the rest is seen right after it (benchmarks/drag_motion.py). Decoding at every
 # move instead was tried: the drag lost frames and the preview came no sooner.
 DRAG_PAUSE_MS = 30
+AHEAD = -1  # the request number of a click decoded from its press: it answers no request, so is never painted as is
 
 keep_triton_out()  # before any model import: see gl_safety.py
 
@@ -456,16 +457,14 @@ class MiniSamWidget(QWidget):
         prompts = self.current_prompts(*predicted)
         z = self.current_z()
         key = self._prompt_key(prompts, z)
-        if prompts.is_empty or (self._last_decoded is not None and self._last_decoded[0] == key):
-            return
-        self._launch_decode(prompts, z, key, request=-1)  # -1: answers no request, so never painted as is
+        if not prompts.is_empty and not self._is_decoded(key):
+            self._launch_decode(prompts, z, key, request=AHEAD)
 
     def _on_drag_paused(self) -> None:
         """Preview the prompts as the paused drag left them (a pan in add mode changes none: nothing to do)."""
         if self._gesture_layer is None or self.predictor is None or self.image_layer is None:
             return
-        shown = self.preview is not None and self.preview.request == self._request
-        if (shown and not self._preview_running
+        if (self.preview_is_current and not self._preview_running
                 and self._painted_key == self._prompt_key(self.current_prompts(), self.current_z())):
             return
         self._drag_resting = True  # the box stands still: it and its preview can come in one frame
@@ -525,11 +524,11 @@ class MiniSamWidget(QWidget):
             return
         z = self.current_z()
         key = self._prompt_key(prompts, z)
-        if self._last_decoded is not None and self._last_decoded[0] == key:
+        if self._is_decoded(key):
             # One edit can fire several events (data, then features), and a click's prompts were decoded
             # at its press: the decode already made for these exact prompts is current again, not stale.
             result = self._last_decoded[1]
-            self.clicks_decoded_ahead += result.request == -1
+            self.clicks_decoded_ahead += result.request == AHEAD
             self._last_decoded = (key, replace(result, request=self._request))
             self._on_preview(self._last_decoded[1], key)
             return
@@ -549,6 +548,15 @@ class MiniSamWidget(QWidget):
                       request, z, on_yielded=self._on_embedding_started,
                       on_returned=decoded, on_errored=self._preview_failed,
                       on_finished=self._preview_finished, keep=self._workers)
+
+    def _is_decoded(self, key: tuple) -> bool:
+        """The newest decode (painted or not) was made for exactly these prompts."""
+        return self._last_decoded is not None and self._last_decoded[0] == key
+
+    @property
+    def preview_is_current(self) -> bool:
+        """The preview on screen answers the newest request (prompts, slice, model and adapter as they are)."""
+        return self.preview is not None and self.preview.request == self._request
 
     def _prompt_key(self, prompts, z) -> tuple:
         box = None if prompts.box is None else prompts.box.tobytes()
@@ -645,7 +653,7 @@ class MiniSamWidget(QWidget):
         if self.objects_layer is None:
             self.show_message("Pick an image layer first.", error=True)
             return
-        if self.preview is None or self.preview.request != self._request:
+        if not self.preview_is_current:
             if not self.current_prompts().is_empty and (self._preview_running or self._preview_pending):
                 self._commit_when_ready = True  # commit the preview of the newest prompts when it lands
                 return
