@@ -78,8 +78,9 @@ def test_a_press_that_becomes_a_drag_paints_nothing(clicking, qtbot):
     assert len(points.data) == 0 and widget.previews_painted == painted and widget._request == request
     np.testing.assert_array_equal(widget.preview_layer.data, shown)
     assert widget.preview.request == widget._request  # the box's preview is still the current one
-    widget.commit()
-    assert widget.objects_layer.data.any() or not shown.any()
+    widget.commit()  # the current preview is committed at once, no decode awaited
+    assert widget.message.startswith("Committed object 1") and widget.editor.can_undo
+    np.testing.assert_array_equal(widget.objects_layer.data > 0, shown > 0)
 
 
 def test_one_gesture_callback_per_layer_and_no_click_decode_outside_add_mode(clicking, qtbot):
