@@ -255,3 +255,27 @@ def test_real_mouse_events_on_the_canvas(make_napari_viewer, qtbot, monkeypatch)
     QTest.mouseRelease(canvas, left, none, centre + QPoint(20, 20))
     assert widget._gesture_layer is None and widget.previews_painted > painted and widget.is_idle
     np.testing.assert_array_equal(widget.current_prompts().box, moved)
+
+
+def test_a_click_on_a_slice_of_a_volume_is_decoded_from_its_press(tiny_widget, qtbot):
+    viewer, widget, _ = tiny_widget
+    volume = np.random.default_rng(1).random((5, 40, 50))
+    widget.set_image_layer(viewer.add_image(volume, name="vol"))
+    viewer.dims.set_current_step(0, 3)
+    wait_idle(qtbot, widget)
+    widget.shapes_layer.add_rectangles(box_to_rectangle([5, 5, 40, 30], 3))
+    wait_idle(qtbot, widget)
+    widget.activate_point_mode()
+    points = widget.points_layer
+    press(points, (3.0, 12.0, 20.0))
+    wait_idle(qtbot, widget)
+    painted = widget.previews_painted
+    release(points, (3.0, 12.0, 20.0))
+    assert widget.previews_painted > painted and widget.clicks_decoded_ahead == 1
+    assert widget.preview.z == 3 and widget._painted_z == 3
+    np.testing.assert_array_equal(widget.current_prompts().points_xy, [[20.0, 12.0]])
+    np.testing.assert_array_equal(fresh_mask(qtbot, widget), widget.preview.mask)
+    # On another slice neither the click nor the box prompts anything.
+    viewer.dims.set_current_step(0, 1)
+    wait_idle(qtbot, widget)
+    assert widget.current_prompts().is_empty
