@@ -204,13 +204,16 @@ class LoopWatch:
         return self.max_gap
 
 
-def bench_preview(app, edits: int, bf16: bool) -> dict:
+def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dict:
     from napari_qlora_minisam._qt import layers as L
     from napari_qlora_minisam._sample_data import heart_mri
     from napari_qlora_minisam.prompts import box_to_rectangle
 
     viewer, widget = open_viewer(heart_mri)
     pump(app, lambda: widget.model is not None and widget.is_idle)
+    if nf4:  # the widget's "4-bit NF4" toggle: the model reloads with its linear layers in NF4
+        widget.ui.quantize.setChecked(True)
+        pump(app, lambda: widget.model.quantization == "nf4" and widget.is_idle)
     widget.ui.bf16_decoder.setChecked(bf16)
     assert widget.model.decoder_precision == ("bf16" if bf16 else "fp32")
     lv = viewer.layers["cardiac MRI reference"].data == 1
@@ -399,6 +402,7 @@ def main(argv=None) -> None:
     native = bf16_is_native()
     preview = bench_preview(app, args.edits, bf16=False)  # the widget's default
     bf16 = bench_preview(app, args.edits, bf16=True) if native else None
+    nf4 = bench_preview(app, args.edits, nf4=True)
     volume = bench_volume(app)
     import torch
 
@@ -425,8 +429,11 @@ bindings, button down 0.1 s: its prompts are decoded from the press), from the b
 | a drag that rests, button still down: mouse stops → preview painted (median; p90); then the release \
 0.3 s later → preview painted (median) | {preview['rested_stop_median_ms']:.0f} ms; \
 {preview['rested_stop_p90_ms']:.0f} ms; release {preview['rested_release_median_ms']:.1f} ms (already shown) |
-| the same with the opt-in bf16 decoder (median; p90) | \
-{f"{bf16['drag_median_ms']:.0f} ms; {bf16['drag_p90_ms']:.0f} ms (bare decode {bf16['bare_predict_median_ms']:.0f} ms)" if bf16 else "not timed: no native bf16"} |
+| the same drag; click with the opt-in bf16 decoder (medians) | \
+{f"{bf16['drag_median_ms']:.0f} ms; {bf16['click_median_ms']:.0f} ms (bare decode {bf16['bare_predict_median_ms']:.0f} ms)" if bf16 else "not timed: no native bf16"} |
+| the same drag; click; rested drag from the mouse stopping, with the 4-bit NF4 toggle on (medians) | \
+{nf4['drag_median_ms']:.0f} ms; {nf4['click_median_ms']:.0f} ms; {nf4['rested_stop_median_ms']:.0f} ms \
+(bare decode {nf4['bare_predict_median_ms']:.0f} ms, fp32 {preview['bare_predict_median_ms']:.0f} ms) |
 | box moved *and* released in one step, so napari redraws the moved box while the decode runs \
 (median; p90) | {preview['preview_median_ms']:.0f} ms; {preview['preview_p90_ms']:.0f} ms |
 | the same box decoded by `MiniSamPredictor.predict` alone, whole grid (median) | \
