@@ -177,6 +177,20 @@ def open_viewer(sample_fn):
     return viewer, widget
 
 
+def box_the_left_ventricle(app, viewer, widget):
+    """Draw the box of the heart sample's left ventricle and wait for its first preview (the warm-up decode).
+
+    Returns the ventricle's pixel rows and columns and the box (x0, y0, x1, y1).
+    """
+    from napari_qlora_minisam.prompts import box_to_rectangle
+
+    ys, xs = np.nonzero(viewer.layers["cardiac MRI reference"].data == 1)
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+    widget.shapes_layer.add_rectangles(box_to_rectangle(box))
+    pump(app, lambda: widget.is_idle and widget.preview is not None)
+    return ys, xs, box
+
+
 class LoopWatch:
     """Longest gap between ticks of a 5 ms Qt timer: how long the Qt thread was unresponsive."""
 
@@ -207,7 +221,6 @@ class LoopWatch:
 def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dict:
     from napari_qlora_minisam._qt import layers as L
     from napari_qlora_minisam._sample_data import heart_mri
-    from napari_qlora_minisam.prompts import box_to_rectangle
 
     viewer, widget = open_viewer(heart_mri)
     pump(app, lambda: widget.model is not None and widget.is_idle)
@@ -216,11 +229,7 @@ def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dic
         pump(app, lambda: widget.model.quantization == "nf4" and widget.is_idle)
     widget.ui.bf16_decoder.setChecked(bf16)
     assert widget.model.decoder_precision == ("bf16" if bf16 else "fp32")
-    lv = viewer.layers["cardiac MRI reference"].data == 1
-    ys, xs = np.nonzero(lv)
-    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
-    widget.shapes_layer.add_rectangles(box_to_rectangle(box))
-    pump(app, lambda: widget.is_idle and widget.preview is not None)  # warm-up: first decode
+    ys, xs, box = box_the_left_ventricle(app, viewer, widget)
     # A user's drag released as the mouse stops: the box follows the mouse (napari redraws it), then the
     # button comes up before the drag has rested DRAG_PAUSE_MS. The wait counts from the release, which is
     # when napari tells the widget of the edit. ``paused`` counts drags whose preview still began before it.

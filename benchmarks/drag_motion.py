@@ -127,16 +127,11 @@ def main(argv=None) -> None:
 
     from napari_qlora_minisam._qt.widget import DRAG_PAUSE_MS
     from napari_qlora_minisam._sample_data import heart_mri
-    from napari_qlora_minisam.prompts import box_to_rectangle
 
     app = get_qapp()
     viewer, widget = B.open_viewer(heart_mri)
     B.pump(app, lambda: widget.model is not None and widget.is_idle)
-    lv = viewer.layers["cardiac MRI reference"].data == 1
-    ys, xs = np.nonzero(lv)
-    widget.shapes_layer.add_rectangles(box_to_rectangle(np.array([xs.min(), ys.min(), xs.max(), ys.max()],
-                                                                 np.float32)))
-    B.pump(app, lambda: widget.is_idle and widget.preview is not None)
+    B.box_the_left_ventricle(app, viewer, widget)
     frames: list[float] = []
     viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(
         lambda _event: frames.append(time.perf_counter()))

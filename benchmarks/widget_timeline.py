@@ -51,7 +51,6 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
     from napari_qlora_minisam._qt import tasks
     from napari_qlora_minisam._qt import widget as W
     from napari_qlora_minisam._sample_data import heart_mri
-    from napari_qlora_minisam.prompts import box_to_rectangle
 
     app = get_qapp()
     stamps: list[tuple[float, str]] = []
@@ -107,11 +106,7 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
 
         spy = PaintSpy()
         app.installEventFilter(spy)
-        lv = viewer.layers["cardiac MRI reference"].data == 1
-        ys, xs = np.nonzero(lv)
-        widget.shapes_layer.add_rectangles(box_to_rectangle(np.array([xs.min(), ys.min(), xs.max(), ys.max()],
-                                                                     np.float32)))
-        B.pump(app, lambda: widget.is_idle and widget.preview is not None)
+        ys, xs, _ = B.box_the_left_ventricle(app, viewer, widget)
         rows = []
         for i in range(edits):
             if clicks:  # a positive point inside the box, clicked through napari's add-mode bindings
