@@ -28,8 +28,8 @@ _MARK = "_minisam_gesture"
 def predicted_click(layer, event) -> tuple[np.ndarray, list] | None:
     """The points layer's ``(data, polarities)`` after the click this press starts; ``None`` if it adds no point.
 
-    Mirrors napari's add mode: the point goes to ``world_to_data(event.position)`` of the release, with the
-    layer's feature defaults.
+    Mirrors napari's add mode, which puts the point at ``world_to_data(event.position)`` of the *release*, with
+    the layer's feature defaults; a click ends where it began, so the press's position stands in for it.
     """
     if str(layer.mode) != "add":
         return None
