@@ -24,6 +24,8 @@ HEART = ("22_Heart", "22_Heart_4_5.png")
 PANCREAS = ("6_Pancreas", "6_Pancreas_13_75_0.png")
 # lung2 tumour spans slices 15..25, rows 333..398, cols 318..404: keep +-3 slices and a 192 px square.
 LUNG_Z, LUNG_CENTER, LUNG_SIDE = (12, 29), (366, 361), 192
+# brain1 (MRI, 0.78 mm pixels): slice 16 holds the largest tumour section (984 px).
+BRAIN_Z = 16
 
 
 def grey_levels_to_ids(label: np.ndarray, info: dict) -> np.ndarray:
@@ -62,6 +64,11 @@ def main(argv=None) -> None:
     crop = (slice(z0, z1 + 1), slice(cy - half, cy + half), slice(cx - half, cx + half))
     write("lung_ct_image.tif", image[crop].astype(np.int16))
     write("lung_ct_labels.tif", label[crop].astype(np.uint8))
+
+    image = tifffile.imread(args.data / "volumes" / "brain1_image.tif")
+    label = tifffile.imread(args.data / "volumes" / "brain1_label.tif")
+    write("brain_mri_image.tif", image[BRAIN_Z].astype(np.int16))
+    write("brain_mri_labels.tif", label[BRAIN_Z].astype(np.uint8))
     for f in sorted(OUT.glob("*.tif")):
         print(f"{f.name}: {f.stat().st_size / 1024:.0f} KiB")
 

@@ -1,4 +1,4 @@
-"""npe2 writer: a labels layer -> a (zlib-compressed) TIFF that keeps the integer ids."""
+"""npe2 writer: a labels layer -> a TIFF that keeps the integer ids, and its object names beside it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import numpy as np
 
 
 def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
-    """Save one labels layer as TIFF with tifffile; returns ``[path]`` as npe2 expects.
+    """Save one labels layer as TIFF with tifffile; returns the paths written, as npe2 expects.
 
     2D labels become one page, 3D stacks one page per slice. The smallest unsigned dtype that holds the
-    ids is used; the layer's scale goes into the ImageJ metadata so Fiji shows the voxel size.
+    ids is used; the layer's scale goes into the ImageJ metadata so Fiji shows the voxel size. When the
+    layer's ``features`` name its objects (the MiniSAM objects panel does), they are written beside the
+    TIFF as ``<name>.objects.csv`` (the features table: ``index``, ``name``, ...).
     """
     import tifffile
 
@@ -36,4 +38,21 @@ def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     else:
         kwargs = {"compression": "zlib"}
     tifffile.imwrite(out, labels.astype(dtype, copy=False), **kwargs)
-    return [str(out)]
+    written = [str(out)]
+    features = (meta or {}).get("features")
+    if features is not None and "index" in features and "name" in features and len(features):
+        table = out.with_name(out.stem + ".objects.csv")
+        _write_csv(table, features)
+        written.append(str(table))
+    return written
+
+
+def _write_csv(path: Path, features) -> None:
+    import csv
+
+    columns = list(features.keys())
+    rows = zip(*(list(features[c]) for c in columns))
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows(rows)

@@ -1,114 +1,90 @@
-"""Committing masks into a label image as new objects, with undo and redo.
+"""Writing objects into a label image through its owner's edit history.
 
-Qt-free: the widget hands it the labels layer's array and refreshes the layer afterwards. Every edit
-remembers the exact pixels it changed and their old values, so undo restores other objects untouched.
+Qt-free. The target is a napari ``Labels`` layer (or anything with its ``data``, ``data_setitem`` and
+``block_history``): every write goes through ``data_setitem`` inside one ``block_history``, so napari's own
+undo (Ctrl+Z, ``labels.undo()``) takes back a whole commit, propagation or deletion in one step, in the
+same history as the user's brush strokes. No second undo stack exists to disagree with it.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import InputError
 
 
-def next_free_id(labels: np.ndarray) -> int:
-    """One above the largest id in use (ids are never reused while their object exists)."""
-    return int(labels.max()) + 1 if labels.size else 1
+def next_free_id(labels: np.ndarray, at_least: int = 1) -> int:
+    """One above the largest id in use, and never below ``at_least`` (ids are never reused)."""
+    top = int(np.max(labels)) if np.size(labels) else 0
+    return max(top + 1, int(at_least))
 
 
-@dataclass
-class _Chunk:
-    index: tuple  # fancy index into the label array
-    old: np.ndarray
-    new: np.ndarray
+def _plane_index(z: int | None, rows: np.ndarray, cols: np.ndarray) -> tuple:
+    return (rows, cols) if z is None else (np.full(rows.size, int(z), np.intp), rows, cols)
 
 
-@dataclass
-class LabelEdit:
-    """One undoable step (a commit, or a whole propagation)."""
-
-    label_id: int
-    description: str
-    chunks: list[_Chunk] = field(default_factory=list)
-
-    @property
-    def pixels(self) -> int:
-        return sum(len(c.old) for c in self.chunks)
+def _write(target, parts: list[tuple]) -> None:
+    """One history step: ``parts`` are ``(index, id)``; an index is a tuple of coordinate arrays."""
+    if not parts:
+        return
+    index = tuple(np.concatenate(axis) for axis in zip(*(p[0] for p in parts)))
+    values = np.concatenate([np.full(p[0][0].size, p[1], np.asarray(target.data).dtype) for p in parts])
+    with target.block_history():
+        target.data_setitem(index, values)
 
 
-class LabelEditor:
-    """Writes masks into a label array as objects; keeps the undo/redo stacks of those writes."""
+def writable_pixels(plane: np.ndarray, mask: np.ndarray, overwrite: bool, claimed: np.ndarray | None = None):
+    """The pixels of ``mask`` a new object may take: background only unless ``overwrite``, never ``claimed``."""
+    mask = np.asarray(mask, bool)
+    if mask.shape != plane.shape:
+        raise InputError(f"Mask of shape {mask.shape} does not fit the labels slice {plane.shape}.")
+    free = mask if overwrite else mask & (plane == 0)
+    return free if claimed is None else free & ~claimed
 
-    def __init__(self):
-        self.undo_stack: list[LabelEdit] = []
-        self.redo_stack: list[LabelEdit] = []
 
-    @property
-    def can_undo(self) -> bool:
-        return bool(self.undo_stack)
+def write_objects(target, masks: list[np.ndarray], z: int | None, first_id: int,
+                  overwrite: bool = False) -> list[tuple[int, int] | None]:
+    """Write each mask as a new object (ids ``first_id``, ``first_id + 1``, ...) in one undo step.
 
-    @property
-    def can_redo(self) -> bool:
-        return bool(self.redo_stack)
+    A mask takes background pixels only unless ``overwrite``; where masks of one call overlap, the earlier
+    keeps the pixels. A mask left with no pixel is skipped and uses no id.
 
-    def clear(self) -> None:
-        self.undo_stack.clear()
-        self.redo_stack.clear()
+    Returns:
+        Per mask, ``(id, pixels written)``, or ``None`` when it was skipped.
+    """
+    plane = np.asarray(target.data if z is None else target.data[int(z)])
+    claimed = np.zeros(plane.shape, bool)
+    parts, out, label_id = [], [], int(first_id)
+    for mask in masks:
+        free = writable_pixels(plane, mask, overwrite, claimed)
+        rows, cols = np.nonzero(free)
+        if not rows.size:
+            out.append(None)
+            continue
+        claimed |= free
+        parts.append((_plane_index(z, rows, cols), label_id))
+        out.append((label_id, int(rows.size)))
+        label_id += 1
+    _write(target, parts)
+    return out
 
-    def commit(self, labels: np.ndarray, mask: np.ndarray, z: int | None = None, label_id: int | None = None,
-               overwrite: bool = False, description: str = "commit", extend: bool = False) -> LabelEdit:
-        """Write ``mask`` into ``labels`` (slice ``z`` of a stack) as object ``label_id``.
 
-        Args:
-            labels: the label image, modified in place.
-            mask: ``(H, W)`` bool.
-            z: slice index when ``labels`` is a stack.
-            label_id: the object id; default: the next free id.
-            overwrite: replace pixels of other objects too (otherwise only background pixels are written).
-            extend: add the pixels to the last edit instead of making a new undo step (propagation).
+def write_slices(target, label_id: int, masks: dict[int, np.ndarray], overwrite: bool = False) -> int:
+    """Write one object's mask on several slices of a stack (a propagation) in one undo step; pixels written."""
+    parts = []
+    for z, mask in sorted(masks.items()):
+        plane = np.asarray(target.data[int(z)])
+        rows, cols = np.nonzero(writable_pixels(plane, mask, overwrite) & (plane != label_id))
+        if rows.size:
+            parts.append((_plane_index(z, rows, cols), int(label_id)))
+    _write(target, parts)
+    return sum(p[0][0].size for p in parts)
 
-        Returns:
-            The edit (its ``pixels`` may be 0 when every masked pixel belonged to another object).
-        """
-        mask = np.asarray(mask, bool)
-        plane = labels if z is None else labels[int(z)]
-        if mask.shape != plane.shape:
-            raise InputError(f"Mask of shape {mask.shape} does not fit the labels slice {plane.shape}.")
-        if extend and not self.undo_stack:
-            raise InputError("Nothing to extend: commit an object first.")
-        if label_id is None:
-            label_id = self.undo_stack[-1].label_id if extend else next_free_id(labels)
-        writable = mask if overwrite else mask & (plane == 0)
-        writable &= plane != label_id  # pixels already holding the id need no undo record
-        rows, cols = np.nonzero(writable)
-        index = (rows, cols) if z is None else (np.full(len(rows), int(z)), rows, cols)
-        chunk = _Chunk(index, labels[index].copy(), np.full(len(rows), label_id, labels.dtype))
-        labels[index] = label_id
-        if extend:
-            edit = self.undo_stack[-1]
-        else:
-            edit = LabelEdit(int(label_id), description)
-            self.undo_stack.append(edit)
-        edit.chunks.append(chunk)
-        self.redo_stack.clear()
-        return edit
 
-    def undo(self, labels: np.ndarray) -> LabelEdit | None:
-        if not self.undo_stack:
-            return None
-        edit = self.undo_stack.pop()
-        for chunk in reversed(edit.chunks):
-            labels[chunk.index] = chunk.old
-        self.redo_stack.append(edit)
-        return edit
-
-    def redo(self, labels: np.ndarray) -> LabelEdit | None:
-        if not self.redo_stack:
-            return None
-        edit = self.redo_stack.pop()
-        for chunk in edit.chunks:
-            labels[chunk.index] = chunk.new
-        self.undo_stack.append(edit)
-        return edit
+def erase_object(target, label_id: int) -> int:
+    """Set every pixel of object ``label_id`` to background in one undo step; pixels erased."""
+    index = np.nonzero(np.asarray(target.data) == int(label_id))
+    if index[0].size:
+        with target.block_history():
+            target.data_setitem(index, 0)
+    return int(index[0].size)

@@ -9,7 +9,7 @@ import torch
 
 from .embedding_cache import CachedEmbedding, EmbeddingCache, image_digest
 from .errors import InputError
-from .intensity import INTENSITY_POLICIES
+from .intensity import check_policy
 from .transforms import postprocess_logits, prepare_image, scale_boxes, scale_coords, validate_image
 
 # ``box_window``: the mask is computed on the box's grid cells plus this much of the box's longer side on
@@ -59,9 +59,7 @@ class MiniSamPredictor:
 
     def set_image(self, image, intensity: str | None = None) -> CachedEmbedding:
         """Embed ``image`` (2D grey or RGB, any dtype) or take its embedding from the cache."""
-        policy = intensity or self.intensity
-        if policy not in INTENSITY_POLICIES:
-            raise InputError(f"Unknown intensity policy {policy!r}; choose one of {', '.join(INTENSITY_POLICIES)}.")
+        policy = check_policy(intensity or self.intensity)
         arr = validate_image(image)
         key = self.embedding_key(arr, policy)
         with self._lock:

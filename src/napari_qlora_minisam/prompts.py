@@ -72,6 +72,13 @@ class SlicePrompts:
     def is_empty(self) -> bool:
         return self.box is None and len(self.points_xy) == 0
 
+    @property
+    def key(self) -> tuple:
+        """A hashable identity of these prompts: a mask decoded for them is found again under it."""
+        box = None if self.box is None else np.asarray(self.box, np.float32).tobytes()
+        return (np.asarray(self.points_xy, np.float32).tobytes(), np.asarray(self.point_labels, np.int64).tobytes(),
+                box)
+
     def predict_kwargs(self) -> dict:
         """Keyword arguments for :meth:`MiniSamPredictor.predict`."""
         kwargs = {"box": self.box}
@@ -80,15 +87,19 @@ class SlicePrompts:
         return kwargs
 
 
-def slice_prompts(points=None, polarities=None, shapes=(), shape_types=(), z: int | None = None) -> SlicePrompts:
-    """Collect the prompts lying on slice ``z`` from napari points/shapes layer data.
+def slice_objects(points=None, polarities=None, shapes=(), shape_types=(), z: int | None = None) -> list[SlicePrompts]:
+    """The objects prompted on slice ``z``: one per rectangle, with the clicks that belong to it.
+
+    Each rectangle on the slice is one object, in the order the shapes layer holds them (the order they were
+    drawn). A click belongs to the smallest box that contains it, and a click outside every box to the
+    nearest box (a positive click just past a box's edge asks to grow that object). Without boxes, all the
+    clicks on the slice prompt one object.
 
     Args:
         points: points-layer ``data`` ``(N, D)`` in (…, row, col).
         polarities: per point ``"positive"``/``"negative"`` (or bool); missing means positive.
-        shapes: shapes-layer ``data``: a list of ``(V, D)`` vertex arrays.
-        shape_types: shapes-layer ``shape_type``; only rectangles are boxes. The last rectangle on the
-            slice wins: it is the one the user drew most recently.
+        shapes: shapes-layer ``data``: a list of ``(V, D)`` vertex arrays; only rectangles are boxes.
+        shape_types: shapes-layer ``shape_type``.
         z: slice index for 3D layers, ``None`` for 2D.
     """
     pts = np.zeros((0, 2), np.float32)
@@ -99,9 +110,19 @@ def slice_prompts(points=None, polarities=None, shapes=(), shape_types=(), z: in
         pts = rc_to_xy(points[keep])
         kinds = list(polarities) if polarities is not None else [POSITIVE] * len(points)
         labels = np.array([polarity_to_label(k) for k, kept in zip(kinds, keep) if kept], np.int64)
-    box = None
-    for vertices, kind in zip(shapes, shape_types):
-        vertices = np.asarray(vertices)
-        if kind == BOX_SHAPE_TYPE and on_slice(vertices, z).all():
-            box = rectangle_to_box(vertices)
-    return SlicePrompts(pts, labels, box)
+    boxes = [rectangle_to_box(v) for v, kind in zip(shapes, shape_types)
+             if kind == BOX_SHAPE_TYPE and on_slice(np.asarray(v), z).all()]
+    if not boxes:
+        return [SlicePrompts(pts, labels, None)] if len(pts) else []
+    owner = np.array([_owning_box(p, boxes) for p in pts], int)
+    return [SlicePrompts(pts[owner == i], labels[owner == i], box) for i, box in enumerate(boxes)]
+
+
+def _owning_box(point_xy: np.ndarray, boxes: list[np.ndarray]) -> int:
+    """Index of the smallest box holding the point, else of the box nearest to it."""
+    x, y = point_xy
+    corners = np.asarray(boxes, np.float64)
+    dx = np.maximum(0, np.maximum(corners[:, 0] - x, x - corners[:, 2]))
+    dy = np.maximum(0, np.maximum(corners[:, 1] - y, y - corners[:, 3]))
+    area = (corners[:, 2] - corners[:, 0]) * (corners[:, 3] - corners[:, 1])
+    return int(np.lexsort((area, np.hypot(dx, dy)))[0])  # nearest first (0 inside), then smallest

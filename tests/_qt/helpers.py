@@ -25,6 +25,27 @@ def wait_preview(qtbot, widget, painted_before, timeout=STEP_TIMEOUT_MS):
     qtbot.waitUntil(lambda: widget.previews_painted > painted_before and widget.is_idle, timeout=timeout)
 
 
+def draw_boxes(qtbot, widget, *boxes, z=None):
+    """Add boxes (x0, y0, x1, y1) to the picked image's box layer in one edit; wait for their preview."""
+    from napari_qlora_minisam.prompts import box_to_rectangle
+
+    before = widget.previews_painted
+    widget.layers["box"].add_rectangles([box_to_rectangle(b, z) for b in boxes])
+    wait_preview(qtbot, widget, before)
+
+
+def press_key(viewer, key):
+    """A key press resolved as napari resolves it: the active layer's bindings first, then the viewer's."""
+    from napari.utils.key_bindings import KeymapHandler
+
+    handler = KeymapHandler()
+    active = viewer.layers.selection.active
+    handler.keymap_providers = [viewer] if active is None else [active, viewer]
+    handled = handler.press_key(key)
+    handler.release_key(key)
+    return handled
+
+
 def press(layer, position, pos=(0, 0)):
     """A mouse press at ``position`` (world) through napari's own layer mouse bindings."""
     from napari.utils._test_utils import read_only_mouse_event
@@ -48,7 +69,7 @@ def release(layer, position, pos=(0, 0)):
     from napari.utils.interactions import mouse_release_callbacks
 
     mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=position, pos=np.array(pos),
-                                                         is_dragging=bool(layer._mouse_drag_gen)))
+                                                         is_dragging=True))
 
 
 def dice(a, b):

@@ -7,7 +7,7 @@ import pytest
 from qtpy.QtWidgets import QListView, QMainWindow, QVBoxLayout, QWidget
 
 from napari_qlora_minisam._qt.repaint_hold import RepaintHold
-from napari_qlora_minisam._qt.widget import LIST_REPAINT_DELAY_MS
+from napari_qlora_minisam._qt.live_preview import LIST_REPAINT_DELAY_MS
 from napari_qlora_minisam._sample_data import heart_mri
 from tests._qt.helpers import MODEL_TIMEOUT_MS, add_sample, dice, move, press, release, wait_idle, wait_preview
 from tests.conftest import tight_box
@@ -108,67 +108,81 @@ def test_not_docked_holds_nothing(qtbot):
 
 
 @pytest.mark.slow
-def test_layer_list_waits_for_the_preview(make_napari_viewer, qtbot):
+def test_layer_list_waits_for_the_preview(make_napari_viewer, qtbot, monkeypatch):
     """Threaded: a box edit holds napari's layer list until its preview is painted, then lets it repaint."""
+    from qtpy.QtWidgets import QAbstractItemView, QOpenGLWidget
+
     viewer = make_napari_viewer(show=True)
     _, reference = add_sample(viewer, heart_mri)
     _, widget = viewer.window.add_plugin_dock_widget("napari-qlora-minisam", "MiniSAM segmentation")
     wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
-    from napari._qt.containers import QtLayerList
-
-    layer_list = viewer.window._qt_viewer.layers
-    assert isinstance(layer_list, QtLayerList)
-    canvas = viewer.window._qt_viewer.canvas._scene_canvas.native  # napari's QOpenGLWidget
+    window = widget.window()
+    [canvas] = [w for w in window.findChildren(QOpenGLWidget) if w.isVisible()]  # napari's canvas
+    lists = [v for v in window.findChildren(QAbstractItemView) if v.isVisible() and not widget.isAncestorOf(v)]
+    assert lists, "napari's layer list should be an item view outside the widget"
+    live = widget.live
     from napari_qlora_minisam.prompts import box_to_rectangle
 
     before = widget.previews_painted
     seen_at_paint = []
     widget.preview_painted.connect(lambda: seen_at_paint.append(canvas.updatesEnabled()))
-    widget.shapes_layer.add_rectangles(box_to_rectangle(tight_box(reference.data == 1)))
-    assert widget._preview_running, "the edit should have started a decode in a worker"
-    assert layer_list in widget._list_hold.held and not layer_list.updatesEnabled()
-    assert widget._canvas_hold.held == (canvas,) and not canvas.updatesEnabled()
+    widget.layers["box"].add_rectangles(box_to_rectangle(tight_box(reference.data == 1)))
+    assert widget.session.preview.running is not None, "the edit should have started a decode in a worker"
+    assert set(lists) <= set(live.list_hold.held) and not any(v.updatesEnabled() for v in lists)
+    assert live.canvas_hold.held == (canvas,) and not canvas.updatesEnabled()
     wait_preview(qtbot, widget, before)
-    assert widget.preview is not None and widget.preview.mask.any()
+    assert widget.preview.masks[0].any()
     assert seen_at_paint[-1], "the canvas must draw the frame that shows the preview"
-    qtbot.waitUntil(layer_list.updatesEnabled, timeout=LIST_REPAINT_DELAY_MS + 5000)
-    assert widget._list_hold.held == ()
+    qtbot.waitUntil(lambda: all(v.updatesEnabled() for v in lists), timeout=LIST_REPAINT_DELAY_MS + 5000)
+    assert live.list_hold.held == ()
     # A click is held from napari's "adding" event, before napari asks the canvas to draw the point.
     held_when_added = []
-    widget.points_layer.events.data.connect(
+    widget.layers["points"].events.data.connect(
         lambda e: held_when_added.append((str(e.action), canvas.updatesEnabled())), position="first")
     before = widget.previews_painted
     ys, xs = np.nonzero(reference.data == 1)
-    widget.points_layer.add([ys.mean(), xs.mean()])
+    widget.layers["points"].add([ys.mean(), xs.mean()])
     assert ("added", False) in held_when_added
     wait_preview(qtbot, widget, before)
     qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
     # Drawing a box with the mouse: napari announces it ("adding") at the press, but the canvas must follow
-    # the drag, so nothing is held while the button is down, not even for the paused drag's preview.
+    # the drag, so nothing is held while the button is down, except for the paused drag's preview. Decodes
+    # wait on a gate here, so what is held while one runs can be seen.
+    import threading
+
+    from napari_qlora_minisam.annotation import PreviewJob
+
+    gate, real_run = threading.Event(), PreviewJob.run
+    monkeypatch.setattr(PreviewJob, "run", lambda job: gate.wait(30) and real_run(job))
     widget.clear_prompts()
     wait_idle(qtbot, widget)
-    widget.activate_box_mode()
-    shapes = widget.shapes_layer
+    widget.tools.activate_box_mode()
+    shapes = widget.layers["box"]
+    bottom, right = float(ys.max()) + 2, float(xs.max()) + 2  # not the box decoded above (that one is cached)
     press(shapes, (float(ys.min()), float(xs.min())))
-    assert len(shapes.data) == 1 and canvas.updatesEnabled() and widget._canvas_hold.held == ()
+    assert len(shapes.data) == 1 and canvas.updatesEnabled() and live.canvas_hold.held == ()
     before = widget.previews_painted
-    move(shapes, (float(ys.max()), float(xs.max())))
-    assert canvas.updatesEnabled() and widget._list_hold.held  # the list waits, the box is drawn
-    qtbot.waitUntil(lambda: widget._preview_running, timeout=5000)  # the drag rests: its preview decodes
-    assert widget._canvas_hold.held == (canvas,)  # the still box and its preview in one frame
+    move(shapes, (bottom, right))
+    assert canvas.updatesEnabled() and live.list_hold.held  # the list waits, the box is drawn
+    qtbot.waitUntil(lambda: widget.session.preview.running is not None, timeout=5000)  # the rest decodes
+    assert live.canvas_hold.held == (canvas,)  # the still box and its preview in one frame
+    gate.set()
     wait_preview(qtbot, widget, before)
     assert canvas.updatesEnabled() and seen_at_paint[-1]
-    move(shapes, (float(ys.max()) + 1, float(xs.max()) + 1))
-    qtbot.waitUntil(lambda: widget._preview_running, timeout=5000)
+    gate.clear()
+    move(shapes, (bottom + 1, right + 1))
+    qtbot.waitUntil(lambda: widget.session.preview.running is not None, timeout=5000)
+    assert live.canvas_hold.held == (canvas,)
     before = widget.previews_painted
-    move(shapes, (float(ys.max()), float(xs.max())))  # moving again frees the canvas at once
-    assert canvas.updatesEnabled() and widget._canvas_hold.held == ()
-    wait_preview(qtbot, widget, before)  # and the drag's next rest brings its preview
-    release(shapes, (float(ys.max()), float(xs.max())))
+    move(shapes, (bottom, right))  # moving again frees the canvas at once
+    assert canvas.updatesEnabled() and live.canvas_hold.held == ()
+    gate.set()
+    wait_preview(qtbot, widget, before)  # the drag's next rest brings its preview (decoded before: at once)
+    release(shapes, (bottom, right))
     wait_idle(qtbot, widget)
-    assert canvas.updatesEnabled() and dice(widget.preview.mask, reference.data == 1) > 0.8
+    assert canvas.updatesEnabled() and dice(widget.preview.masks[0], reference.data == 1) > 0.8
     # An edit that fails (box outside the image) releases the list and the canvas too.
-    widget.shapes_layer.add_rectangles(box_to_rectangle(np.array([5000, 5000, 5100, 5100], np.float32)))
+    shapes.add_rectangles(box_to_rectangle(np.array([5000, 5000, 5100, 5100], np.float32)))
     wait_idle(qtbot, widget)
-    qtbot.waitUntil(layer_list.updatesEnabled, timeout=5000)
-    assert canvas.updatesEnabled() and widget._canvas_hold.held == ()
+    qtbot.waitUntil(lambda: all(v.updatesEnabled() for v in lists), timeout=5000)
+    assert canvas.updatesEnabled() and live.canvas_hold.held == ()

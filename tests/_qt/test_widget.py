@@ -6,89 +6,139 @@ import numpy as np
 import pytest
 
 from napari_qlora_minisam._sample_data import heart_mri, lung_ct_volume
-from napari_qlora_minisam.prompts import NEGATIVE, PROMPT_FEATURE, box_to_rectangle, xy_to_rc
-from tests._qt.helpers import MODEL_TIMEOUT_MS, dice, press, release, wait_idle, wait_preview
+from napari_qlora_minisam.prompts import NEGATIVE, PROMPT_FEATURE, xy_to_rc
+from tests._qt.helpers import MODEL_TIMEOUT_MS, dice, draw_boxes, press, release, wait_idle, wait_preview
 from tests.conftest import tight_box
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 
-def draw_box(qtbot, widget, box, z=None):
-    before = widget.previews_painted
-    widget.shapes_layer.add_rectangles(box_to_rectangle(box, z))
-    wait_preview(qtbot, widget, before)
-
-
-def test_box_preview_points_commit_undo_redo(open_widget, qtbot):
+def test_box_preview_click_commit_and_napari_undo(open_widget, qtbot):
     viewer, widget, (image, reference) = open_widget(heart_mri)
     assert widget.model is not None and widget.model.source == "litemedsam", widget.message
-    assert widget.image_layer is image and widget.depth == 0
+    assert widget.binding.image is image and widget.session.depth == 0
+    assert [layer.name for layer in widget.layers.values()] == [f"cardiac MRI · {r}" for r in
+                                                                ("box", "points", "preview", "objects")]
+    assert viewer.layers.selection.active is widget.layers["box"]  # ready to draw
+    assert "Draw a box" in widget.ui.guidance.text()
     lv = reference.data == 1
 
-    fd = widget.model.fast_decoder()
-    grids = []
-    upscale = fd._upscale_tokens
-    fd._upscale_tokens = lambda keys, hyper, h, w: grids.append((h, w)) or upscale(keys, hyper, h, w)
-    draw_box(qtbot, widget, tight_box(lv))
-    del fd._upscale_tokens
-    box_only = widget.preview.mask.copy()
+    draw_boxes(qtbot, widget, tight_box(lv))
+    [box_only] = widget.preview.masks
     assert dice(box_only, lv) >= 0.85
-    assert widget.preview_layer.data.sum() == box_only.sum()  # what the user sees is the preview
-    assert grids and all(h * w < 64 * 64 for h, w in grids)  # the preview decoded around its box only
+    assert (widget.layers["preview"].data > 0).sum() == box_only.sum()  # what the user sees is the preview
+    assert widget.ui.guidance.text() == ""
 
-    # A drag starts with "changing" (data not changed yet): asking for a preview then would repaint the old
-    # mask as if it answered the edit. Only the "changed" at the release asks for one.
+    # A drag starts with "changing" (data not changed yet): a preview then would repaint the old mask as if it
+    # answered the edit. Only the "changed" at the release asks for one.
     from napari.layers.base._base_constants import ActionType
 
-    request = widget._request
-    widget.shapes_layer.events.data(value=widget.shapes_layer.data, action=ActionType.CHANGING,
-                                    data_indices=(0,), vertex_indices=((),))
-    assert widget._request == request
-    widget.shapes_layer.events.data(value=widget.shapes_layer.data, action=ActionType.CHANGED,
-                                    data_indices=(0,), vertex_indices=((),))
-    assert widget._request == request + 1
+    shapes, generation = widget.layers["box"], widget.session.preview.generation
+    shapes.events.data(value=shapes.data, action=ActionType.CHANGING, data_indices=(0,), vertex_indices=((),))
+    assert widget.session.preview.generation == generation
+    shapes.events.data(value=shapes.data, action=ActionType.CHANGED, data_indices=(0,), vertex_indices=((),))
+    assert widget.session.preview.generation == generation + 1
     wait_idle(qtbot, widget)
 
-    # A negative click (N toggles the polarity of the next clicks) must change the preview. It is clicked
-    # through napari's mouse bindings: decoded at the press, painted at the release.
-    widget.toggle_negative()
-    widget.activate_point_mode()
+    # A negative click (N toggles the polarity of the next clicks), through napari's mouse bindings: decoded
+    # at the press, painted at the release.
+    widget.tools.toggle_negative()
+    widget.tools.activate_point_mode()
     ys, xs = np.nonzero(lv)
     inside = tuple(xy_to_rc(np.array([[xs.mean(), ys.mean()]]))[0])
     before = widget.previews_painted
-    press(widget.points_layer, inside)
+    press(widget.layers["points"], inside)
     wait_idle(qtbot, widget)
-    release(widget.points_layer, inside)
-    assert widget.points_layer.features[PROMPT_FEATURE].iloc[-1] == NEGATIVE
+    release(widget.layers["points"], inside)
+    assert widget.layers["points"].features[PROMPT_FEATURE].iloc[-1] == NEGATIVE
     wait_preview(qtbot, widget, before)
-    assert widget.clicks_decoded_ahead == 1
-    assert not np.array_equal(widget.preview.mask, box_only)
-    clicked = widget.preview.mask.copy()
-    widget._last_decoded = None  # the same prompts decoded anew give the mask the press made
-    before = widget.previews_painted
-    widget.schedule_preview()
-    wait_preview(qtbot, widget, before)
-    np.testing.assert_array_equal(widget.preview.mask, clicked)
+    assert widget.session.preview.ahead_used == 1
+    assert not np.array_equal(widget.preview.masks[0], box_only)
 
-    # Commit writes the preview as object 1 and clears the prompts; the next commit gets id 2.
     widget.commit()
-    objects = widget.objects_layer.data
-    assert set(np.unique(objects)) == {0, 1}
-    assert len(widget.points_layer.data) == 0 and len(widget.shapes_layer.data) == 0
-    assert not widget.preview_layer.data.any() and widget.is_idle  # cleared at once, no decode of a half-clear
+    objects = widget.layers["objects"].data
+    assert set(np.unique(objects)) == {0, 1} and "Committed object 1 (LeftVentricle)" in widget.message
+    assert len(widget.layers["points"].data) == 0 and len(widget.layers["box"].data) == 0
+    assert not widget.layers["preview"].data.any()
+    assert widget.objects.rows == [("1", "LeftVentricle", "–", f"{(objects == 1).sum()} px")]
     first = objects.copy()
     rv = reference.data == 3
-    draw_box(qtbot, widget, tight_box(rv))
+    draw_boxes(qtbot, widget, tight_box(rv))
     widget.commit()
-    assert set(np.unique(objects)) == {0, 1, 2}
-    assert np.array_equal(objects == 1, first == 1)  # object 1 untouched
+    assert set(np.unique(objects)) == {0, 1, 2} and np.array_equal(objects == 1, first == 1)
     assert dice(objects == 2, rv) > 0.7
-
-    widget.undo()
+    widget.undo()  # the widget's Undo is napari's labels undo
     np.testing.assert_array_equal(objects, first)
-    widget.redo()
+    widget.layers["objects"].redo()
     assert set(np.unique(objects)) == {0, 1, 2}
-    assert "Redid" in widget.message
+    widget.layers["objects"].undo()  # napari's own undo (Ctrl+Z) takes a commit back too
+    np.testing.assert_array_equal(objects, first)
+
+
+def test_several_boxes_commit_as_several_objects(open_widget, qtbot):
+    viewer, widget, (image, reference) = open_widget(heart_mri)
+    lv, rv = reference.data == 1, reference.data == 3
+    draw_boxes(qtbot, widget, tight_box(lv), tight_box(rv))
+    assert len(widget.preview.masks) == 2
+    preview = widget.layers["preview"].data
+    assert set(np.unique(preview)) == {0, 1, 2}  # each object previewed, as its own outline
+    widget.commit()
+    objects = widget.layers["objects"].data
+    assert dice(objects == 1, lv) > 0.85 and dice(objects == 2, rv) > 0.7
+    assert [row[:2] for row in widget.objects.rows] == [("1", "LeftVentricle"), ("2", "LeftVentricularMyocardium")]
+    widget.undo()  # one step for the batch
+    assert not objects.any()
+
+
+def test_undo_after_a_brush_stroke_keeps_the_stroke(open_widget, qtbot):
+    viewer, widget, (image, reference) = open_widget(heart_mri)
+    draw_boxes(qtbot, widget, tight_box(reference.data == 1))
+    widget.commit()
+    labels = widget.layers["objects"]
+    labels.selected_label = 1
+    labels.mode = "paint"
+    labels.brush_size = 5
+    labels.paint((20, 20), 1)  # the user corrects by hand, away from the ventricle
+    stroke = labels.data.copy()
+    draw_boxes(qtbot, widget, tight_box(reference.data == 3))
+    widget.commit()
+    widget.undo()
+    np.testing.assert_array_equal(labels.data, stroke)  # the newest commit went, the stroke stayed
+    widget.undo()
+    assert labels.data[20, 20] == 0 and (labels.data == 1).any()  # then the stroke, in order
+    widget.redo()
+    np.testing.assert_array_equal(labels.data, stroke)
+    assert widget.objects.rows[0][3] == f"{(stroke == 1).sum()} px"  # the table counts what is there
+
+
+def test_propagation_through_the_lung_volume(open_widget, qtbot):
+    viewer, widget, (image, reference) = open_widget(lung_ct_volume)
+    assert widget.session.depth == 1
+    tumour = reference.data > 0
+    zs = np.nonzero(tumour.any(axis=(1, 2)))[0]
+    mid = int(zs[len(zs) // 2])
+    viewer.dims.set_current_step(0, mid)
+    assert widget.current_z() == mid
+    wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
+    draw_boxes(qtbot, widget, tight_box(tumour[mid]), z=mid)
+    assert widget.preview.z == mid
+    widget.commit()
+    objects = widget.layers["objects"].data
+    assert objects[mid].any() and not objects[mid - 1].any()
+    assert widget.objects.rows[0][:3] == ("1", "LungTumour", str(mid))
+    assert widget.objects.rows[0][3].endswith("mL")
+
+    widget.ui.max_slices.setValue(len(zs) // 2)
+    widget.propagate()
+    assert widget.ui.cancel.isEnabled() and not widget.ui.propagate_progress.isHidden()
+    qtbot.waitUntil(lambda: not widget.is_propagating, timeout=MODEL_TIMEOUT_MS)
+    scores = [dice(objects[z] == 1, tumour[z]) for z in zs]
+    assert np.mean(scores) >= 0.7, (scores, widget.message)
+    assert "Propagated object 1" in widget.message and "Stopped" in widget.message
+    assert not not widget.ui.propagate_progress.isHidden()
+    assert not np.delete(widget.layers["preview"].data, mid, axis=0).any()  # the run's slices left the preview
+    widget.undo()  # one step removes the whole propagation, keeps the committed slice
+    assert objects[mid].any() and not np.delete(objects, mid, axis=0).any()
 
 
 def make_adapter(tmp_path, source):
@@ -105,12 +155,12 @@ def test_model_and_adapter_switches_keep_committed_labels(open_widget, qtbot, tm
     good = make_adapter(tmp_path, "litemedsam")
     make_adapter(tmp_path, "tiny_hf_sam")  # made for another base: must be refused
     viewer, widget, (image, reference) = open_widget(heart_mri)
-    draw_box(qtbot, widget, tight_box(reference.data == 1))
+    draw_boxes(qtbot, widget, tight_box(reference.data == 1))
     widget.commit()
-    committed = widget.objects_layer.data.copy()
+    committed = widget.layers["objects"].data.copy()
     base = widget.model
 
-    widget.refresh_adapters()
+    widget.models.refresh_adapters()
     names = [widget.ui.adapter.itemText(i) for i in range(widget.ui.adapter.count())]
     assert names[0] == "none" and any(good.name in n for n in names)
     widget.ui.adapter.setCurrentIndex(next(i for i, n in enumerate(names) if n.startswith(good.name)))
@@ -124,41 +174,21 @@ def test_model_and_adapter_switches_keep_committed_labels(open_widget, qtbot, tm
     assert widget.model.active_adapter == good.name
     assert widget.ui.adapter.currentText().startswith(good.name)  # the drop-down shows what is active
 
+    widget.ui.quantize.setChecked(True)  # reloads in 4 bits and keeps the adapter
+    wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
+    assert widget.model.quantization == "nf4" and widget.model.active_adapter == good.name, widget.message
+    assert widget.ui.adapter.currentText().startswith(good.name) and widget.ui.quantize.isChecked()
+
     widget.load_model("/nonexistent/model.pth")
     wait_idle(qtbot, widget)
-    assert "does not exist" in widget.message and widget.model is base
+    assert "does not exist" in widget.message and widget.model.quantization == "nf4"
+    assert widget.ui.model.currentText() == "litemedsam"  # the box shows the model in use, not the failed one
 
     widget.load_model("tiny_hf_sam")
     wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
-    assert widget.model is not base and widget.model.source == "tiny_hf_sam"
-    np.testing.assert_array_equal(widget.objects_layer.data, committed)
-    # the new model still previews (and its preview is not the old model's)
-    draw_box(qtbot, widget, tight_box(reference.data == 3))
+    assert widget.model.source == "tiny_hf_sam"
+    assert "does not exist" not in widget.message  # the model error is gone once a model loads
+    np.testing.assert_array_equal(widget.layers["objects"].data, committed)
+    draw_boxes(qtbot, widget, tight_box(reference.data == 3))
     assert widget.preview is not None
-    np.testing.assert_array_equal(widget.objects_layer.data, committed)
-
-
-def test_propagation_through_the_lung_volume(open_widget, qtbot):
-    viewer, widget, (image, reference) = open_widget(lung_ct_volume)
-    assert widget.depth == 1
-    tumour = reference.data > 0
-    zs = np.nonzero(tumour.any(axis=(1, 2)))[0]
-    mid = int(zs[len(zs) // 2])
-    viewer.dims.set_current_step(0, mid)
-    assert widget.current_z() == mid
-    wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
-    draw_box(qtbot, widget, tight_box(tumour[mid]), z=mid)
-    assert widget.preview.z == mid
-    widget.commit()
-    assert widget.objects_layer.data[mid].any() and not widget.objects_layer.data[mid - 1].any()
-
-    widget.ui.max_slices.setValue(len(zs) // 2)
-    widget.propagate()
-    assert widget.ui.cancel.isEnabled()
-    qtbot.waitUntil(lambda: not widget.is_propagating, timeout=MODEL_TIMEOUT_MS)
-    objects = widget.objects_layer.data
-    scores = [dice(objects[z] == 1, tumour[z]) for z in zs]
-    assert np.mean(scores) >= 0.7, (scores, widget.message)
-    assert "Propagated to" in widget.message
-    widget.undo()  # one step removes the whole propagation, keeps the committed slice
-    assert objects[mid].any() and not np.delete(objects, mid, axis=0).any()
+    np.testing.assert_array_equal(widget.layers["objects"].data, committed)

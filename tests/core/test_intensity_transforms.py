@@ -126,3 +126,15 @@ def test_low_res_logits_are_upsampled_first():
         _, _, input_hw = prepare_image(np.eye(*hw), PreprocessSpec(target, "minmax"))
         out = postprocess_logits(torch.ones(2, 3, low_size, low_size), input_hw, hw, target)
         assert out.shape == (2, 3, *hw)
+
+
+def test_display_range_feeds_the_model_what_the_viewer_shows():
+    from napari_qlora_minisam.intensity import check_policy, display_range
+
+    hu = np.array([[-1350.0, -600.0, 150.0, 400.0]])
+    policy = display_range(-1350, 150)  # a lung window set with napari's contrast limits
+    assert check_policy(policy) == policy
+    np.testing.assert_allclose(normalize_intensity(hu, policy), [[0.0, 0.5, 1.0, 1.0]])
+    np.testing.assert_allclose(normalize_intensity(hu, policy), normalize_intensity(hu, "ct_lung"))
+    with pytest.raises(InputError, match="one value"):
+        normalize_intensity(hu, display_range(5, 5))

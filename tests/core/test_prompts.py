@@ -11,7 +11,7 @@ from napari_qlora_minisam.prompts import (
     polarity_to_label,
     rc_to_xy,
     rectangle_to_box,
-    slice_prompts,
+    slice_objects,
     xy_to_rc,
 )
 
@@ -38,31 +38,34 @@ def test_box_rectangle_round_trip_and_backwards_drag():
     np.testing.assert_array_equal(rectangle_to_box(box_to_rectangle(box, z=3)), box)
 
 
-def test_slice_prompts_2d_points_and_last_rectangle():
-    points = np.array([[10, 20], [30, 40]], float)
-    rects = [box_to_rectangle([0, 0, 5, 5]), box_to_rectangle([1, 2, 50, 60])]
-    p = slice_prompts(points, [POSITIVE, NEGATIVE], rects, ["rectangle", "rectangle"])
-    np.testing.assert_array_equal(p.points_xy, [[20, 10], [40, 30]])
-    np.testing.assert_array_equal(p.point_labels, [1, 0])
-    np.testing.assert_array_equal(p.box, [1, 2, 50, 60])
-    kwargs = p.predict_kwargs()
-    assert set(kwargs) == {"box", "points", "point_labels"}
+def test_each_rectangle_is_an_object_with_the_clicks_inside_it():
+    points = np.array([[10, 20], [30, 40], [3, 3], [90, 90]], float)  # (row, col)
+    rects = [box_to_rectangle([0, 0, 5, 5]), box_to_rectangle([1, 2, 50, 60])]  # (x0, y0, x1, y1)
+    small, big = slice_objects(points, [POSITIVE, NEGATIVE, POSITIVE, NEGATIVE], rects, ["rectangle", "rectangle"])
+    np.testing.assert_array_equal(small.box, [0, 0, 5, 5])
+    np.testing.assert_array_equal(small.points_xy, [[3, 3]])  # inside both: the smaller box owns it
+    np.testing.assert_array_equal(big.box, [1, 2, 50, 60])
+    # (20, 10) and (40, 30) lie inside the big box; (90, 90) is outside both and goes to the nearest box
+    np.testing.assert_array_equal(big.points_xy, [[20, 10], [40, 30], [90, 90]])
+    np.testing.assert_array_equal(big.point_labels, [1, 0, 0])
+    assert set(big.predict_kwargs()) == {"box", "points", "point_labels"}
+    assert small.key != big.key and small.key == slice_objects([[3, 3]], None, rects[:1], ["rectangle"])[0].key
 
 
-def test_slice_prompts_keeps_only_the_slice_in_view():
+def test_clicks_without_boxes_are_one_object_and_other_slices_are_left_out():
     points = np.array([[2, 10, 20], [3, 30, 40], [2.2, 5, 6]], float)
     rects = [box_to_rectangle([1, 2, 3, 4], z=3), box_to_rectangle([5, 6, 7, 8], z=2)]
-    p = slice_prompts(points, [POSITIVE, POSITIVE, NEGATIVE], rects, ["rectangle", "rectangle"], z=2)
-    np.testing.assert_array_equal(p.points_xy, [[20, 10], [6, 5]])
-    np.testing.assert_array_equal(p.point_labels, [1, 0])
-    np.testing.assert_array_equal(p.box, [5, 6, 7, 8])
-    empty = slice_prompts(points, None, rects, ["rectangle", "rectangle"], z=9)
-    assert empty.is_empty and empty.predict_kwargs() == {"box": None}
+    [obj] = slice_objects(points, [POSITIVE, POSITIVE, NEGATIVE], rects, ["rectangle", "rectangle"], z=2)
+    np.testing.assert_array_equal(obj.box, [5, 6, 7, 8])
+    np.testing.assert_array_equal(obj.points_xy, [[20, 10], [6, 5]])
+    np.testing.assert_array_equal(obj.point_labels, [1, 0])
+    [clicks] = slice_objects(points, None, [], [], z=2)
+    assert clicks.box is None and len(clicks.points_xy) == 2
+    assert slice_objects(points, None, rects, ["rectangle", "rectangle"], z=9) == []
 
 
 def test_non_rectangles_are_not_boxes():
-    p = slice_prompts(None, None, [box_to_rectangle([1, 2, 3, 4])], ["ellipse"])
-    assert p.box is None and p.is_empty
+    assert slice_objects(None, None, [box_to_rectangle([1, 2, 3, 4])], ["ellipse"]) == []
 
 
 def test_on_slice_and_polarity():
@@ -81,7 +84,7 @@ def test_prompts_from_napari_coordinates_segment_the_right_place(litemedsam, hea
     lv = label == 85
     ys, xs = np.nonzero(lv)
     rect = np.array([[ys.min(), xs.min()], [ys.min(), xs.max()], [ys.max(), xs.max()], [ys.max(), xs.min()]])
-    prompts = slice_prompts(None, None, [rect], ["rectangle"])
+    [prompts] = slice_objects(None, None, [rect], ["rectangle"])
     predictor = MiniSamPredictor(litemedsam)
     predictor.set_image(image)
     masks, _, _ = predictor.predict(**prompts.predict_kwargs(), multimask=False)

@@ -282,15 +282,18 @@ def test_bf16_decoder_is_opt_in_and_keeps_the_masks(own_litemedsam, heart_slice)
     ys, xs = np.nonzero(lv)
     click = np.array([[xs.mean(), ys.mean()]], np.float32)
     fp32_box = predictor.predict(box=box, multimask=False)[0][0]
-    fp32_click = predictor.predict(points=click, point_labels=np.array([1]), multimask=True)[0]
+    fp32_click, _, fp32_logits = predictor.predict(points=click, point_labels=np.array([1]), multimask=True)
     model.decoder_precision = "bf16"
     try:
         bf16_box, _, low = predictor.predict(box=box, multimask=False)
-        bf16_click = predictor.predict(points=click, point_labels=np.array([1]), multimask=True)[0]
+        bf16_click, _, bf16_logits = predictor.predict(points=click, point_labels=np.array([1]), multimask=True)
         assert np.asarray(low).dtype == np.float32
         assert dice(fp32_box, bf16_box[0]) > 0.99
+        # A lone click gives LiteMedSAM masks of a dozen pixels (it was trained with boxes), where one pixel
+        # is Dice 0.04: compare the logits, and allow a pixel whose logit sits at the threshold to flip.
+        assert np.abs(fp32_logits - bf16_logits).max() < 0.05
         for a, b in zip(fp32_click, bf16_click):
-            assert dice(a, b) > 0.97
+            assert (a != b).sum() <= max(1, 0.03 * a.sum())
         model.decoder_precision = "fp16"
         with pytest.raises(ValueError, match="decoder_precision"):
             predictor.predict(box=box, multimask=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFormLayout,
@@ -12,12 +13,16 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTableWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+AS_DISPLAYED = "as displayed"  # the image layer's contrast limits (see intensity.display_range)
 INTENSITY_CHOICES = {
     "min–max": "minmax",
+    AS_DISPLAYED: AS_DISPLAYED,
     "percentile 0.5–99.5": "percentile",
     "CT soft tissue (W400 L40)": "ct_soft_tissue",
     "CT lung (W1500 L−600)": "ct_lung",
@@ -42,10 +47,22 @@ class Controls:
         outer = QVBoxLayout(parent)
 
         self.image = QComboBox()
-        self.image.setToolTip("The image layer to segment (2D slice or 3D Z,Y,X stack).")
+        self.image.setToolTip("The image layer to segment (2D slice or 3D Z,Y,X stack). Each image keeps its "
+                              "own prompts, preview and objects layers.")
+        self.help = QToolButton()
+        self.help.setText("?")
+        self.help.setCheckable(True)
+        self.help.setToolTip("Keyboard shortcuts")
         top = QFormLayout()
-        top.addRow("Image", self.image)
+        top.addRow("Image", _row(self.image, self.help))
         outer.addLayout(top)
+        self.shortcuts = QLabel()
+        self.shortcuts.setVisible(False)
+        outer.addWidget(self.shortcuts)
+        self.guidance = QLabel()
+        self.guidance.setWordWrap(True)
+        self.guidance.setStyleSheet("color: #9fd5ff;")
+        outer.addWidget(self.guidance)
 
         model_box = QGroupBox("Model")
         form = QFormLayout(model_box)
@@ -76,7 +93,8 @@ class Controls:
         form.addRow("Adapter", _row(self.adapter, self.refresh_adapters))
         self.intensity = QComboBox()
         self.intensity.addItems(list(INTENSITY_CHOICES))
-        self.intensity.setToolTip("How raw intensities (e.g. CT Hounsfield units) are mapped for the model.")
+        self.intensity.setToolTip("How raw intensities (e.g. CT Hounsfield units) are mapped for the model; "
+                                  "'as displayed' feeds it the image layer's contrast limits.")
         form.addRow("Intensity", self.intensity)
         outer.addWidget(model_box)
 
@@ -95,13 +113,23 @@ class Controls:
         objects_box = QGroupBox("Objects")
         ov = QVBoxLayout(objects_box)
         self.commit = QPushButton("Commit (C)")
-        self.commit.setToolTip("Write the preview into the objects layer as a new label (shortcut C).")
+        self.commit.setToolTip("Write every previewed object into the objects layer, each box its own label, "
+                               "in one undo step (shortcut C).")
         self.undo = QPushButton("Undo")
+        self.undo.setToolTip("napari's undo of the objects layer: commits and brush strokes, in order (Ctrl+Z).")
         self.redo = QPushButton("Redo")
         ov.addLayout(_row(self.commit, self.undo, self.redo))
         self.overwrite = QCheckBox("overwrite other objects")
         self.overwrite.setToolTip("Off: a new object only fills background pixels.")
-        ov.addWidget(self.overwrite)
+        self.delete_object = QPushButton("Delete object")
+        self.delete_object.setToolTip("Erase the selected object from the objects layer (undoable).")
+        ov.addLayout(_row(self.overwrite, self.delete_object))
+        self.objects = QTableWidget(0, 4)
+        self.objects.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
+                                     | QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.objects.setMinimumHeight(110)
+        self.objects.setToolTip("Committed objects of this image; double-click a name to edit it.")
+        ov.addWidget(self.objects)
         outer.addWidget(objects_box)
 
         volume_box = QGroupBox("3D")
@@ -118,7 +146,7 @@ class Controls:
         vv.addLayout(_row(QLabel("Slices each way"), self.max_slices))
         vv.addLayout(_row(self.propagate, self.cancel))
         self.propagate_progress = QProgressBar()
-        self.propagate_progress.setFormat("%v / %m slices")
+        self.propagate_progress.setTextVisible(True)
         self.propagate_progress.setVisible(False)
         vv.addWidget(self.propagate_progress)
         outer.addWidget(volume_box)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-SAMPLES = ("heart_mri", "pancreas_ct", "lung_ct_volume")
+SAMPLES = ("heart_mri", "pancreas_ct", "brain_mri", "lung_ct_volume")
 PLUGIN, WIDGET = "napari-qlora-minisam", "MiniSAM segmentation"
 
 

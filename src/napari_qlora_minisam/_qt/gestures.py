@@ -21,8 +21,7 @@ import weakref
 import numpy as np
 
 from ..prompts import PROMPT_FEATURE
-
-_MARK = "_minisam_gesture"
+from .napari_compat import put_drag_callback_first, remove_drag_callback
 
 
 def predicted_click(layer, event) -> tuple[np.ndarray, list] | None:
@@ -60,9 +59,11 @@ def install(layer, owner) -> None:
         if (watcher := ref()) is not None:
             watcher.gesture_released(layer)
 
-    setattr(minisam_gesture, _MARK, True)
-    callbacks = layer.mouse_drag_callbacks
-    callbacks[:] = [cb for cb in callbacks if not getattr(cb, _MARK, False)]
-    # napari appends its mode callbacks, so this one stays first: at a release it ends before napari's
-    # callback emits the data event, and at a press it runs before napari adds anything.
-    callbacks.insert(0, minisam_gesture)
+    # First, so that at a release it ends before napari's callback emits the data event, and at a press it
+    # runs before napari adds anything (see napari_compat).
+    put_drag_callback_first(layer, minisam_gesture)
+
+
+def uninstall(layer) -> None:
+    """Stop watching ``layer`` (the widget closed)."""
+    remove_drag_callback(layer)

@@ -1,102 +1,96 @@
-"""The widget's 3D propagation: pick the committed object, run ``volume.propagate`` in a worker, write
-each slice into the objects layer as it arrives (one undo step for the whole run), progress and cancel."""
+"""3D propagation for the widget: one run at a time, shown in the preview layer while it runs, committed
+into the objects layer in one undo step when it ends (or is cancelled: the slices done so far are kept)."""
 
 from __future__ import annotations
 
-import numpy as np
+from qtpy.QtCore import QObject, Signal
 
+from ..errors import MiniSamError
 from . import tasks, workers
 
 
-class PropagationController:
-    """Owns one propagation run at a time for a ``MiniSamWidget``."""
+class PropagationRun(QObject):
+    """Runs ``session.propagate`` in a worker, shows its progress, and says how it ended."""
 
-    def __init__(self, widget):
-        self.widget = widget
+    ended = Signal()
+
+    def __init__(self, running: set, progress_bar, status, parent=None):
+        super().__init__(parent)
+        self.running = running
+        self.bar = progress_bar
+        self.status = status  # the widget's StatusLine
         self.worker = None
-        self.slices: list[int] = []
+        self.cancelled = False
+        self._run = None  # (binding, label_id, steps, overwrite)
+        self._stopped = ""  # why each direction stopped (from the generator's result)
+        self._error = None
 
     @property
-    def running(self) -> bool:
+    def active(self) -> bool:
         return self.worker is not None
 
-    def object_on_slice(self, z: int) -> int | None:
-        """The object to propagate: the objects layer's selected label, else the last committed one."""
-        w = self.widget
-        labels = w.objects_layer.data[z]
-        candidates = [w.objects_layer.selected_label]
-        if w.editor.undo_stack:
-            candidates.append(w.editor.undo_stack[-1].label_id)
-        for label_id in candidates:
-            if label_id and (labels == label_id).any():
-                return int(label_id)
-        return None
-
-    def start(self) -> None:
-        w = self.widget
-        if self.running:
+    def start(self, binding, max_slices: int | None, overwrite: bool) -> None:
+        """Propagate the object on the slice in view of ``binding``'s image: the selected label, else the last
+        committed (a message says why when there is none)."""
+        session = binding.session
+        if self.active or session.engine is None:
             return
-        if w.depth != 1 or w.objects_layer is None:
-            w.show_message("Propagation needs a 3D (Z, Y, X) image.", error=True)
+        selected = None if session.labels is None else session.labels.selected_label
+        try:
+            label_id, start_mask = session.propagation_seed(selected)
+        except MiniSamError as exc:
+            self.status.error("propagation", exc)
             return
-        if w.predictor is None:
-            w.show_message("The model is still loading.", error=True)
-            return
-        z = w.current_z()
-        label_id = self.object_on_slice(z)
-        if label_id is None:
-            w.show_message(f"No committed object on slice {z}: commit one here (or select its label in "
-                           "the objects layer) before propagating.", error=True)
-            return
-        start_mask = w.objects_layer.data[z] == label_id
-        # An empty step that every propagated slice extends, so one Undo removes the whole run.
-        w.editor.commit(w.objects_layer.data, np.zeros_like(start_mask), z, label_id=label_id,
-                        description="propagation")
-        ui = w.ui
-        ui.propagate_progress.setRange(0, 1)
-        ui.propagate_progress.setValue(0)
-        ui.propagate_progress.setVisible(True)
-        ui.cancel.setEnabled(True)
-        self.slices = []
-        self.worker = workers.start(
-            tasks.propagate_task, w.predictor, w.image_layer.data, w.intensity, z, start_mask,
-            ui.max_slices.value() or None,
-            on_yielded=lambda step: self._on_step(step, label_id),
-            on_returned=self._on_done, on_errored=w._error, on_finished=self._on_finished, keep=w._workers)
-        if workers.run_synchronously():
-            self._on_finished()  # the inline run ended before start() returned
-        w._update_buttons()
+        self.cancelled, self._stopped, self._error = False, "", None
+        self._run = (binding, label_id, [], overwrite)
+        self._progress(f"propagating object {label_id} from slice {session.z}…", 0, 1)
+        self.worker = workers.start(tasks.propagate_task, session, start_mask, max_slices,
+                                    on_yielded=self._step, on_returned=self._returned,
+                                    on_errored=self._failed, on_finished=self._finished, keep=self.running)
 
     def cancel(self) -> None:
         if self.worker is not None:
+            self.cancelled = True
             self.worker.quit()
-            self.widget.show_message(f"Propagation cancelled after {len(self.slices)} slices "
-                                     "(those stay; Undo removes them).")
 
-    def _on_step(self, step, label_id: int) -> None:
-        w = self.widget
-        w.editor.commit(w.objects_layer.data, step.mask, step.z, label_id=label_id,
-                        overwrite=w.ui.overwrite.isChecked(), extend=True)
-        self.slices.append(step.z)
-        # Only a slice in view needs a redraw now; napari reads the others from the array when the user
-        # goes there. (A refresh per propagated slice stalled the Qt thread ~100 ms each under software GL.)
-        if step.z == w.current_z() or w.viewer.dims.ndisplay == 3:
-            w.objects_layer.refresh()
-        w.ui.propagate_progress.setRange(0, step.total)
-        w.ui.propagate_progress.setValue(step.done)
-        w.show_message(f"Propagating: slice {step.z} done ({len(self.slices)} slices).")
+    def _step(self, step) -> None:
+        binding, label_id, steps, _ = self._run
+        steps.append(step)
+        binding.paint_slice(step.z, step.mask)
+        self._progress(f"propagating object {label_id}: slice {step.z} ({step.done}/{step.total})",
+                       step.done, step.total)
 
-    def _on_done(self, result) -> None:
+    def _progress(self, text: str, done: int, total: int) -> None:
+        self.bar.setRange(0, max(total, 1))
+        self.bar.setValue(done)
+        self.bar.setFormat(text)
+        self.bar.setVisible(True)
+
+    def _returned(self, result) -> None:
         reasons = "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in sorted(result.stopped.items()))
-        slices = sorted(self.slices)
-        span = f"slices {slices[0]}–{slices[-1]}" if slices else "no new slice"
-        self.widget.show_message(f"Propagated to {len(slices)} slices ({span}). Stopped {reasons}.")
+        self._stopped = f" Stopped {reasons}."
 
-    def _on_finished(self) -> None:
-        w = self.widget
-        self.worker = None
-        if w.objects_layer is not None:
-            w.objects_layer.refresh()  # once, for the layer-list thumbnail
-        w.ui.cancel.setEnabled(False)
-        w.ui.propagate_progress.setVisible(False)
-        w._update_buttons()
+    def _failed(self, exc) -> None:
+        self._error = exc
+
+    def _finished(self) -> None:
+        binding, label_id, steps, overwrite = self._run
+        self.worker, self._run = None, None
+        self.bar.setVisible(False)
+        if binding.session.labels is None and steps:
+            binding.ensure("objects")  # deleted meanwhile: made again, the run is not lost
+        # The slices segmented before a cancel or a failure are kept: they cost the user time.
+        written = binding.session.commit_propagation(label_id, steps, overwrite) if steps else 0
+        for step in steps:
+            binding.paint_slice(step.z, None)
+        zs = sorted(s.z for s in steps)
+        span = f" (slices {zs[0]}–{zs[-1]})" if zs else ""
+        if self._error is not None:
+            self.status.error("propagation", self._error)
+        elif self.cancelled:
+            self.status.info(f"Propagation cancelled after {len(zs)} slices{span}: those are kept, {written} px "
+                             "(Ctrl+Z takes them back).", clears=("propagation",))
+        else:
+            self.status.info(f"Propagated object {label_id} to {len(zs)} slices{span}, {written} px, one undo "
+                             f"step.{self._stopped}", clears=("propagation",))
+        self.ended.emit()

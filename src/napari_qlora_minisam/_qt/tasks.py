@@ -1,95 +1,60 @@
 """The widget's compute as plain generators, run by ``workers.start`` off the Qt thread.
 
-One lock serialises every use of the model: ``set_image`` + ``predict`` must happen as a pair, or a slice
-being embedded in one worker could swap the image under a preview being decoded in another.
+Each yields what a progress bar shows and returns its result. Model use is serialised by the engine's own
+lock (``annotation.SegmentationEngine``), so an adapter switch never lands between a ``set_image`` and
+its decode.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
-
-import numpy as np
-
-from ..prompts import SlicePrompts
-from ..volume import SliceSegmenter, StopRules, propagate
-
-MODEL_LOCK = threading.RLock()
+from ..errors import AdapterError
 
 
-@dataclass(frozen=True)
-class PreviewResult:
-    request: int  # the preview request this answers; older ones are dropped by the widget
-    z: int | None
-    mask: np.ndarray
-    score: float
-
-
-def load_model_task(source: str, quantize: str | None, device: str):
+def load_model_task(source: str, quantize: str | None, device: str, adapter=None):
+    """``(backend, warning)``: the model, with ``adapter`` (``(path, name)``) loaded and active if it fits."""
     yield f"Loading {source}{' (4-bit NF4)' if quantize else ''}…"
+    from ..adapters import load_adapter
     from ..loading import load_model
 
-    return load_model(source, quantize=quantize, device=device)
+    backend = load_model(source, quantize=quantize, device=device)
+    warning = None
+    if adapter is not None:
+        try:
+            load_adapter(backend, adapter[0], name=adapter[1])
+        except AdapterError as exc:
+            warning = f"Loaded {backend.name} without its adapter: {exc}"
+    return backend, warning
 
 
-def switch_adapter_task(backend, entry):
-    """Activate adapter ``entry`` (an ``AdapterEntry``, or ``None`` for the bare base); base stays loaded."""
+def switch_adapter_task(engine, entry):
+    """Activate adapter ``entry`` (an ``AdapterEntry``, or ``None`` for the bare base); the base stays loaded."""
     from ..adapters import load_adapter, set_adapter
 
     yield "Switching adapter…"
-    with MODEL_LOCK:
+    with engine.lock:
         if entry is None:
-            set_adapter(backend, None)
+            set_adapter(engine.backend, None)
             return None
-        name = load_adapter(backend, entry.path, name=entry.name)
-        set_adapter(backend, name)
+        name = load_adapter(engine.backend, entry.path, name=entry.name)
+        set_adapter(engine.backend, name)
     return name
 
 
-def is_embedded(predictor, image: np.ndarray, intensity: str) -> bool:
-    try:
-        return predictor.embedding_key(image, intensity) in predictor.cache
-    except Exception:  # noqa: BLE001 - a bad image is reported by set_image itself
-        return False
-
-
-def embed_task(predictor, image: np.ndarray, intensity: str, z: int | None):
-    """Embed one slice into the predictor's cache (no-op when cached)."""
-    if not is_embedded(predictor, image, intensity):
-        yield ("embedding", z)
-        with MODEL_LOCK:
-            predictor.set_image(image, intensity)
+def embed_task(engine, plane, intensity: str, z):
+    """Embed one plane into the cache; yields ``z`` first when it is not cached (the progress bar's cue)."""
+    if not engine.is_embedded(plane, intensity):
+        yield z
+        engine.embed(plane, intensity)
     return z
 
 
-def preview_task(predictor, image: np.ndarray, intensity: str, prompts: SlicePrompts, request: int,
-                 z: int | None):
-    """Decode the prompts of one slice (embedding it first if needed)."""
-    if not is_embedded(predictor, image, intensity):
-        yield ("embedding", z)
-    # A lone click is ambiguous (part or whole?): ask for three masks and keep the best-scored one.
-    multimask = prompts.box is None and len(prompts.points_xy) == 1
-    with MODEL_LOCK:
-        predictor.set_image(image, intensity)
-        # box_window: a preview needs the mask around its box only (the decode is ~a quarter cheaper).
-        masks, scores, _ = predictor.predict(**prompts.predict_kwargs(), multimask=multimask, box_window=True)
-    best = int(np.argmax(scores))
-    return PreviewResult(request, z, masks[best], float(scores[best]))
+def preview_task(job):
+    """Decode a :class:`PreviewJob`; yields its slice first when the slice must be embedded."""
+    if job.needs_embedding:
+        yield job.z
+    return job.run()
 
 
-class _LockedSegmenter(SliceSegmenter):
-    def __call__(self, z, box):
-        with MODEL_LOCK:  # per slice, so previews can interleave with a long propagation
-            return super().__call__(z, box)
-
-
-def propagate_task(predictor, stack, intensity: str, start_z: int, start_mask: np.ndarray,
-                   max_slices: int | None, margin: float = 0.1, rules: StopRules = StopRules()):
-    segmenter = _LockedSegmenter(predictor, stack, intensity)
-    result = yield from propagate(segmenter, start_z, start_mask, len(stack), margin=margin,
-                                  rules=rules, max_slices=max_slices, stack=stack)
-    return result
-
-
-__all__ = ["MODEL_LOCK", "PreviewResult", "embed_task", "load_model_task", "preview_task",
-           "propagate_task", "switch_adapter_task"]
+def propagate_task(session, start_mask, max_slices):
+    """Propagation steps (one per slice) of ``session``'s object; returns the ``PropagationResult``."""
+    return (yield from session.propagate(start_mask, max_slices))

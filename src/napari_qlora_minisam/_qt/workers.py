@@ -83,3 +83,23 @@ def start(generator_fn: Callable, *args, on_yielded=None, on_returned=None, on_e
         worker.finished.connect(on_finished)
     worker.start()
     return worker
+
+
+def stop_all(running: set, timeout_s: float = 60.0) -> bool:
+    """Ask every worker in ``running`` to stop and wait for their threads (True if all ended in time).
+
+    A generator stops at its next ``yield``; a decode or an embedding in progress runs to its end. Waiting
+    here, before Qt deletes the workers' signal objects, is what lets napari close mid-propagation without
+    a worker emitting into a deleted object.
+    """
+    import time
+
+    from qtpy.QtCore import QCoreApplication
+
+    for worker in list(running):
+        worker.quit()
+    deadline = time.monotonic() + timeout_s
+    while running and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    return not running

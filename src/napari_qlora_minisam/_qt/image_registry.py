@@ -1,0 +1,86 @@
+"""The images the widget has bound: one ``ImageBinding`` per image layer, and their helper layers made in
+the background, one per event-loop turn, so picking a new image never freezes the window.
+
+napari builds a layer's GL visual on the Qt thread when it is added (~50-250 ms each here, the first of a
+kind more); four at once froze the window for seconds.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from .binding import ImageBinding, session_for
+from .layers import image_id
+
+
+class ImageRegistry(QObject):
+    """Bindings by image id, and the queue of helper layers still to make."""
+
+    layer_made = Signal(object, str)  # (binding, role)
+
+    def __init__(self, viewer, on_prompts, on_objects, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.bindings: dict[str, ImageBinding] = {}
+        self._on_prompts, self._on_objects = on_prompts, on_objects
+        self._queue: list[tuple] = []  # (binding, role)
+        self._timer = QTimer(self, singleShot=True, interval=0)
+        self._timer.timeout.connect(self._make_next)
+        self.picked = None  # the binding whose layers are made visible
+
+    @property
+    def making(self) -> bool:
+        return bool(self._queue)
+
+    def binding_for(self, image_layer) -> ImageBinding:
+        """The image's binding, made (with a new session) on first use; ``InputError`` for unusable images."""
+        uid = image_id(image_layer)
+        if uid not in self.bindings:
+            self.bindings[uid] = ImageBinding(self.viewer, image_layer, session_for(image_layer),
+                                              self._on_prompts, self._on_objects)
+        return self.bindings[uid]
+
+    def make_missing(self, binding) -> None:
+        """Queue the binding's missing helper layers (each made in its own event-loop turn)."""
+        self._queue += [(binding, role) for role in binding.missing() if (binding, role) not in self._queue]
+        if self._queue:
+            self._timer.start()
+
+    def make_now(self, binding, role: str):
+        """Make one layer at once (a commit needs the objects layer now)."""
+        self._queue = [item for item in self._queue if item != (binding, role)]
+        return self._make(binding, role)
+
+    def _make_next(self) -> None:
+        if self._queue:
+            binding, role = self._queue.pop(0)
+            if binding.image in self.viewer.layers:
+                self._make(binding, role)
+        if self._queue:
+            self._timer.start()
+
+    def _make(self, binding, role: str):
+        # napari makes an added layer the active one: the user may be drawing in the box layer meanwhile.
+        active = self.viewer.layers.selection.active
+        layer = binding.ensure(role, visible=binding is self.picked)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        self.layer_made.emit(binding, role)
+        return layer
+
+    def removed(self, layer):
+        """A layer left the viewer: forget it. Returns the binding dropped with its image, if any."""
+        for uid, binding in list(self.bindings.items()):
+            if layer is binding.image:
+                binding.disconnect()
+                del self.bindings[uid]
+                self._queue = [item for item in self._queue if item[0] is not binding]
+                return binding
+            binding.forget(layer)
+        return None
+
+    def close(self) -> None:
+        self._timer.stop()
+        self._queue = []
+        for binding in self.bindings.values():
+            binding.disconnect()
