@@ -8,8 +8,11 @@ Measures, with the bundled LiteMedSAM on the shipped samples, the slice already 
     that rests, timed from the mouse stopping (its preview comes with the button down) and from its release;
   * a box moved and released by a script in one step, and the bare ``predictor.predict`` time of the same
     box (the widget's own overhead is the gap);
-  * embedding a new slice of the chest CT volume in the background, and the longest stall of the Qt
-    event loop meanwhile (a 5 ms timer keeps ticking if the Qt thread is never blocked);
+  * several images: picking a new image and switching back, the longest stall of the Qt event loop (a 5 ms
+    timer keeps ticking if the Qt thread is never blocked), against adding the image's four layers at once;
+  * several objects: five boxes on one slice against one box, from the boxes' edit to their previews and
+    from Commit to the objects on screen;
+  * embedding a new slice of the chest CT volume in the background, and the longest stall meanwhile;
   * 3D propagation of the tumour through the chest CT volume (embeddings not cached).
 Prints the figures and rewrites the "Plugin" section of docs/benchmarks.md.
 """
@@ -34,6 +37,14 @@ DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- plugin:start -->", "<!-- plugin:end -->"
 
 
+def settle(app, seconds: float) -> None:
+    """Let Qt run for ``seconds`` (the frames after an edit)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.002)
+
+
 def pump(app, until, timeout=600.0):
     t0 = time.perf_counter()
     while not until():
@@ -43,8 +54,13 @@ def pump(app, until, timeout=600.0):
             raise TimeoutError("widget did not finish in time")
 
 
+def generation(widget) -> int:
+    """The newest preview generation of the picked image: what an edit just asked for."""
+    return widget.session.preview.generation
+
+
 def wait_for_paint(widget, request: int, timeout_ms=600_000):
-    """Block in a Qt event loop (as napari does) until the preview answering ``request`` is painted.
+    """Block in a Qt event loop (as napari does) until the preview of generation ``request`` is painted.
 
     Earlier paints do not count: one edit can repaint the previous mask first (e.g. a layer announcing a
     change before making it), which would make the latency look shorter than what the user waits for.
@@ -52,7 +68,7 @@ def wait_for_paint(widget, request: int, timeout_ms=600_000):
     inflate the very latency being measured.
     """
     def done():
-        return widget.preview is not None and widget.preview.request >= request
+        return widget.preview is not None and widget.preview.generation >= request
 
     _wait(widget, done, timeout_ms)
 
@@ -79,9 +95,7 @@ def _wait(widget, done, timeout_ms):
 def wait_for_current(widget, timeout_ms=600_000):
     """Block in a Qt event loop until the painted preview answers the prompts as they are now (a drag's, say)."""
     def done():
-        last = widget._last_decoded
-        return (widget.preview is not None and widget.preview.request == widget._request and last is not None
-                and last[0] == widget._prompt_key(widget.current_prompts(), widget.current_z()))
+        return widget.session.preview.shows(widget.binding.read_prompts())
 
     _wait(widget, done, timeout_ms)
 
@@ -98,7 +112,7 @@ def drag_box(app, widget, dy: float, dx: float, rest: float | None = None):
     from napari.utils._test_utils import read_only_mouse_event
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
-    layer = widget.shapes_layer
+    layer = widget.layers["box"]
     start = tuple(float(v) for v in np.mean(layer.data[0], axis=0))
     end = tuple(float(v) for v in np.add(start, [dy, dx]))
     if layer.mode != "select" or layer.selected_data != {0}:
@@ -166,7 +180,8 @@ def nudge_box(layer, dy: float, dx: float) -> None:
                       vertex_indices=(tuple(range(len(layer.data[0]))),))
 
 
-def open_viewer(sample_fn):
+def open_viewer(sample_fn, app=None):
+    """napari with the sample and the widget docked; with ``app``, also waits for the model and the layers."""
     import napari
 
     viewer = napari.Viewer(show=True)
@@ -174,6 +189,8 @@ def open_viewer(sample_fn):
     for data, kwargs, kind in sample_fn():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-qlora-minisam", "MiniSAM segmentation")
+    if app is not None:
+        pump(app, lambda: widget.model is not None and widget.is_idle)
     return viewer, widget
 
 
@@ -186,7 +203,7 @@ def box_the_left_ventricle(app, viewer, widget):
 
     ys, xs = np.nonzero(viewer.layers["cardiac MRI reference"].data == 1)
     box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
-    widget.shapes_layer.add_rectangles(box_to_rectangle(box))
+    widget.layers["box"].add_rectangles(box_to_rectangle(box))
     pump(app, lambda: widget.is_idle and widget.preview is not None)
     return ys, xs, box
 
@@ -210,6 +227,7 @@ class LoopWatch:
         self.last = now
 
     def start(self):
+        """Start ticking; the first gap counts from the first tick, so let Qt run a moment before acting."""
         self.last, self.max_gap = None, 0.0
         self.timer.start()
 
@@ -222,8 +240,7 @@ def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dic
     from napari_qlora_minisam._qt import layers as L
     from napari_qlora_minisam._sample_data import heart_mri
 
-    viewer, widget = open_viewer(heart_mri)
-    pump(app, lambda: widget.model is not None and widget.is_idle)
+    viewer, widget = open_viewer(heart_mri, app)
     if nf4:  # the widget's "4-bit NF4" toggle: the model reloads with its linear layers in NF4
         widget.ui.quantize.setChecked(True)
         pump(app, lambda: widget.model.quantization == "nf4" and widget.is_idle)
@@ -241,7 +258,7 @@ def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dic
         pump(app, lambda: widget.is_idle)
         t0 = time.perf_counter()
         release()
-        wait_for_paint(widget, widget._request)
+        wait_for_paint(widget, generation(widget))
         app.processEvents()  # the canvas repaint of the new preview
         drags.append(time.perf_counter() - t0)
         pump(app, lambda: widget.is_idle)
@@ -258,24 +275,24 @@ def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dic
         pump(app, lambda: time.perf_counter() - t_stop > 0.3)
         t0 = time.perf_counter()
         release()
-        wait_for_paint(widget, widget._request)
+        wait_for_paint(widget, generation(widget))
         app.processEvents()
         rested_release.append(time.perf_counter() - t0)
         pump(app, lambda: widget.is_idle)
-    widget.shapes_layer.mode = "add_rectangle"
+    widget.layers["box"].mode = "add_rectangle"
     times = []
     for i in range(edits):
         shift = 1.0 if i % 2 == 0 else -1.0
         t0 = time.perf_counter()
-        nudge_box(widget.shapes_layer, shift, shift)  # the box moves and is released at once
-        request = widget._request  # the preview request this edit made
+        nudge_box(widget.layers["box"], shift, shift)  # the box moves and is released at once
+        request = generation(widget)  # the preview generation this edit made
         wait_for_paint(widget, request)
         app.processEvents()  # the canvas repaint of the new preview
         times.append(time.perf_counter() - t0)
         pump(app, lambda: widget.is_idle)
     # A click: a positive point added inside the box through napari's own add-mode mouse bindings (the point
     # and its preview are painted in one frame), timed from the button coming up; the point is then removed.
-    points = widget.points_layer
+    points = widget.layers["points"]
     clicks = []
     for i in range(edits):
         release = click_point(app, points, click_position(ys, xs, i))
@@ -284,7 +301,7 @@ def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dic
         release()
         if len(points.data) != 1:
             raise RuntimeError("the click did not add a point")
-        wait_for_paint(widget, widget._request)
+        wait_for_paint(widget, generation(widget))
         app.processEvents()  # the canvas repaint of the new preview
         clicks.append(time.perf_counter() - t0)
         pump(app, lambda: widget.is_idle)
@@ -296,34 +313,35 @@ def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dic
     worker = []
     for _ in range(edits):
         t0 = time.perf_counter()
-        widget._last_decoded = None  # force a fresh decode of the unchanged prompts
-        widget.schedule_preview()
-        wait_for_paint(widget, widget._request)
+        widget.session.preview.forget()  # force a fresh decode of the unchanged prompts
+        widget.live.refresh()
+        wait_for_paint(widget, generation(widget))
         worker.append(time.perf_counter() - t0)
         pump(app, lambda: widget.is_idle)
     # Painting a new preview into the layer + one canvas repaint (software OpenGL under Xvfb here), as
     # the widget does it (only the changed pixels), and as a full layer refresh would.
-    masks = [widget.preview.mask, np.roll(widget.preview.mask, 1, axis=0)]
+    first = widget.preview.masks[0].astype(np.uint8)
+    masks = [first, np.roll(first, 1, axis=0)]
+    preview_layer = widget.layers["preview"]
     repaint, full = [], []
     for i in range(edits):
         t0 = time.perf_counter()
-        L.paint_plane(widget.preview_layer, None, masks[i % 2])
+        L.paint_plane(preview_layer, None, masks[i % 2])
         app.processEvents()
         repaint.append(time.perf_counter() - t0)
     for i in range(edits):
         t0 = time.perf_counter()
-        widget.preview_layer.data[...] = masks[i % 2]
-        widget.preview_layer.refresh()
+        preview_layer.data[...] = masks[i % 2]
+        preview_layer.refresh()
         app.processEvents()
         full.append(time.perf_counter() - t0)
     # The same decode without the widget, in the same process and minute: what the widget adds on top.
-    from napari_qlora_minisam._qt.tasks import MODEL_LOCK
-
+    engine = widget.models.engine
     bare = []
-    with MODEL_LOCK:
+    with engine.lock:
         for _ in range(edits):
             t0 = time.perf_counter()
-            widget.predictor.predict(box=box, multimask=False)
+            engine.predictor.predict(box=box, multimask=False)
             bare.append(time.perf_counter() - t0)
     viewer.close()
     return {"drag_median_ms": 1000 * statistics.median(drags), "drag_p90_ms": 1000 * float(np.percentile(drags, 90)),
@@ -341,12 +359,11 @@ def bench_preview(app, edits: int, bf16: bool = False, nf4: bool = False) -> dic
 
 
 def bench_volume(app) -> dict:
-    from napari_qlora_minisam._qt.widget import SHARED_CACHE
+    from napari_qlora_minisam._qt.model_control import SHARED_CACHE
     from napari_qlora_minisam._sample_data import lung_ct_volume
     from napari_qlora_minisam.prompts import box_to_rectangle
 
-    viewer, widget = open_viewer(lung_ct_volume)
-    pump(app, lambda: widget.model is not None and widget.is_idle)
+    viewer, widget = open_viewer(lung_ct_volume, app)
     tumour = viewer.layers["chest CT reference"].data > 0
     zs = np.nonzero(tumour.any(axis=(1, 2)))[0]
     mid = int(zs[len(zs) // 2])
@@ -363,7 +380,7 @@ def bench_volume(app) -> dict:
     pump(app, lambda: widget.is_idle)
     ys, xs = np.nonzero(tumour[mid])
     before = widget.previews_painted
-    widget.shapes_layer.add_rectangles(box_to_rectangle([xs.min(), ys.min(), xs.max(), ys.max()], mid))
+    widget.layers["box"].add_rectangles(box_to_rectangle([xs.min(), ys.min(), xs.max(), ys.max()], mid))
     pump(app, lambda: widget.previews_painted > before and widget.is_idle)
     widget.commit()
     SHARED_CACHE.clear()  # propagation pays for every embedding, as on a fresh volume
@@ -373,7 +390,7 @@ def bench_volume(app) -> dict:
     pump(app, lambda: not widget.is_propagating, timeout=1800)
     propagation_s = time.perf_counter() - t0
     gaps.append(watch.stop())
-    objects = widget.objects_layer.data
+    objects = widget.layers["objects"].data
     slices = int((objects.reshape(len(objects), -1) > 0).any(axis=1).sum())
     dices = []
     for z in zs:
@@ -384,6 +401,92 @@ def bench_volume(app) -> dict:
     return {"embed_median_s": statistics.median(embed_times), "max_loop_stall_ms": 1000 * max(gaps),
             "propagation_s": propagation_s, "propagated_slices": slices, "depth": len(objects),
             "tumour_mean_dice": float(np.mean(dices)), "propagation_message": message}
+
+
+def bench_images(app, rounds: int = 3) -> dict:
+    """Several images: the longest Qt stall while picking a new image (its layers made in the background) and
+    while switching back, against adding a new image's four helper layers in one go."""
+    from napari_qlora_minisam._qt import layers as L
+    from napari_qlora_minisam._sample_data import brain_mri, heart_mri, pancreas_ct
+
+    viewer, widget = open_viewer(heart_mri, app)
+    first = widget.binding.image
+    watch, new, back, at_once, ready = LoopWatch(), [], [], [], []
+    for i in range(rounds):
+        for sample in (pancreas_ct, brain_mri):
+            (data, kwargs, _), _ = sample()
+            image = viewer.add_image(data, **{**kwargs, "name": f"{kwargs['name']} {i}"})
+            pump(app, lambda: widget.is_idle)
+            watch.start()
+            settle(app, 0.05)  # the watch is ticking before the pick
+            t0 = time.perf_counter()
+            widget.set_image_layer(image)
+            pump(app, lambda: widget.is_idle)  # its layers made, its slice embedded
+            ready.append(time.perf_counter() - t0)
+            new.append(watch.stop())
+            watch.start()
+            settle(app, 0.05)
+            widget.set_image_layer(first)
+            pump(app, lambda: widget.is_idle)
+            settle(app, 0.2)  # the frames after the switch
+            back.append(watch.stop())
+        # what picking cost before: the four layers added in one event-loop turn
+        (data, kwargs, _), _ = heart_mri()
+        image = viewer.add_image(data, name=f"at once {i}")
+        settle(app, 0.3)
+        watch.start()
+        settle(app, 0.05)
+        for role in L.ROLES:
+            viewer.add_layer(L.make_layer(role, image))
+        settle(app, 0.3)
+        at_once.append(watch.stop())
+    layers = len(viewer.layers)
+    viewer.close()
+    return {"new_max_stall_ms": 1000 * max(new), "new_median_stall_ms": 1000 * statistics.median(new),
+            "back_max_stall_ms": 1000 * max(back), "at_once_median_stall_ms": 1000 * statistics.median(at_once),
+            "new_ready_median_s": statistics.median(ready), "picks": len(new), "layers_at_end": layers}
+
+
+def bench_batch(app, rounds: int = 10) -> dict:
+    """Several objects on one slice: five boxes against one, from their edit to their previews on screen
+    (each decoded anew) and from Commit to the objects on screen."""
+    from napari_qlora_minisam._sample_data import heart_mri
+    from napari_qlora_minisam.prompts import box_to_rectangle
+
+    viewer, widget = open_viewer(heart_mri, app)
+    reference = viewer.layers["cardiac MRI reference"].data
+    lv, rv = tight(reference == 1), tight(reference == 3)
+    # five objects that do not overlap: the ventricles and three other structures of the slice
+    sets = {1: [lv], 5: [lv, rv, [20, 20, 70, 70], [120, 150, 180, 220], [20, 160, 80, 225]]}
+    preview, commit = {1: [], 5: []}, {1: [], 5: []}
+    box = widget.layers["box"]
+    for i in range(rounds):
+        for n in (1, 5) if i % 2 == 0 else (5, 1):
+            widget.session.preview.forget()  # the previews are decoded, not taken from earlier rounds
+            t0 = time.perf_counter()
+            box.add_rectangles([box_to_rectangle(b) for b in sets[n]])
+            wait_for_paint(widget, generation(widget))
+            app.processEvents()
+            preview[n].append(time.perf_counter() - t0)
+            pump(app, lambda: widget.is_idle)
+            t0 = time.perf_counter()
+            widget.commit()
+            app.processEvents()  # the frame that shows the objects
+            commit[n].append(time.perf_counter() - t0)
+            if len(widget.session.last_committed) != n:
+                raise RuntimeError(f"{n} boxes committed {widget.session.last_committed}: {widget.message}")
+            pump(app, lambda: widget.is_idle)
+            widget.undo()
+            pump(app, lambda: widget.is_idle)
+    viewer.close()
+    med = {k: {n: 1000 * statistics.median(v) for n, v in d.items()} for k, d in (("preview", preview),
+                                                                                  ("commit", commit))}
+    return {"preview_ms": med["preview"], "commit_ms": med["commit"], "rounds": rounds}
+
+
+def tight(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
 
 
 def write_section(text: str, start: str = START, end: str = END, after: str | None = None) -> None:
@@ -406,12 +509,14 @@ def main(argv=None) -> None:
     assert isinstance(app, QApplication)
     from napari_qlora_minisam.models.cpu_features import bf16_is_native
 
-    from napari_qlora_minisam._qt.widget import DRAG_PAUSE_MS
+    from napari_qlora_minisam._qt.live_preview import DRAG_PAUSE_MS
 
     native = bf16_is_native()
     preview = bench_preview(app, args.edits, bf16=False)  # the widget's default
     bf16 = bench_preview(app, args.edits, bf16=True) if native else None
     nf4 = bench_preview(app, args.edits, nf4=True)
+    images = bench_images(app)
+    batch = bench_batch(app)
     volume = bench_volume(app)
     import torch
 
@@ -451,6 +556,20 @@ bindings, button down 0.1 s: its prompts are decoded from the press), from the b
 {preview['worker_decode_median_ms']:.0f} ms |
 | painting a preview into the layer + one canvas repaint: changed pixels only (the widget) / full \
 layer refresh (median) | {preview['repaint_median_ms']:.0f} ms / {preview['full_refresh_median_ms']:.0f} ms |
+| picking a new image (its four layers made one per event-loop turn, its slice embedded): longest Qt \
+stall (max of {images['picks']}; median) | {images['new_max_stall_ms']:.0f} ms; {images['new_median_stall_ms']:.0f} ms \
+(target ≤ 200 ms: {"meets" if images['new_max_stall_ms'] <= 200 else "misses"}); ready to prompt after \
+{images['new_ready_median_s']:.2f} s (median) |
+| switching back to an image already set up: longest Qt stall (max) | {images['back_max_stall_ms']:.0f} ms |
+| the same four layers added in one turn, as the widget did before (median) | \
+{images['at_once_median_stall_ms']:.0f} ms |
+| five boxes on one slice added in one edit → their five previews on screen, against one box (medians of \
+{batch['rounds']}, decoded anew) | {batch['preview_ms'][5]:.0f} ms against {batch['preview_ms'][1]:.0f} ms \
+({batch['preview_ms'][5] / batch['preview_ms'][1]:.1f}×) |
+| Commit → objects on screen: five boxes as five objects in one undo step, against one box (medians) | \
+{batch['commit_ms'][5]:.0f} ms against {batch['commit_ms'][1]:.0f} ms \
+({batch['commit_ms'][5] / batch['commit_ms'][1]:.1f}×; target ≤ 2×: \
+{"meets" if batch['commit_ms'][5] <= 2 * batch['commit_ms'][1] else "misses"}) |
 | new slice → embedded in the background (chest CT, median of 3) | {volume['embed_median_s']:.2f} s |
 | longest Qt event-loop stall while embedding / propagating | {volume['max_loop_stall_ms']:.0f} ms |
 | 3D propagation, chest CT {volume['depth']} slices, no cached embeddings | \

@@ -69,7 +69,7 @@ def test_zero_pixel_commit_is_refused(tiny_widget, qtbot):
     widget.set_image_layer(viewer.add_image(np.random.rand(40, 50), name="img"))
     wait_idle(qtbot, widget)
     draw_boxes(qtbot, widget, [0, 0, 49, 39])
-    labels = widget.layers["objects"]
+    labels = widget.images.make_now(widget.binding, "objects")
     labels.data[:] = 9  # every pixel belongs to an object the user painted
     labels.refresh()
     widget.commit()
@@ -94,7 +94,7 @@ def test_propagation_cancelled_says_so_and_keeps_labels(tiny_widget, qtbot):
     widget.set_image_layer(viewer.add_image(vol, name="vol"))
     viewer.dims.set_current_step(0, 6)
     wait_idle(qtbot, widget)
-    labels = widget.layers["objects"]
+    labels = widget.images.make_now(widget.binding, "objects")
     labels.data[6, 10:30, 10:30] = 5  # an object the user painted by hand
     labels.selected_label = 5
     widget.propagate()
@@ -191,7 +191,7 @@ def test_closing_napari_mid_propagation_ends_cleanly(make_napari_viewer, qtbot, 
     wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
     viewer.dims.set_current_step(0, 15)
     wait_idle(qtbot, widget)
-    widget.layers["objects"].data[15, 5:35, 5:35] = 1
+    widget.images.make_now(widget.binding, "objects").data[15, 5:35, 5:35] = 1
     widget.propagate()
     assert widget.is_propagating
     viewer.close()

@@ -15,41 +15,46 @@ def roles(widget):
     return {role: layer.name for role, layer in widget.layers.items() if layer is not None}
 
 
-def test_two_images_keep_separate_layers_prompts_and_objects(tiny_widget, qtbot):
+def test_two_images_keep_separate_prompts_previews_and_objects(tiny_widget, qtbot):
     viewer, widget, _ = tiny_widget
     a = viewer.add_image(np.random.default_rng(0).random((40, 50)), name="first")
     b = viewer.add_image(np.random.default_rng(1).random((30, 30)), name="second")
     widget.set_image_layer(a)
     wait_idle(qtbot, widget)
-    assert roles(widget) == {r: f"first · {r}" for r in ("box", "points", "preview", "objects")}
+    assert roles(widget) == {r: f"first · {r}" for r in ("box", "points", "preview")}
     draw_boxes(qtbot, widget, [5, 5, 30, 30])
-    widget.commit()
+    widget.commit()  # its objects layer comes with its first object
+    assert roles(widget) == {r: f"first · {r}" for r in ("box", "points", "preview", "objects")}
     draw_boxes(qtbot, widget, [10, 10, 40, 35])  # a prompt left on the first image
-    first_layers = widget.layers
+    first_objects, first_preview = widget.layers["objects"], widget.layers["preview"].data.copy()
+    n_layers = len(viewer.layers)
 
     widget.set_image_layer(b)
-    assert widget.binding.missing() == ["box", "points", "preview", "objects"]  # made in later event-loop turns
     wait_idle(qtbot, widget)
-    assert roles(widget) == {r: f"second · {r}" for r in ("box", "points", "preview", "objects")}
-    assert viewer.layers.selection.active is widget.layers["box"]  # the picked image's box layer is active
-    for role in ("box", "points", "preview"):  # only the picked image's prompts and preview are drawn
-        assert not first_layers[role].visible and widget.layers[role].visible
-    assert first_layers["objects"].visible  # results stay visible
+    # The prompt layers follow the picked image: its name, its prompts (none yet), its preview only.
+    assert roles(widget) == {r: f"second · {r}" for r in ("box", "points", "preview")}
+    assert len(viewer.layers) == n_layers  # picking an image adds no layer
+    assert viewer.layers.selection.active is widget.layers["box"]
+    assert len(widget.layers["box"].data) == 0 and not widget.layers["preview"].data.any()
+    assert widget.layers["preview"].data.shape == (30, 30)
+    assert first_objects.visible and first_objects.name == "first · objects"  # results stay
     assert widget.objects.rows == [] and widget.session.prompts == []
     draw_boxes(qtbot, widget, [2, 2, 20, 20])
     widget.commit()
-    assert widget.layers["objects"].data.max() == 1  # ids count per image
+    assert widget.layers["objects"].name == "second · objects"
+    assert widget.layers["objects"].data.max() == 1 and first_objects.data.max() == 1  # ids count per image
 
     widget.set_image_layer(a)
     wait_idle(qtbot, widget)
-    assert widget.layers == first_layers and viewer.layers.selection.active is first_layers["box"]
-    assert len(widget.session.prompts) == 1 and widget.preview is not None  # its prompt is still there
+    assert roles(widget)["box"] == "first · box" and widget.layers["objects"] is first_objects
+    assert len(widget.layers["box"].data) == 1 and len(widget.session.prompts) == 1  # its prompt came back
+    np.testing.assert_array_equal(widget.layers["preview"].data, first_preview)  # and its preview, not decoded again
     assert [row[0] for row in widget.objects.rows] == ["1"]
-    n_layers = len(viewer.layers)
     widget.set_image_layer(b)  # switching back and forth adds no layer
     widget.set_image_layer(a)
     wait_idle(qtbot, widget)
-    assert len(viewer.layers) == n_layers
+    assert len(viewer.layers) == n_layers + 1
+    assert sum(layer.metadata.get("minisam_role") == "box" for layer in viewer.layers) == 1
 
 
 def test_renamed_image_keeps_its_layers_and_ids(tiny_widget, qtbot):
@@ -111,6 +116,8 @@ def test_a_volume_and_a_slice_side_by_side(tiny_widget, qtbot):
     widget.commit()
     assert widget.layers["objects"].data[4].any() and widget.objects.rows[0][2] == "4"
     assert widget.objects.rows[0][3].endswith("mL")  # 5 x 0.5 x 0.5 mm voxels
+    box_3d = widget.layers["box"]
     widget.set_image_layer(flat)
     wait_idle(qtbot, widget)
     assert widget.layers["box"].ndim == 2 and widget.session.z is None
+    assert not box_3d.visible and widget.layers["box"].visible  # one prompt set per dimensionality, one shown

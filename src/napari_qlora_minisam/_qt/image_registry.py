@@ -1,20 +1,19 @@
-"""The images the widget has bound: one ``ImageBinding`` per image layer, and their helper layers made in
-the background, one per event-loop turn, so picking a new image never freezes the window.
+"""The images the widget has bound, the prompt layers lent to the picked one, and the layers still to make.
 
-napari builds a layer's GL visual on the Qt thread when it is added (~50-250 ms each here, the first of a
-kind more); four at once froze the window for seconds.
+Layers are made one per event-loop turn: napari builds each layer's GL visual on the Qt thread, and several
+in one turn froze the window for seconds.
 """
 
 from __future__ import annotations
 
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from .binding import ImageBinding, session_for
+from .binding import ImageBinding, PromptLayers, session_for
 from .layers import image_id
 
 
 class ImageRegistry(QObject):
-    """Bindings by image id, and the queue of helper layers still to make."""
+    """Bindings by image id, one ``PromptLayers`` set per dimensionality, and the queue of layers to make."""
 
     layer_made = Signal(object, str)  # (binding, role)
 
@@ -22,11 +21,12 @@ class ImageRegistry(QObject):
         super().__init__(parent)
         self.viewer = viewer
         self.bindings: dict[str, ImageBinding] = {}
+        self.prompt_sets: dict[int, PromptLayers] = {}
+        self.picked: ImageBinding | None = None
         self._on_prompts, self._on_objects = on_prompts, on_objects
         self._queue: list[tuple] = []  # (binding, role)
         self._timer = QTimer(self, singleShot=True, interval=0)
         self._timer.timeout.connect(self._make_next)
-        self.picked = None  # the binding whose layers are made visible
 
     @property
     def making(self) -> bool:
@@ -36,13 +36,19 @@ class ImageRegistry(QObject):
         """The image's binding, made (with a new session) on first use; ``InputError`` for unusable images."""
         uid = image_id(image_layer)
         if uid not in self.bindings:
-            self.bindings[uid] = ImageBinding(self.viewer, image_layer, session_for(image_layer),
-                                              self._on_prompts, self._on_objects)
+            self.bindings[uid] = ImageBinding(self.viewer, image_layer, session_for(image_layer), self._on_objects)
         return self.bindings[uid]
 
-    def make_missing(self, binding) -> None:
-        """Queue the binding's missing helper layers (each made in its own event-loop turn)."""
-        self._queue += [(binding, role) for role in binding.missing() if (binding, role) not in self._queue]
+    def pick(self, binding) -> None:
+        """Lend ``binding`` the prompt layers of its dimensionality (hiding the other set), and queue what is missing."""
+        self.picked = binding
+        if binding.ndim not in self.prompt_sets:
+            self.prompt_sets[binding.ndim] = PromptLayers(self.viewer, binding.ndim, self._on_prompts)
+        for ndim, prompts in self.prompt_sets.items():
+            prompts.set_visible(ndim == binding.ndim)
+        self.prompt_sets[binding.ndim].lend(binding)
+        self._queue = [item for item in self._queue if item[0] is binding] + \
+            [(binding, role) for role in binding.missing() if (binding, role) not in self._queue]
         if self._queue:
             self._timer.start()
 
@@ -54,7 +60,8 @@ class ImageRegistry(QObject):
     def _make_next(self) -> None:
         if self._queue:
             binding, role = self._queue.pop(0)
-            if binding.image in self.viewer.layers:
+            if binding.image in self.viewer.layers and binding.layers.get(role) is None and \
+                    (role == "objects" or binding.prompts is not None):
                 self._make(binding, role)
         if self._queue:
             self._timer.start()
@@ -62,7 +69,7 @@ class ImageRegistry(QObject):
     def _make(self, binding, role: str):
         # napari makes an added layer the active one: the user may be drawing in the box layer meanwhile.
         active = self.viewer.layers.selection.active
-        layer = binding.ensure(role, visible=binding is self.picked)
+        layer = binding.ensure(role)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
         self.layer_made.emit(binding, role)
@@ -70,11 +77,15 @@ class ImageRegistry(QObject):
 
     def removed(self, layer):
         """A layer left the viewer: forget it. Returns the binding dropped with its image, if any."""
+        for prompts in self.prompt_sets.values():
+            prompts.forget(layer)
         for uid, binding in list(self.bindings.items()):
             if layer is binding.image:
                 binding.disconnect()
                 del self.bindings[uid]
                 self._queue = [item for item in self._queue if item[0] is not binding]
+                if binding.prompts is not None:
+                    binding.prompts.owner = None
                 return binding
             binding.forget(layer)
         return None
@@ -84,3 +95,5 @@ class ImageRegistry(QObject):
         self._queue = []
         for binding in self.bindings.values():
             binding.disconnect()
+        for prompts in self.prompt_sets.values():
+            prompts.close()

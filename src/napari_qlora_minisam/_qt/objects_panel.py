@@ -7,7 +7,7 @@ edits and undo show up as they are. Names are edited in place and stored in the 
 
 from __future__ import annotations
 
-from qtpy.QtCore import QObject, Qt, QTimer
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from ..errors import MiniSamError
@@ -18,6 +18,8 @@ REFRESH_DELAY_MS = 150  # one recount after a burst of edits (a brush stroke emi
 
 class ObjectsPanel(QObject):
     """Binds a ``QTableWidget`` to the picked image's session."""
+
+    refreshed = Signal()
 
     def __init__(self, table: QTableWidget, status, parent=None):
         super().__init__(parent)
@@ -60,6 +62,7 @@ class ObjectsPanel(QObject):
                     self.table.setItem(row, col, item)
         finally:
             self._filling = False
+        self.refreshed.emit()
 
     @property
     def rows(self) -> list[tuple[str, ...]]:

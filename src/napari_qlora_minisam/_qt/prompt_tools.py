@@ -1,4 +1,4 @@
-"""Prompt tools of the picked image: box or points mode, click polarity (N, Shift+N)."""
+"""Tools for the picked image that keys drive: box or points mode, click polarity (N, Shift+N), slice steps."""
 
 from __future__ import annotations
 
@@ -43,11 +43,23 @@ class PromptTools:
     def _negative_toggled(self, negative: bool) -> None:
         # Only the next clicks change: napari keeps the last click selected, and flipping it here would
         # turn "click positive, press N, click negative" into two negatives.
-        for binding in self.widget.images.bindings.values():
-            if binding.layers["points"] is not None:
-                set_polarity_default(binding.layers["points"], negative)
+        for prompts in self.widget.images.prompt_sets.values():
+            if prompts.layers["points"] is not None:
+                set_polarity_default(prompts.layers["points"], negative)
 
     def flip_selected_points(self) -> None:
         """Positive <-> negative for the selected clicks (Shift+N); their preview follows the features event."""
         if (points := self._layer("points")) is not None:
             flip_selected_polarity(points)
+
+    def next_slice(self, step: int = 1) -> None:
+        """Step the slice in view, and embed the one after it meanwhile, so the next step is instant."""
+        session, viewer = self.widget.session, self.widget.viewer
+        if session is None or not session.depth:
+            return
+        viewer.dims.set_current_step(0, viewer.dims.current_step[0] + step)
+        if 0 <= session.z + step < session.shape[0]:
+            self.widget.live.embed(session, session.z + step)
+
+    def previous_slice(self) -> None:
+        self.next_slice(-1)

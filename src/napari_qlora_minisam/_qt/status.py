@@ -76,7 +76,7 @@ class StatusLine:
         self.label.setStyleSheet(style)
 
 
-def guidance(session, model_ready: bool) -> str:
+def guidance(session, model_ready: bool, has_objects: bool) -> str:
     """The next step to suggest while the user has nothing prompted (empty once prompts exist)."""
     if session is None:
         return "Open an image (File → Open, or File → Open Sample → QLoRA MiniSAM)."
@@ -84,7 +84,7 @@ def guidance(session, model_ready: bool) -> str:
         return "Loading the model… you can draw boxes meanwhile."
     if session.prompts:
         return ""
-    if session.labels is not None and session.objects():
+    if has_objects:
         text = "Draw the next box (several boxes make several objects), press C to commit. Brush on the objects layer to correct; Ctrl+Z undoes."
     else:
         text = "Draw a box round a structure, press C to commit it. Click inside to refine (N: negative clicks)."

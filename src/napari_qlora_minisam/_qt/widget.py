@@ -7,7 +7,6 @@ preview (``live_preview.py``) and turns buttons and shortcuts into session calls
 
 from __future__ import annotations
 
-import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
@@ -42,7 +41,7 @@ class MiniSamWidget(QWidget):
         self.status = StatusLine(ui.message)
         self.running: set = set()  # every worker this widget started
         self.binding = None  # the picked image's ImageBinding
-        self.images = ImageRegistry(napari_viewer, self._on_prompts, lambda b: self.objects.schedule_refresh(), self)
+        self.images = ImageRegistry(napari_viewer, self._on_prompts, self._on_objects_edited, self)
         self.models = ModelControl(ui, self.running, self.status, self)
         self.live = LivePreview(self, self.running, ui.embed_progress)
         self.objects = ObjectsPanel(ui.objects, self.status, self)
@@ -61,7 +60,7 @@ class MiniSamWidget(QWidget):
         self.intensity.changed.connect(self.live.invalidate)
         self.intensity.warning.connect(self.status.warn)
         self.propagation.ended.connect(self.objects.refresh)
-        self.propagation.ended.connect(self._update)
+        self.objects.refreshed.connect(self._update)
         for signal, slot in ((ui.image.currentIndexChanged, self._on_image_choice),
                              (ui.box_mode.clicked, self.tools.activate_box_mode),
                              (ui.point_mode.clicked, self.tools.activate_point_mode), (ui.clear.clicked, self.clear_prompts),
@@ -146,10 +145,10 @@ class MiniSamWidget(QWidget):
         except MiniSamError as exc:
             self.status.error("image", exc)
             return
-        if self.binding is not None and self.binding is not binding:
-            self.binding.set_visible(False)
-        self.binding = self.images.picked = binding
-        binding.set_visible(True)
+        self.binding = binding
+        if binding.objects is None:
+            binding.find_objects()  # a layer this image had before the widget was (re)opened
+        self.images.pick(binding)  # the prompt layers now show this image's prompts
         binding.session.set_engine(self.models.engine)
         self._sync_slice()
         self.intensity.apply(binding, announce=False)
@@ -159,12 +158,12 @@ class MiniSamWidget(QWidget):
         self.ui.image.blockSignals(False)
         self.live.bind(binding)
         self.objects.show_session(binding.session)
-        self.images.make_missing(binding)
         if binding.layers["box"] is not None:
             self.tools.activate_box_mode()
         depth = " (3D: prompts act on the slice in view)" if binding.session.depth else ""
         self.status.info(f"Segmenting {layer.name!r}{depth}.", clears=("image", "commit", "preview"))
-        self.live.invalidate()
+        if not self.images.making:  # else once its layers are made: the encoder would slow each of them down
+            self.live.invalidate()
         self._update()
 
     def _on_layer_made(self, binding, role: str) -> None:
@@ -177,7 +176,13 @@ class MiniSamWidget(QWidget):
                     self.tools.apply_polarity(binding.layers["points"])
             elif role == "preview" and self.preview is not None:
                 binding.paint(self.preview)
+            if not self.images.making:
+                self.live.invalidate()  # embed the slice in view, preview what is prompted
         self._update()
+
+    def _on_objects_edited(self, binding) -> None:
+        if binding is self.binding:
+            self.objects.schedule_refresh()
 
     def _on_layer_removed(self, event) -> None:
         if self.images.removed(event.value) is self.binding and self.binding is not None:
@@ -189,11 +194,7 @@ class MiniSamWidget(QWidget):
 
     # -- slices ---------------------------------------------------------------------------------------
     def current_z(self) -> int | None:
-        session = self.session
-        if session is None or not session.depth:
-            return None
-        z = int(round(float(self.binding.image.world_to_data(self.viewer.dims.point)[0])))
-        return int(np.clip(z, 0, session.shape[0] - 1))
+        return None if self.binding is None else self.binding.slice_in_view()
 
     def _sync_slice(self) -> bool:
         return self.session is not None and self.session.set_slice(self.current_z())
@@ -202,18 +203,6 @@ class MiniSamWidget(QWidget):
         if self._sync_slice():
             self.live.invalidate()
             self._update()
-
-    def next_slice(self, step: int = 1) -> None:
-        """Step the slice in view, and embed the one after it meanwhile, so the next step is instant."""
-        session = self.session
-        if session is None or not session.depth:
-            return
-        self.viewer.dims.set_current_step(0, self.viewer.dims.current_step[0] + step)
-        if 0 <= session.z + step < session.shape[0]:
-            self.live.embed(session, session.z + step)
-
-    def previous_slice(self) -> None:
-        self.next_slice(-1)
 
     # -- model and intensity --------------------------------------------------------------------------
     def load_model(self, source: str) -> None:
@@ -260,9 +249,9 @@ class MiniSamWidget(QWidget):
             return
         self.session.labels.selected_label = result.ids[-1]
         self.status.info(result.describe(), clears=("commit", "preview"))
-        self.clear_prompts()
         self.objects.refresh()
         self.objects.select(result.ids[-1])
+        self.clear_prompts()
 
     def _history(self, step: str) -> None:
         labels = None if self.session is None else self.session.labels
@@ -301,7 +290,7 @@ class MiniSamWidget(QWidget):
         ui.propagate.setEnabled(bool(session and session.depth) and not self.propagation.active)
         ui.cancel.setEnabled(self.propagation.active)
         ui.commit.setEnabled(session is not None)
-        ui.guidance.setText(guidance(session, self.models.engine is not None))
+        ui.guidance.setText(guidance(session, self.models.engine is not None, ui.objects.rowCount() > 0))
 
     # -- closing --------------------------------------------------------------------------------------
     def close_widget(self) -> None:

@@ -88,6 +88,7 @@ class AnnotationSession:
         self.intensity = "minmax"
         self.z: int | None = 0 if self.depth else None
         self.prompts: list[SlicePrompts] = []
+        self.saved_prompts: dict | None = None  # the prompt layers' data while another image is picked
         self.preview = PreviewState()
         self.labels = None  # the label image objects go into (a napari Labels layer), None until made
         self.last_id = 0  # the highest id this session committed: ids go on from there, even into a new layer
