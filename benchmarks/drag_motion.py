@@ -35,7 +35,7 @@ def one_drag(app, widget, frames: list, sign: float, moves: int = 25, step: floa
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
     from qtpy.QtCore import QEventLoop, QTimer
 
-    layer = widget.shapes_layer
+    layer = widget.layers["box"]
     start = tuple(float(v) for v in np.mean(layer.data[0], axis=0))
     mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", is_dragging=True, position=start))
     state = {"i": 0, "last": None, "pos": start}
@@ -61,19 +61,18 @@ def one_drag(app, widget, frames: list, sign: float, moves: int = 25, step: floa
     loop.exec()
     t_last = state["last"]
     moving = [f for f in frames if t0 <= f <= t_last]
-    final = widget._prompt_key(widget.current_prompts(), widget.current_z())
+    final = widget.binding.read_prompts()
     stop_to_preview = None
     while time.perf_counter() - t_last < 0.4:  # the mouse rests, the button down
         app.processEvents()
-        if stop_to_preview is None and widget.is_idle and widget._painted_key == final \
-                and widget.preview.request == widget._request:
+        if stop_to_preview is None and widget.is_idle and widget.session.preview.shows(final):
             app.processEvents()  # the frame that shows it
             stop_to_preview = time.perf_counter() - t_last
         time.sleep(0.001)
     t_release = time.perf_counter()
     mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True,
                                                          position=state["pos"]))
-    B.wait_for_paint(widget, widget._request)
+    B.wait_for_paint(widget, B.generation(widget))
     app.processEvents()
     release_to_preview = time.perf_counter() - t_release
     B.pump(app, lambda: widget.is_idle)
@@ -83,14 +82,15 @@ def one_drag(app, widget, frames: list, sign: float, moves: int = 25, step: floa
 
 
 def run(app, widget, frames, pause_ms: int, list_hold: bool, drags: int) -> dict:
-    widget._drag_pause.setInterval(pause_ms)
+    live = widget.live
+    live._drag_pause.setInterval(pause_ms)
     if not list_hold:  # the layer list repaints the moved layer's thumbnail at each move, as before
-        moved = type(widget).gesture_moved
-        widget.gesture_moved = lambda layer: (moved(widget, layer), widget._list_hold.release())
+        moved = type(live).gesture_moved
+        live.gesture_moved = lambda layer: (moved(live, layer), live.list_hold.release())
     try:
         rows = [one_drag(app, widget, frames, 1.0 if i % 2 == 0 else -1.0) for i in range(drags)]
     finally:
-        widget.__dict__.pop("gesture_moved", None)
+        live.__dict__.pop("gesture_moved", None)
     stops = [r["stop"] for r in rows if r["stop"] is not None]
     return {"pause_ms": pause_ms, "list_hold": list_hold, "drags": drags,
             "fps": statistics.median(r["fps"] for r in rows),
@@ -125,18 +125,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from napari.qt import get_qapp
 
-    from napari_qlora_minisam._qt.widget import DRAG_PAUSE_MS
+    from napari_qlora_minisam._qt.live_preview import DRAG_PAUSE_MS
     from napari_qlora_minisam._sample_data import heart_mri
 
     app = get_qapp()
-    viewer, widget = B.open_viewer(heart_mri)
-    B.pump(app, lambda: widget.model is not None and widget.is_idle)
+    viewer, widget = B.open_viewer(heart_mri, app)
     B.box_the_left_ventricle(app, viewer, widget)
     frames: list[float] = []
     viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(
         lambda _event: frames.append(time.perf_counter()))
-    widget.shapes_layer.mode = "select"
-    widget.shapes_layer.selected_data = {0}
+    widget.layers["box"].mode = "select"
+    widget.layers["box"].selected_data = {0}
     settings = [(DRAG_PAUSE_MS, True), (2 * DRAG_PAUSE_MS, True), (NEVER, True), (DRAG_PAUSE_MS, False)]
     results = [run(app, widget, frames, pause, hold, args.drags) for pause, hold in settings * 2]
     viewer.close()

@@ -48,8 +48,8 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
     from napari.qt import get_qapp
     from qtpy.QtCore import QEvent, QObject
 
+    from napari_qlora_minisam._qt import live_preview as LP
     from napari_qlora_minisam._qt import tasks
-    from napari_qlora_minisam._qt import widget as W
     from napari_qlora_minisam._sample_data import heart_mri
 
     app = get_qapp()
@@ -70,32 +70,32 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
             stamp("task end")
             return stop.value
 
-    W.tasks.preview_task = timed_task
+    LP.tasks.preview_task = timed_task
     from napari_qlora_minisam.predictor import MiniSamPredictor
 
     original_predict = MiniSamPredictor.predict
     if not window:  # the widget before box previews were windowed: the whole grid upscaled every time
         MiniSamPredictor.predict = lambda self, *a, box_window=False, **k: original_predict(self, *a, **k)
     try:
-        viewer, widget = B.open_viewer(heart_mri)
-        B.pump(app, lambda: widget.model is not None and widget.is_idle)
+        viewer, widget = B.open_viewer(heart_mri, app)
+        live = widget.live  # the ablations switch its mechanisms off one by one
         if not hold:
-            widget._list_hold.hold = lambda: None
+            live.list_hold.hold = lambda: None
         if not canvas:
-            widget._canvas_hold.hold = lambda: None
+            live.canvas_hold.hold = lambda: None
         if not ahead:  # the widget before it decoded clicks from their press and drags from their rest
-            widget._decode_click_ahead = lambda *a, **k: None
-            widget._drag_pause.setInterval(24 * 3600 * 1000)
+            live._decode_click_ahead = lambda *a, **k: None
+            live._drag_pause.setInterval(24 * 3600 * 1000)
         widget.ui.bf16_decoder.setChecked(bf16)
         assert widget.model.decoder_precision == ("bf16" if bf16 else "fp32")
-        original_paint = widget._paint_preview
+        original_paint = live._paint
 
-        def timed_paint(result):
+        def timed_paint(preview):
             stamp("paint start")
-            original_paint(result)
+            original_paint(preview)
             stamp("paint end")
 
-        widget._paint_preview = timed_paint
+        live._paint = timed_paint
         layer_list = viewer.window._qt_viewer.layers
 
         class PaintSpy(QObject):
@@ -110,7 +110,7 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
         rows = []
         for i in range(edits):
             if clicks:  # a positive point inside the box, clicked through napari's add-mode bindings
-                release = B.click_point(app, widget.points_layer, B.click_position(ys, xs, i))
+                release = B.click_point(app, widget.layers["points"], B.click_position(ys, xs, i))
             else:
                 shift = 1.0 if i % 2 == 0 else -1.0
                 release = B.drag_box(app, widget, shift, shift)
@@ -119,7 +119,7 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
             t0 = time.perf_counter()
             release()
             t_release = time.perf_counter()
-            B.wait_for_paint(widget, widget._request)
+            B.wait_for_paint(widget, B.generation(widget))
             app.processEvents()  # the canvas repaint of the new preview
             t_end = time.perf_counter()
             first = {}
@@ -135,12 +135,12 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
             })
             B.pump(app, lambda: widget.is_idle)
             if clicks:
-                widget.points_layer.data = widget.points_layer.data[:0]
+                widget.layers["points"].data = widget.layers["points"].data[:0]
                 B.pump(app, lambda: widget.is_idle)
         app.removeEventFilter(spy)
         viewer.close()
     finally:
-        W.tasks.preview_task = original_task
+        LP.tasks.preview_task = original_task
         MiniSamPredictor.predict = original_predict
     med = {k: 1000 * statistics.median(r[k] for r in rows) for k in ("total", "release", "paint", "frame")}
     after = [r["decode"] for r in rows if not r["ahead"]]

@@ -2,8 +2,9 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
-Writes docs/images/plugin_box.png, plugin_drawing.png, plugin_points.png, plugin_objects.png,
-plugin_click_adapter.png, plugin_propagation.png.
+Writes docs/images/plugin_box.png, plugin_drawing.png, plugin_points.png, plugin_batch.png,
+plugin_objects.png, plugin_shortcuts.png, plugin_two_images.png, plugin_click_adapter.png,
+plugin_propagation.png.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ def tight_box(mask):
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
 
 
-def frame(viewer, mask, zoom_margin=2.2):
-    """Centre the camera on ``mask`` (2D, data pixels) and zoom so it fills a good part of the canvas."""
+def frame(viewer, mask, zoom_margin=2.2, layer=None):
+    """Centre the camera on ``mask`` (2D, data pixels of ``layer``, default the first) and zoom so it fills a
+    good part of the canvas."""
     ys, xs = np.nonzero(mask)
-    layer = viewer.layers[0]
+    layer = viewer.layers[0] if layer is None else layer
     sy, sx = layer.scale[-2:]
     viewer.scene.camera.center = (float(ys.mean() * sy), float(xs.mean() * sx))
     extent = max((ys.max() - ys.min()) * sy, (xs.max() - xs.min()) * sx) * zoom_margin
@@ -71,8 +73,8 @@ def draw_box_and_rest(app, widget, box):
     from napari.utils._test_utils import read_only_mouse_event
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
-    layer = widget.shapes_layer
-    widget.activate_box_mode()
+    layer = widget.layers["box"]
+    widget.tools.activate_box_mode()
     start = tuple(layer.data_to_world([box[1], box[0]]))
     end = tuple(layer.data_to_world([box[3], box[2]]))
     mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
@@ -80,8 +82,7 @@ def draw_box_and_rest(app, widget, box):
         pos = tuple(np.add(start, k * np.subtract(end, start)))
         mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=pos))
         app.processEvents()
-    key = widget._prompt_key(widget.current_prompts(), widget.current_z())
-    pump(app, lambda: widget.is_idle and widget._painted_key == key)
+    pump(app, lambda: widget.is_idle and widget.session.preview.shows(widget.binding.read_prompts()))
 
     def release():
         mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True,
@@ -90,53 +91,85 @@ def draw_box_and_rest(app, widget, box):
     return release
 
 
+def add_boxes(app, widget, *boxes, z=None):
+    from napari_qlora_minisam.prompts import box_to_rectangle
+
+    n = widget.previews_painted
+    widget.layers["box"].add_rectangles([box_to_rectangle(b, z) for b in boxes])
+    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
+
+
 def main() -> None:
     from napari.qt import get_qapp
 
-    from napari_qlora_minisam.prompts import box_to_rectangle, xy_to_rc
+    from napari_qlora_minisam._sample_data import brain_mri
+    from napari_qlora_minisam.prompts import xy_to_rc
 
     app = get_qapp()
 
-    # 1-3: cardiac MRI slice: box prompt, points, committed objects.
+    # Cardiac MRI slice: a box, a box being drawn, clicks, a batch of boxes, the objects and the shortcuts.
     viewer, widget = open_ready(app, "heart_mri")
     ref = viewer.layers["cardiac MRI reference"].data
     lv, rv = ref == 1, ref == 3
     frame(viewer, lv | rv, 2.6)
-    n = widget.previews_painted
-    widget.shapes_layer.add_rectangles(box_to_rectangle(tight_box(rv)))
-    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
-    viewer.layers.selection.active = widget.shapes_layer
+    add_boxes(app, widget, tight_box(rv))
+    viewer.layers.selection.active = widget.layers["box"]
     shoot(viewer, app, "plugin_box.png")
 
-    widget.commit()
-    # 1b: a box being drawn on the left ventricle: the preview follows as soon as the mouse rests.
+    widget.clear_prompts()
+    pump(app, lambda: widget.is_idle)
     release = draw_box_and_rest(app, widget, tight_box(lv) + np.array([-2, -2, 2, 2]))
     shoot(viewer, app, "plugin_drawing.png")
     release()
     pump(app, lambda: widget.is_idle)
     widget.clear_prompts()
     pump(app, lambda: widget.is_idle)
-    n = widget.previews_painted
-    widget.shapes_layer.add_rectangles(box_to_rectangle(tight_box(lv) + np.array([-3, -3, 3, 3])))
+    add_boxes(app, widget, tight_box(lv) + np.array([-3, -3, 3, 3]))
     ys, xs = np.nonzero(lv)
-    widget.activate_point_mode()
-    widget.points_layer.add(xy_to_rc([[xs.mean(), ys.mean()]]))
-    widget.toggle_negative()
+    widget.tools.activate_point_mode()
+    n = widget.previews_painted
+    widget.layers["points"].add(xy_to_rc([[xs.mean(), ys.mean()]]))
+    widget.tools.toggle_negative()
     myo = ref == 2
     mys, mxs = np.nonzero(myo)
     far = np.argmax((mxs - xs.mean()) ** 2 + (mys - ys.mean()) ** 2 * 0 - (mys - ys.mean()) ** 2)
-    widget.points_layer.add(xy_to_rc([[mxs[far], mys[far]]]))
+    widget.layers["points"].add(xy_to_rc([[mxs[far], mys[far]]]))
     pump(app, lambda: widget.previews_painted > n and widget.is_idle)
     shoot(viewer, app, "plugin_points.png")
-
-    widget.commit()
-    widget.toggle_negative()
+    widget.tools.toggle_negative()
+    widget.clear_prompts()
     pump(app, lambda: widget.is_idle)
-    viewer.layers.selection.active = widget.objects_layer
+
+    # A batch: both ventricles, each box one object; the second is renamed in the table as a user would.
+    add_boxes(app, widget, tight_box(lv), tight_box(rv))
+    widget.tools.activate_box_mode()
+    shoot(viewer, app, "plugin_batch.png")
+    widget.commit()
+    pump(app, lambda: widget.is_idle)
+    widget.objects.table.item(1, 1).setText("RightVentricle")
+    viewer.layers.selection.active = widget.layers["objects"]
     shoot(viewer, app, "plugin_objects.png")
+    widget.ui.help.setChecked(True)
+    shoot(viewer, app, "plugin_shortcuts.png")
+    widget.ui.help.setChecked(False)
+
+    # A second image in the same viewer: the brain MRI slice (0.78 mm pixels: areas in mm²).
+    viewer.layers["cardiac MRI"].visible = False
+    viewer.layers["cardiac MRI · objects"].visible = False
+    for data, kwargs, kind in brain_mri():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget.set_image_layer(viewer.layers["brain MRI"])
+    pump(app, lambda: widget.is_idle)
+    tumour = viewer.layers["brain MRI reference"].data > 0
+    frame(viewer, tumour, 6.0, viewer.layers["brain MRI"])
+    add_boxes(app, widget, tight_box(tumour))
+    widget.commit()
+    pump(app, lambda: widget.is_idle)
+    viewer.layers.selection.active = widget.layers["objects"]
+    shoot(viewer, app, "plugin_two_images.png")
     viewer.close()
 
-    # 4: one click, with the shipped MRI adapter (LiteMedSAM alone was trained with boxes only).
+    # One click, with the shipped MRI adapter (LiteMedSAM alone was trained with boxes only).
     viewer, widget = open_ready(app, "heart_mri")
     combo = widget.ui.adapter
     combo.setCurrentIndex(next(i for i in range(combo.count())
@@ -144,14 +177,14 @@ def main() -> None:
     pump(app, lambda: widget.model.active_adapter == "mri" and widget.is_idle)
     frame(viewer, lv | rv, 2.6)
     n = widget.previews_painted
-    widget.activate_point_mode()
-    widget.points_layer.add(xy_to_rc([[xs.mean(), ys.mean()]]))
+    widget.tools.activate_point_mode()
+    widget.layers["points"].add(xy_to_rc([[xs.mean(), ys.mean()]]))
     pump(app, lambda: widget.previews_painted > n and widget.is_idle)
-    viewer.layers.selection.active = widget.points_layer
+    viewer.layers.selection.active = widget.layers["points"]
     shoot(viewer, app, "plugin_click_adapter.png")
     viewer.close()
 
-    # 5: chest CT volume: commit on the middle tumour slice, propagate, show another slice.
+    # Chest CT volume: commit on the middle tumour slice, propagate, show another slice.
     viewer, widget = open_ready(app, "lung_ct_volume")
     tumour = viewer.layers["chest CT reference"].data > 0
     zs = np.nonzero(tumour.any(axis=(1, 2)))[0]
@@ -159,15 +192,13 @@ def main() -> None:
     viewer.dims.set_current_step(0, mid)
     pump(app, lambda: widget.is_idle)
     frame(viewer, tumour[mid], 3.0)
-    n = widget.previews_painted
-    widget.shapes_layer.add_rectangles(box_to_rectangle(tight_box(tumour[mid]), mid))
-    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
+    add_boxes(app, widget, tight_box(tumour[mid]), z=mid)
     widget.commit()
     widget.propagate()
     pump(app, lambda: not widget.is_propagating)
     viewer.dims.set_current_step(0, mid - 3)
     pump(app, lambda: widget.is_idle)
-    viewer.layers.selection.active = widget.objects_layer
+    viewer.layers.selection.active = widget.layers["objects"]
     shoot(viewer, app, "plugin_propagation.png")
     viewer.close()
 

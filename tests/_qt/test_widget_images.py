@@ -121,3 +121,32 @@ def test_a_volume_and_a_slice_side_by_side(tiny_widget, qtbot):
     wait_idle(qtbot, widget)
     assert widget.layers["box"].ndim == 2 and widget.session.z is None
     assert not box_3d.visible and widget.layers["box"].visible  # one prompt set per dimensionality, one shown
+
+
+def test_objects_table_names_sizes_selection_and_delete(tiny_widget, qtbot, tmp_path):
+    from napari_qlora_minisam._writer import write_labels_tiff
+
+    viewer, widget, _ = tiny_widget
+    image = viewer.add_image(np.random.default_rng(0).random((40, 50)), name="img", scale=(0.5, 0.5),
+                             metadata={"minisam_class_names": ["Liver", "Spleen"]})
+    widget.set_image_layer(image)
+    wait_idle(qtbot, widget)
+    widget.ui.overwrite.setChecked(True)
+    draw_boxes(qtbot, widget, [2, 2, 20, 20], [25, 20, 48, 38])
+    widget.commit()
+    rows = widget.objects.rows
+    assert [r[:2] for r in rows] == [("1", "Liver"), ("2", "Spleen")]
+    labels = widget.layers["objects"]
+    assert rows[0][3] == f"{(labels.data == 1).sum() * 0.25:.1f} mm²"  # 0.5 mm pixels
+    widget.objects.table.item(1, 1).setText("left kidney")  # the user edits a name in the table
+    assert widget.session.names()[2] == "left kidney"
+    written = write_labels_tiff(str(tmp_path / "img.tif"), labels.data, {"features": labels.features})
+    assert "left kidney" in open(written[1]).read()  # the names travel with the layer and the writer
+    widget.objects.select(2)
+    assert labels.selected_label == 2
+    widget.objects.delete_selected()
+    assert not (labels.data == 2).any() and [r[0] for r in widget.objects.rows] == ["1"]
+    widget.undo()
+    assert (labels.data == 2).any() and widget.objects.rows[1][1] == "left kidney"
+    widget.objects.table.item(0, 1).setText("  ")
+    assert "cannot be empty" in widget.message and widget.objects.rows[0][1] == "Liver"

@@ -8,12 +8,40 @@ edits and undo show up as they are. Names are edited in place and stored in the 
 from __future__ import annotations
 
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHeaderView,
+    QStyledItemDelegate,
+    QTableWidget,
+    QTableWidgetItem,
+)
 
 from ..errors import MiniSamError
 
 COLUMNS = ("id", "name", "slices", "size")
 REFRESH_DELAY_MS = 150  # one recount after a burst of edits (a brush stroke emits many events)
+
+
+class _NameEditor(QStyledItemDelegate):
+    """Names are typed, or picked from the image's structure names (its dataset's classes)."""
+
+    def __init__(self, panel):
+        super().__init__(panel.table)
+        self.panel = panel
+
+    def createEditor(self, parent, option, index):  # noqa: N802 - Qt's name
+        combo = QComboBox(parent)
+        combo.setEditable(True)
+        session = self.panel.session
+        combo.addItems(list(session.class_names) if session is not None else [])
+        return combo
+
+    def setEditorData(self, editor, index):  # noqa: N802
+        editor.setCurrentText(index.data())
+
+    def setModelData(self, editor, model, index):  # noqa: N802
+        model.setData(index, editor.currentText())
 
 
 class ObjectsPanel(QObject):
@@ -32,7 +60,11 @@ class ObjectsPanel(QObject):
         table.verticalHeader().setVisible(False)
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header = table.horizontalHeader()
+        for col in range(len(COLUMNS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Stretch if col == 1
+                                        else QHeaderView.ResizeMode.ResizeToContents)
+        table.setItemDelegateForColumn(1, _NameEditor(self))
         table.itemChanged.connect(self._renamed)
         table.itemSelectionChanged.connect(self._selected)
         self._timer = QTimer(self, singleShot=True, interval=REFRESH_DELAY_MS)

@@ -91,6 +91,6 @@ class PropagationRun(QObject):
             self.status.info(f"Propagation cancelled after {len(zs)} slices{span}: those are kept, {written} px "
                              "(Ctrl+Z takes them back).", clears=("propagation",))
         else:
-            self.status.info(f"Propagated object {label_id} to {len(zs)} slices{span}, {written} px, one undo "
-                             f"step.{self._stopped}", clears=("propagation",))
+            self.status.info(f"Propagated object {label_id} to {len(zs)} more slices{span}, {written} px, one "
+                             f"undo step.{self._stopped}", clears=("propagation",))
         self.ended.emit()

@@ -70,4 +70,4 @@ class Shortcuts:
 def help_html() -> str:
     rows = "".join(f"<tr><td><b>{key.replace('Control', 'Ctrl')}</b></td><td>{text}</td></tr>"
                    for key, _, text in SHORTCUTS)
-    return f"<table cellspacing='4'>{rows}</table>"
+    return f"<table cellspacing='1'>{rows}</table>"
