@@ -26,7 +26,9 @@ def read_sample(stem: str) -> tuple[np.ndarray, np.ndarray]:
 CLASS_NAMES = "minisam_class_names"
 
 
-def _layers(stem: str, name: str, classes: list, image_kwargs: dict | None = None, spacing=None) -> list:
+def _layers(stem: str, name: str, classes: list, image_kwargs: dict | None = None, spacing=None,
+            names: list | None = None) -> list:
+    """``classes``: the dataset's structures by id; ``names``: those new objects are named after (default all)."""
     image, labels = read_sample(stem)
     # Spacing as scale alone: napari warns when layers of one viewer carry different units, and a scale other
     # than 1 is read as mm by the objects panel anyway (annotation.objects.spacing_mm).
@@ -34,7 +36,7 @@ def _layers(stem: str, name: str, classes: list, image_kwargs: dict | None = Non
     label_kwargs = {"name": f"{name} reference", "visible": False, "opacity": 0.4,
                     "features": {"index": list(range(len(classes) + 1)), "structure": ["background", *classes]},
                     **common}
-    image_kwargs = {"name": name, "colormap": "gray", "metadata": {CLASS_NAMES: list(classes)},
+    image_kwargs = {"name": name, "colormap": "gray", "metadata": {CLASS_NAMES: list(names or classes)},
                     **(image_kwargs or {}), **common}
     return [(image, image_kwargs, "image"), (labels, label_kwargs, "labels")]
 
@@ -45,8 +47,8 @@ def heart_mri() -> list:
 
 
 def pancreas_ct() -> list:
-    """Abdominal CT slice (COSMOS 6_Pancreas_13_75_0, 0-255 scaled): pancreatic mass = 2."""
-    return _layers("pancreas_ct", "pancreas CT", ["Pancreas", "PancreaticMass"])
+    """Abdominal CT slice (COSMOS 6_Pancreas_13_75_0, 0-255 scaled): pancreatic mass = 2 (the only one labelled)."""
+    return _layers("pancreas_ct", "pancreas CT", ["Pancreas", "PancreaticMass"], names=["PancreaticMass"])
 
 
 def brain_mri() -> list:

@@ -258,7 +258,8 @@ class MiniSamWidget(QWidget):
         if labels is not None:
             getattr(labels, step)()  # napari's own history: commits, propagations and brush strokes alike
             self.objects.refresh()
-            self.status.info(f"{step.capitalize()}: {labels.name}.", clears=("commit",))
+            self.status.info(f"{'Undid' if step == 'undo' else 'Redid'} the last edit of {labels.name}.",
+                             clears=("commit",))
 
     def undo(self) -> None:
         self._history("undo")
