@@ -36,6 +36,7 @@ def one_drag(app, widget, frames: list, sign: float, moves: int = 25, step: floa
     from qtpy.QtCore import QEventLoop, QTimer
 
     layer = widget.layers["box"]
+    B.fresh(widget)  # every drag decoded, none taken from the masks kept per prompt
     start = tuple(float(v) for v in np.mean(layer.data[0], axis=0))
     mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", is_dragging=True, position=start))
     state = {"i": 0, "last": None, "pos": start}

@@ -109,6 +109,7 @@ def run(edits: int, hold: bool, bf16: bool = False, window: bool = True, canvas:
         ys, xs, _ = B.box_the_left_ventricle(app, viewer, widget)
         rows = []
         for i in range(edits):
+            B.fresh(widget)  # every edit decoded, none taken from the masks kept per prompt
             if clicks:  # a positive point inside the box, clicked through napari's add-mode bindings
                 release = B.click_point(app, widget.layers["points"], B.click_position(ys, xs, i))
             else:

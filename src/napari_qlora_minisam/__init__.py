@@ -6,7 +6,8 @@ The public API imports lazily so ``import napari_qlora_minisam`` (done by napari
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "MiniSamPredictor", "MiniSamError", "ModelLoadError", "InputError", "AdapterError"]
+__all__ = ["load_model", "train_adapter", "TrainProgress", "MiniSamPredictor", "MiniSamError", "ModelLoadError",
+           "InputError", "AdapterError"]
 
 from .errors import AdapterError, InputError, MiniSamError, ModelLoadError
 
@@ -16,6 +17,10 @@ def __getattr__(name):
         from .loading import load_model
 
         return load_model
+    if name in ("train_adapter", "TrainProgress"):
+        from . import adapter_training
+
+        return getattr(adapter_training, name)
     if name == "MiniSamPredictor":
         from .predictor import MiniSamPredictor
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,8 +134,13 @@ def add_lora(backend, name: str, r: int = 8, alpha: int = 16, dropout: float = 0
     return backend.peft_model
 
 
-def load_adapter(backend, path, name: str | None = None) -> str:
-    """Load an adapter directory onto ``backend`` after checking it was trained on this base."""
+def load_adapter(backend, path, name: str | None = None, trainable: bool = False) -> str:
+    """Load an adapter directory onto ``backend`` after checking it was trained on this base.
+
+    Args:
+        name: the name to attach it under (default: the one in its metadata, else the folder's name).
+        trainable: load its weights as a trainable adapter (to continue training it); the base stays frozen.
+    """
     from peft import PeftModel
 
     meta = read_adapter_metadata(path)
@@ -155,17 +161,33 @@ def load_adapter(backend, path, name: str | None = None) -> str:
             return name
         raise AdapterError(f"An adapter named {name!r} is already loaded from {loaded_from}; pass a different "
                            f"name to load {path} beside it.")
+    if trainable:
+        for p in backend.net.parameters():
+            p.requires_grad_(False)
+    _unpack_4bit(backend)
     try:
         if backend.peft_model is None:
-            backend.peft_model = PeftModel.from_pretrained(backend.net, str(path), adapter_name=name)
+            backend.peft_model = PeftModel.from_pretrained(backend.net, str(path), adapter_name=name,
+                                                           is_trainable=trainable)
         else:
-            backend.peft_model.load_adapter(str(path), adapter_name=name)
+            backend.peft_model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
     except Exception as exc:
         raise AdapterError(f"Adapter {path} could not be loaded onto {backend.name}: {exc}") from exc
     backend.net.eval()
+    if trainable:
+        backend.trainable_adapters.add(name)
     backend.adapter_info[name] = {**meta, "_path": str(Path(path).resolve())}
     set_adapter(backend, name)
     return name
+
+
+def _unpack_4bit(backend) -> None:
+    # peft reads the model's state_dict() to load or save an adapter; on 4-bit layers bitsandbytes answers
+    # that by undoing its CPU repacking lossily, which would move the frozen base (see unpack_cpu_4bit).
+    if backend.quantization:
+        from .quantization import unpack_cpu_4bit
+
+        unpack_cpu_4bit(backend.net)
 
 
 def set_adapter(backend, name: str | None) -> None:
@@ -182,6 +204,25 @@ def set_adapter(backend, name: str | None) -> None:
     # peft makes the active adapter trainable by default; adapters loaded from disk stay frozen.
     backend.peft_model.set_adapter(name, inference_mode=name not in backend.trainable_adapters)
     backend.active_adapter = name
+
+
+def detach_adapter(backend, name: str) -> None:
+    """Remove adapter ``name`` from the backend (its folder stays); if it was active, the bare base is now."""
+    if backend.peft_model is None or name not in backend.peft_model.peft_config:
+        raise AdapterError(f"No adapter named {name!r} is attached to {backend.name}.")
+    if backend.active_adapter == name:
+        set_adapter(backend, None)
+    if list(backend.peft_model.peft_config) == [name]:
+        # peft keeps naming a deleted last adapter active; unloading restores the bare network instead.
+        backend.peft_model.unload()
+        backend.peft_model = None
+    else:
+        with warnings.catch_warnings():
+            # peft names another adapter active; ours stays as set_adapter left it (bare base or another one).
+            warnings.filterwarnings("ignore", message=f"Adapter {name} was active which is now deleted")
+            backend.peft_model.delete_adapter(name)
+    backend.adapter_info.pop(name, None)
+    backend.trainable_adapters.discard(name)
 
 
 def merge_active_adapter(backend) -> None:
@@ -212,6 +253,7 @@ def save_adapter(backend, out_dir, name: str, metadata: dict) -> Path:
     # The base fields come last: they are facts about this backend, not something a caller may override.
     meta = {"name": out_dir.name, **(metadata or {}), "base_identity": backend.identity,
             "base_source": backend.source, "base_kind": backend.kind}
+    _unpack_4bit(backend)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         backend.peft_model.save_pretrained(str(tmp), selected_adapters=[name])

@@ -148,3 +148,29 @@ def fix_cpu_packing(module: nn.Module) -> nn.Module:
             if m.in_features % block or m.out_features % 32:
                 m.support_avx512bf16_for_cpu = False
     return module
+
+
+def unpack_cpu_4bit(module: nn.Module) -> int:
+    """Undo bitsandbytes' CPU repacking of 4-bit layers exactly; return how many layers were unpacked.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit`` for its AVX512-BF16 CPU kernel at the first inference call,
+    keeping the block scales in bf16. Its own inverse, which ``state_dict()`` runs (so every peft load or
+    save of an adapter), re-quantizes those scales into a new double-quantized state and so moves every
+    weight of the frozen base a little. Keeping the bf16 scales un-nested in fp32 is exact, and the next
+    inference repacks to the very same kernel state: the base predicts as it did before.
+    """
+    bnb = _require_bnb()
+    from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+    unpacked = 0
+    for m in module.modules():
+        qs = getattr(getattr(m, "weight", None), "quant_state", None)
+        if isinstance(m, bnb.nn.Linear4bit) and qs is not None and getattr(qs, "packing_format_for_cpu", False):
+            scales = qs.absmax.T.reshape(-1).float()  # repacking stored them transposed, in bf16
+            qs.original_nested = False  # skip bitsandbytes' lossy re-nesting of the scales
+            m.weight.data, qs = _convert_weight_packed_for_cpu_inverse(m.weight.data, qs)
+            qs.absmax, qs.nested = scales, False
+            m.weight.quant_state = qs
+            unpacked += 1
+    return unpacked
+

@@ -91,3 +91,31 @@ def test_litemedsam_nf4_footprint_and_dice(litemedsam, heart_slice):
     predictor.set_image(image)
     masks, _, _ = predictor.predict(box=tight_box(label == 85), multimask=False)
     assert dice(masks[0], label == 85) > 0.85
+
+
+def test_loading_or_saving_an_adapter_after_predicting_leaves_the_nf4_base_as_it_was(tmp_path):
+    """bitsandbytes undoes its CPU repacking lossily whenever ``state_dict()`` runs, which peft does to load
+    and save adapters; the base must still predict bit for bit as before (``quantization.unpack_cpu_4bit``)."""
+    from napari_qlora_minisam.adapters import add_lora, load_adapter, save_adapter, set_adapter
+
+    donor = load_model("tiny_hf_sam", device="cpu")
+    add_lora(donor, "donor", parts=("decoder",))
+    save_adapter(donor, tmp_path / "donor", "donor", {})
+    model = load_model("tiny_hf_sam", quantize="nf4", device="cpu")
+    image = np.random.default_rng(0).random((64, 80)).astype(np.float32)
+
+    def logits():
+        predictor = MiniSamPredictor(model)
+        predictor.set_image(image)
+        return predictor.predict(box=[5, 8, 50, 40], multimask=False)[2]
+
+    before = logits()
+    layers = [m for m in model.net.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    repacked = sum(bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False)) for m in layers)
+    load_adapter(model, tmp_path / "donor")
+    set_adapter(model, None)
+    np.testing.assert_array_equal(logits(), before)
+    save_adapter(model, tmp_path / "copy", "donor", {})
+    np.testing.assert_array_equal(logits(), before)
+    assert repacked == 0 or repacked == sum(bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False))
+                                            for m in layers)           # and the fast kernel is back

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from minisam_train.tasks import adapt
-from minisam_train.training.prompt_sampling import PromptBatch
-from minisam_train.training.qlora import QLoRAMiniSAM
 from napari_qlora_minisam import load_model
+from napari_qlora_minisam.adapter_training.prompt_sampling import PromptBatch
+from napari_qlora_minisam.adapter_training.qlora import QLoRAMiniSAM
 
 bnb = pytest.importorskip("bitsandbytes")
 

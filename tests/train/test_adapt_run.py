@@ -76,9 +76,9 @@ def test_run_trains_saves_and_logs(trained):
 
 def test_loss_falls_on_the_training_slice(trained):
     from minisam_train.data import CosmosDataset
-    from minisam_train.training.adapt_data import make_view
-    from minisam_train.training.losses import MedSegLoss
-    from minisam_train.training.prompt_sampling import PromptBatch, tight_box
+    from napari_qlora_minisam.adapter_training.losses import MedSegLoss
+    from napari_qlora_minisam.adapter_training.prompt_sampling import PromptBatch, tight_box
+    from napari_qlora_minisam.adapter_training.views import make_view
 
     _, summary, model = trained
     ds_name, image = summary["data"]["train_slices"][0].split("/")

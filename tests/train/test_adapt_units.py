@@ -8,8 +8,13 @@ import torch
 
 from minisam_train.data import DataError
 from minisam_train.training.adapt_data import datasets_for_modality
-from minisam_train.training.losses import MedSegLoss
-from minisam_train.training.prompt_sampling import PromptSampler, PromptSamplingConfig, jitter_box, tight_box
+from napari_qlora_minisam.adapter_training.losses import MedSegLoss
+from napari_qlora_minisam.adapter_training.prompt_sampling import (
+    PromptSampler,
+    PromptSamplingConfig,
+    jitter_box,
+    tight_box,
+)
 
 
 def _disc(size=64, r=10, cx=30, cy=28):

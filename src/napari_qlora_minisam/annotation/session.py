@@ -233,6 +233,27 @@ class AnnotationSession:
             return 0
         return erase_object(self.labels, label_id)
 
+    # -- training an adapter from the objects ------------------------------------------------------------
+    def training_pair(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(image, labels)`` for ``train_adapter``: the image and its label image, ``None`` without objects.
+
+        A volume goes whole: the trainer uses the slices that hold labels.
+        """
+        if self.labels is None:
+            return None
+        labels = np.asarray(self.labels.data)
+        return (np.asarray(self.image), labels) if labels.any() else None
+
+    def labelled_counts(self) -> tuple[int, int]:
+        """``(objects, slices)``: the object ids committed and the slices holding any (1 for a 2D image)."""
+        records = self.objects()
+        if not records:
+            return 0, 0
+        if not self.depth:
+            return len(records), 1
+        labels = np.asarray(self.labels.data)
+        return len(records), int(labels.reshape(labels.shape[0], -1).any(axis=1).sum())
+
     # -- 3D propagation -------------------------------------------------------------------------------------
     def propagation_seed(self, selected: int | None = None) -> tuple[int, np.ndarray]:
         """The object to propagate from the slice in view and its mask there.

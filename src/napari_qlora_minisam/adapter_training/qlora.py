@@ -1,9 +1,10 @@
 """``QLoRAMiniSAM``: a frozen (NF4, double-quantized) SAM-family base with trainable peft LoRA adapters.
 
 The base comes from ``load_model`` (any source, 4-bit via bitsandbytes) and the adapters from
-``napari_qlora_minisam.adapters.add_lora`` (peft), so what trains here is exactly what eval and the plugin
-load later. The same class, with ``method="full"``, is the full fine-tuning cost baseline: every weight of
-the fp32 base trainable, no adapter.
+``napari_qlora_minisam.adapters.add_lora`` (peft) or, to continue training one, ``load_adapter(...,
+trainable=True)``, so what trains here is exactly what eval and the plugin load later. The same class,
+with ``method="full"``, is the full fine-tuning cost baseline: every weight of the fp32 base trainable,
+no adapter.
 """
 
 from __future__ import annotations
@@ -11,34 +12,40 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from napari_qlora_minisam.adapters import add_lora, save_adapter
-from napari_qlora_minisam.errors import AdapterError
+from ..adapters import add_lora, load_adapter, save_adapter
+from ..errors import AdapterError
+from ..quantization import unpack_cpu_4bit
 
 METHODS = ("qlora", "full")
 
 
-def use_trainable_4bit_kernels(net: nn.Module) -> int:
-    """Keep bitsandbytes on its autograd-aware 4-bit path; return how many layers were switched back.
+def use_trainable_4bit_kernels(net: nn.Module) -> dict:
+    """Keep bitsandbytes on its autograd-aware 4-bit path; return each 4-bit layer's previous kernel choice.
 
     bitsandbytes 0.50 repacks a ``Linear4bit`` for a faster CPU inference kernel the first time it runs in
     ``eval()`` mode without grad (as validation does). That kernel has no backward, so after the first
     validation the gradients of every LoRA layer *below* a repacked layer would silently vanish (or the
-    in-place bias add fails). Training must never use it.
+    in-place bias add fails). Training must never use it; :func:`restore_4bit_kernels` gives it back.
+    Layers already repacked (a model that predicted before it trains) are unpacked exactly.
     """
     try:
         import bitsandbytes as bnb
-        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
     except ImportError:  # pragma: no cover - fp32 bases do not need bitsandbytes
-        return 0
-    switched = 0
+        return {}
+    previous = {}
     for m in net.modules():
         if isinstance(m, bnb.nn.Linear4bit):
+            previous[m] = m.support_avx512bf16_for_cpu
             m.support_avx512bf16_for_cpu = False
-            qs = m.weight.quant_state
-            if qs is not None and getattr(qs, "packing_format_for_cpu", False):
-                m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, qs)
-                switched += 1
-    return switched
+    if previous:
+        unpack_cpu_4bit(net)
+    return previous
+
+
+def restore_4bit_kernels(previous: dict) -> None:
+    """Undo :func:`use_trainable_4bit_kernels`: inference may repack weights for the fast CPU kernel again."""
+    for m, flag in previous.items():
+        m.support_avx512bf16_for_cpu = flag
 
 
 class QLoRAMiniSAM(nn.Module):
@@ -49,11 +56,13 @@ class QLoRAMiniSAM(nn.Module):
         adapter_name: name of the LoRA adapter to train (the modality).
         method: ``"qlora"`` (frozen base + LoRA) or ``"full"`` (every base weight trains; cost baseline).
         r, alpha, dropout, target_modules, parts: the LoRA configuration (peft ``LoraConfig``).
+        init_adapter: an adapter folder to continue training (its own LoRA configuration is kept; the
+            settings above are then ignored). It must have been trained on this base.
     """
 
     def __init__(self, backend, adapter_name: str = "adapter", method: str = "qlora", r: int = 8,
                  alpha: int = 16, dropout: float = 0.05, target_modules=("qkv", "q_proj", "v_proj"),
-                 parts=("encoder", "decoder")):
+                 parts=("encoder", "decoder"), init_adapter=None):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"train.method={method!r}; choose one of {METHODS}.")
@@ -67,10 +76,12 @@ class QLoRAMiniSAM(nn.Module):
                                    "train.method=full.")
             for p in backend.net.parameters():
                 p.requires_grad_(True)
+        elif init_adapter is not None:
+            load_adapter(backend, init_adapter, adapter_name, trainable=True)
         else:
             add_lora(backend, adapter_name, r=r, alpha=alpha, dropout=dropout,
                      target_modules=tuple(target_modules), parts=self.parts)
-        use_trainable_4bit_kernels(backend.net)
+        self._inference_kernels = use_trainable_4bit_kernels(backend.net)
         self.net = backend.net  # registered so parameters(), state_dict() and .to() see the network
 
     # -- what trains --------------------------------------------------------------------------------
@@ -111,6 +122,11 @@ class QLoRAMiniSAM(nn.Module):
 
     def forward(self, embedding, prompts):
         return self.decode(embedding, prompts)
+
+    def release(self) -> None:
+        """Hand the backend back for inference: eval mode, bitsandbytes' fast CPU kernels where they were on."""
+        self.eval()
+        restore_4bit_kernels(self._inference_kernels)
 
     # -- export -------------------------------------------------------------------------------------
     def save_adapter(self, out_dir, metadata: dict):

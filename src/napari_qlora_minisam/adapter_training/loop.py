@@ -1,14 +1,13 @@
 """The adapter training loop: sampled prompts on few-shot views, validation Dice, early stopping, resume.
 
 Exact resume: every random draw of the loop (which views, which prompts) comes from one numpy Generator
-that is checkpointed with the optimizer, scheduler and the global RNGs (Accelerate), and checkpoints fall
-on optimizer-step boundaries; the best-so-far weights and the log rows are checkpointed too. A resumed run
+that the runtime checkpoints with the optimizer, scheduler and the global RNGs, and checkpoints fall on
+optimizer-step boundaries; the best-so-far weights and the log rows are checkpointed too. A resumed run
 therefore produces the same weights, log and adapter as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 import time
@@ -18,13 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_qlora_minisam.transforms import postprocess_logits, scale_boxes, scale_coords
-
-from .checkpointing import CheckpointManager, load_trainable_state_dict, trainable_state_dict
+from ..transforms import postprocess_logits, scale_boxes, scale_coords
 from .prompt_sampling import PromptBatch, centroid, tight_box
-from .run_log import plot_curves, write_csv
-
-log = logging.getLogger(__name__)
+from .trainable_state import load_trainable_state_dict, trainable_state_dict
 
 
 @dataclass
@@ -32,7 +27,6 @@ class AdaptLoopSettings:
     steps: int
     batch_size: int = 4
     val_every: int = 20
-    checkpoint_every: int = 50
     log_every: int = 5
     max_minutes: float | None = None
     max_grad_norm: float | None = 1.0
@@ -40,14 +34,33 @@ class AdaptLoopSettings:
     patience: int = 4
     min_delta: float = 0.002
     restore_best: bool = True
-    resume: bool = True
-    progress: bool = True
+    show_progress: bool = False  # a tqdm bar (the command line)
     stop_after: int | None = None  # tests: stop (as if interrupted) after this many steps of this call
     point_multimask: bool = True  # validate clicks the way training decodes them
 
 
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where a training run is, handed to a ``progress`` callback after every step (and once at the start).
+
+    Attributes:
+        step: optimizer steps done.
+        total: steps planned (the run may stop earlier: time budget, early stopping, cancel).
+        loss: this step's training loss, ``None`` before the first step.
+        val_dice: the latest validation score (mean of box and click Dice on held-back objects), ``None``
+            when nothing is held back.
+        elapsed_s: seconds of training so far.
+    """
+
+    step: int
+    total: int
+    loss: float | None
+    val_dice: float | None
+    elapsed_s: float
+
+
 class SamplingRng:
-    """The loop's numpy Generator, checkpointable through ``accelerator.register_for_checkpointing``."""
+    """The loop's numpy Generator, checkpointable through ``runtime.register_for_checkpointing``."""
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
@@ -84,7 +97,7 @@ class BestWeights:
 @dataclass
 class LoopResult:
     steps_done: int
-    stopped: str                    # "steps" | "early_stopping" | "time_budget" | "interrupted"
+    stopped: str                    # "steps" | "early_stopping" | "time_budget" | "cancelled" | "interrupted"
     rows: list = field(default_factory=list)
     best: dict = field(default_factory=dict)
     train_seconds: float = 0.0
@@ -152,25 +165,33 @@ def validate(model, views, point_multimask: bool = True) -> dict:
     return {"val_dice_box": box, "val_dice_point1": point, "val_dice": float(np.nanmean([box, point]))}
 
 
-def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_views, sampler, loss_fn,
-                  settings: AdaptLoopSettings, run_dir, identity: str, rng: SamplingRng,
-                  best: BestWeights) -> LoopResult:
-    """Run (or resume) the loop; ``rng`` and ``best`` must be registered for checkpointing already."""
+def _over_budget(settings: AdaptLoopSettings, elapsed: float, step_secs: list) -> bool:
+    """Whether the next step would end past ``max_minutes`` (estimated from the last steps)."""
+    if settings.max_minutes is None:
+        return False
+    expected = statistics.mean(step_secs[-5:]) if step_secs else 0.0
+    return elapsed + expected > 60.0 * settings.max_minutes
+
+
+def run_adapt_loop(model, optimizer, scheduler, train_views, val_views, sampler, loss_fn,
+                   settings: AdaptLoopSettings, runtime, rng: SamplingRng, best: BestWeights,
+                   progress=None, should_stop=None) -> LoopResult:
+    """Run (or resume) the loop; ``rng`` and ``best`` must be registered with ``runtime`` already.
+
+    Args:
+        runtime: a :class:`~.runtime.TrainingRuntime` (backward pass, checkpoints, run log).
+        progress: called with a :class:`TrainProgress` at the start and after every step.
+        should_stop: a zero-argument callable; when it returns True the loop stops before the next step
+            (``stopped="cancelled"``) and, like every other stop but ``interrupted``, restores the best weights.
+    """
     from tqdm.auto import tqdm
 
-    ckpt = CheckpointManager(run_dir / "checkpoints", accelerator, model, keep=2)
-    state = ckpt.load() if settings.resume else None
+    state = runtime.resume(model)
     rows, bad, stopped, elapsed, step_secs = [], 0, None, 0.0, []
     start = 0
     if state is not None:
-        if state.get("base_identity") != identity:
-            raise RuntimeError(
-                f"The checkpoint in {ckpt.root} was written for base identity {state.get('base_identity')}, "
-                f"not for this base ({identity}); use another output_dir or train.resume=false."
-            )
         start, rows, bad = state["step"], state["rows"], state["bad_validations"]
         stopped, elapsed, step_secs = state.get("stopped"), state["elapsed_s"], state["step_seconds"]
-        log.info("resumed from %s at step %d", ckpt.latest(), start)
     elif val_views:
         rows.append({"step": 0, "elapsed_s": 0.0, **validate(model, val_views, settings.point_multimask)})
         if settings.early_stopping:
@@ -178,16 +199,30 @@ def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_vie
 
     model.train()
     total = settings.steps
-    bar = tqdm(total=total, initial=start, desc="adapt", disable=not settings.progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc="adapt", disable=not settings.show_progress, dynamic_ncols=True)
     acc_terms, run_steps = [], 0
     step = start
     t_origin = time.perf_counter() - elapsed
+    last_val = next((r["val_dice"] for r in reversed(rows) if "val_dice" in r), None)
+
+    def loop_state(stopped_as):
+        return {"rows": rows, "bad_validations": bad, "stopped": stopped_as,
+                "elapsed_s": time.perf_counter() - t_origin, "step_seconds": step_secs}
+
+    def report(loss):
+        if progress is not None:
+            progress(TrainProgress(step, total, loss, last_val, round(time.perf_counter() - t_origin, 3)))
+
+    report(None)
     try:
         while step < total and stopped is None:
             if settings.stop_after is not None and run_steps >= settings.stop_after:
                 stopped = "interrupted"
                 break
-            if settings.max_minutes is not None and time.perf_counter() - t_origin > 60 * settings.max_minutes:
+            if should_stop is not None and should_stop():
+                stopped = "cancelled"
+                break
+            if _over_budget(settings, time.perf_counter() - t_origin, step_secs):
                 stopped = "time_budget"
                 break
             t0 = time.perf_counter()
@@ -200,16 +235,17 @@ def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_vie
                 low, iou = model.decode(_embedding(model, view), prompts)
                 target, valid = _targets(view, low.shape[-1])
                 terms = loss_fn(low, target.to(low.device), iou, valid.to(low.device))
-                accelerator.backward(terms.total / len(picks))
+                runtime.backward(terms.total / len(picks))
                 parts.append((float(terms.total.detach()), terms.bce, terms.dice, terms.iou))
             if settings.max_grad_norm:
-                accelerator.clip_grad_norm_(model.trainable_parameters(), settings.max_grad_norm)
+                runtime.clip_grad_norm_(model.trainable_parameters(), settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1
             run_steps += 1
             step_secs.append(time.perf_counter() - t0)
-            acc_terms.append(np.mean(parts, axis=0))
+            step_terms = np.mean(parts, axis=0)
+            acc_terms.append(step_terms)
             bar.update(1)
             row = None
             if step % settings.log_every == 0 or step == total:
@@ -219,6 +255,7 @@ def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_vie
                        "iou_loss": float(mean[3]), "lr": float(scheduler.get_last_lr()[0])}
             if val_views and (step % settings.val_every == 0 or step == total):
                 scores = validate(model, val_views, settings.point_multimask)
+                last_val = scores["val_dice"]
                 row = {**(row or {"step": step}), **scores}
                 if settings.early_stopping:
                     if best.offer(scores["val_dice"], step, model.net, settings.min_delta):
@@ -232,28 +269,18 @@ def train_adapter(accelerator, model, optimizer, scheduler, train_views, val_vie
                 rows.append(row)
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "val_dice") if row.get(k) is not None})
                 if "val_dice" in row:  # keep the log readable while a long run is going
-                    write_csv(rows, run_dir / "metrics.csv")
-            if step % settings.checkpoint_every == 0 or step == total or stopped == "early_stopping":
-                ckpt.save(step, {"base_identity": identity, "rows": rows, "bad_validations": bad,
-                                 "stopped": stopped, "elapsed_s": time.perf_counter() - t_origin,
-                                 "step_seconds": step_secs})
+                    runtime.write_log(rows)
+            runtime.checkpoint(step, loop_state(stopped), force=step == total or stopped == "early_stopping")
+            report(float(step_terms[0]))
+        if stopped in ("time_budget", "cancelled"):  # checkpoint where it stopped, so a rerun can continue
+            runtime.checkpoint(step, loop_state(None), force=True)
     finally:
         bar.close()
-        ckpt.close()
-    if stopped == "time_budget":  # checkpoint where the clock stopped, so a rerun can continue
-        ckpt = CheckpointManager(run_dir / "checkpoints", accelerator, model, keep=2)
-        ckpt.save(step, {"base_identity": identity, "rows": rows, "bad_validations": bad, "stopped": None,
-                         "elapsed_s": time.perf_counter() - t_origin, "step_seconds": step_secs})
-        ckpt.close()
+        runtime.close()
     result = LoopResult(step, stopped or "steps", rows, {}, time.perf_counter() - t_origin, step_secs)
     if best.weights is not None:
         result.best = {"val_dice": best.score, "step": best.step}
         if settings.restore_best and stopped != "interrupted":
             load_trainable_state_dict(model.net, best.weights)
-    write_csv(rows, run_dir / "metrics.csv")
-    plot_curves(rows, run_dir / "curves.png")
+    runtime.write_log(rows, final=True)
     return result
-
-
-def median_step_seconds(result: LoopResult) -> float | None:
-    return statistics.median(result.step_seconds) if result.step_seconds else None
