@@ -271,3 +271,20 @@ def test_real_litemedsam_boxes_segment_the_heart(litemedsam):
     assert result.ids == [1, 2]
     assert [r.name for r in s.objects()] == ["LeftVentricle", "LeftVentricularMyocardium"]
     assert dice(s.labels.data == 1, lv) >= 0.85
+
+
+def test_what_a_session_gives_to_train_an_adapter(tiny_engine):
+    s = AnnotationSession(np.random.rand(6, 32, 32), name="vol")
+    assert s.training_pair() is None and s.labelled_counts() == (0, 0)
+    s.labels = Labels(np.zeros(s.shape, np.int32))
+    assert s.training_pair() is None
+    s.labels.data[1, 2:8, 2:8] = 1
+    s.labels.data[4, 2:8, 2:8] = 1
+    s.labels.data[4, 20:30, 20:30] = 2
+    image, labels = s.training_pair()
+    assert image.shape == labels.shape == (6, 32, 32) and labels.max() == 2
+    assert s.labelled_counts() == (2, 2)  # two objects on two slices
+    flat = AnnotationSession(np.random.rand(20, 20))
+    flat.labels = Labels(np.zeros((20, 20), np.int32))
+    flat.labels.data[2:5, 2:5] = 3
+    assert flat.labelled_counts() == (1, 1)

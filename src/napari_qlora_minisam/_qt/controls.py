@@ -6,6 +6,8 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
+    QLineEdit,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -150,6 +152,38 @@ class Controls:
         self.propagate_progress.setVisible(False)
         vv.addWidget(self.propagate_progress)
         outer.addWidget(volume_box)
+
+        train_box = QGroupBox("Train adapter (from the objects committed)")
+        tf = QFormLayout(train_box)
+        self.train_name = QLineEdit()
+        self.train_name.setPlaceholderText("e.g. my-caudate")
+        self.train_name.setToolTip("The adapter's name and folder name (letters, digits, - and _).")
+        tf.addRow("Name", self.train_name)
+        self.train_minutes = QDoubleSpinBox()
+        self.train_minutes.setRange(0.1, 60.0)
+        self.train_minutes.setSingleStep(0.5)
+        self.train_minutes.setValue(2.0)
+        self.train_minutes.setSuffix(" min")
+        self.train_start = QComboBox()
+        self.train_start.addItems(["new adapter", "the active adapter"])
+        self.train_start.setToolTip("Continue training the adapter in use with these objects, or start afresh.")
+        tf.addRow("Budget", _row(self.train_minutes, QLabel("start from"), self.train_start))
+        self.train_others = QCheckBox("also the objects of the other images")
+        tf.addRow(self.train_others)
+        self.train_summary = QLabel()
+        self.train_summary.setWordWrap(True)
+        tf.addRow(self.train_summary)
+        self.train = QPushButton("Train")
+        self.train.setToolTip("QLoRA adapter trained on the committed objects, some held back to score it; "
+                              "previews keep working meanwhile. Saved in the user adapters folder, then active.")
+        self.train_cancel = QPushButton("Cancel")
+        self.train_cancel.setEnabled(False)
+        tf.addRow(_row(self.train, self.train_cancel))
+        self.train_progress = QProgressBar()
+        self.train_progress.setTextVisible(True)
+        self.train_progress.setVisible(False)
+        tf.addRow(self.train_progress)
+        outer.addWidget(train_box)
 
         self.embed_progress = QProgressBar()
         self.embed_progress.setRange(0, 0)  # busy: the encoder gives no intermediate progress

@@ -132,8 +132,24 @@ class ModelControl(QObject):
                       on_returned=self._adapter_switched, on_errored=self._adapter_failed,
                       on_finished=self._finished, keep=self.running)
 
+    def activate_path(self, path, announce: str | None = None) -> None:
+        """Make the adapter in folder ``path`` active (after listing the folders anew); ``announce`` replaces
+        the usual message once it is."""
+        self.refresh_adapters()
+        combo = self.ui.adapter
+        for i in range(combo.count()):
+            entry = combo.itemData(i)
+            if entry is not None and Path(entry.path).resolve() == Path(path).resolve():
+                self._announce = announce
+                combo.setCurrentIndex(i)  # the switch runs in a worker, as a user's pick does
+                return
+        self.status.error("adapter", f"The adapter written to {path} is not in the adapters folders.")
+
+    _announce = None
+
     def _adapter_switched(self, name) -> None:
-        self.status.info(f"Adapter: {name or 'none (base model)'}.", clears=("adapter", "preview"))
+        text, self._announce = self._announce, None
+        self.status.info(text or f"Adapter: {name or 'none (base model)'}.", clears=("adapter", "preview"))
         self.show_in_use()
         self.engine_changed.emit(self.engine)
 

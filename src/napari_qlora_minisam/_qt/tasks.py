@@ -17,6 +17,12 @@ def load_model_task(source: str, quantize: str | None, device: str, adapter=None
     from ..loading import load_model
 
     backend = load_model(source, quantize=quantize, device=device)
+    # First imports hold the GIL for 0.1-0.3 s each (peft's; the trainer's): the Qt thread would stall on the
+    # first adapter switch or training run. Pay them here, while the user waits for the model anyway.
+    import peft.tuners.lora  # noqa: F401
+
+    from .. import adapter_training  # noqa: F401
+
     warning = None
     if adapter is not None:
         try:

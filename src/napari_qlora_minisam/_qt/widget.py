@@ -25,6 +25,7 @@ from .prompt_tools import PromptTools
 from .propagation import PropagationRun
 from .shortcuts import Shortcuts, help_html
 from .status import StatusLine, guidance
+from .train_panel import AdapterTraining, describe
 
 keep_triton_out()  # before any model import: see gl_safety.py
 
@@ -48,6 +49,7 @@ class MiniSamWidget(QWidget):
         self.propagation = PropagationRun(self.running, ui.propagate_progress, self.status, self)
         self.tools = PromptTools(self)
         self.shortcuts = Shortcuts(napari_viewer, self)
+        self.training = AdapterTraining(self)
         self.lifecycle = CloseWatcher(self, self.close_widget)
         self.intensity = IntensityControl(ui.intensity, self)
         self._suspended = False
@@ -61,6 +63,8 @@ class MiniSamWidget(QWidget):
         self.intensity.warning.connect(self.status.warn)
         self.propagation.ended.connect(self.objects.refresh)
         self.objects.refreshed.connect(self._update)
+        self.objects.refreshed.connect(self.training.refresh)
+        self.training.trained.connect(self._adapter_trained)
         for signal, slot in ((ui.image.currentIndexChanged, self._on_image_choice),
                              (ui.box_mode.clicked, self.tools.activate_box_mode),
                              (ui.point_mode.clicked, self.tools.activate_point_mode), (ui.clear.clicked, self.clear_prompts),
@@ -214,6 +218,12 @@ class MiniSamWidget(QWidget):
         self.live.invalidate()
         self._update()
 
+    def _adapter_trained(self, path, meta) -> None:
+        t = meta.get("training", {})
+        self.models.activate_path(path, f"Adapter {path.name} trained ({t.get('steps_done')} steps, "
+                                        f"{t.get('train_seconds', 0):.0f} s, {t.get('stopped')}): {describe(meta)}. "
+                                        f"Saved in {path.parent}; active now.")
+
     # -- prompts --------------------------------------------------------------------------------------
     def _on_prompts(self, binding, event) -> None:
         if binding is self.binding and not self._suspended:
@@ -303,6 +313,7 @@ class MiniSamWidget(QWidget):
         self.images.close()
         self.intensity.close()
         self.propagation.cancel()
+        self.training.cancel()
         self.live.binding = None
         workers.stop_all(self.running)
         self.live.canvas_hold.release()
