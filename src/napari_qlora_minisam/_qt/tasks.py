@@ -17,11 +17,16 @@ def load_model_task(source: str, quantize: str | None, device: str, adapter=None
     from ..loading import load_model
 
     backend = load_model(source, quantize=quantize, device=device)
-    # First imports hold the GIL for 0.1-0.3 s each (peft's; the trainer's): the Qt thread would stall on the
-    # first adapter switch or training run. Pay them here, while the user waits for the model anyway.
-    import peft.tuners.lora  # noqa: F401
+    # Work that holds the GIL for 0.1-0.4 s the first time, and would stall the Qt thread on the first adapter
+    # switch or training run, is paid here, while the user waits for the model anyway: the first imports of
+    # peft and of the trainer, and peft's first LoRA injection, whose isinstance checks against ABCs walk the
+    # thousands of classes napari and Qt define until Python's ABC caches know them.
+    import copy
 
-    from .. import adapter_training  # noqa: F401
+    from ..adapter_training import train_adapter  # noqa: F401 - imported for its cost
+    from ..adapters import add_lora
+
+    add_lora(copy.deepcopy(backend), "warm-up", r=1, parts=("decoder",))
 
     warning = None
     if adapter is not None:
