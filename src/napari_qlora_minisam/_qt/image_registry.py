@@ -32,6 +32,22 @@ class ImageRegistry(QObject):
     def making(self) -> bool:
         return bool(self._queue)
 
+    def image_layers(self) -> list:
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def fill(self, combo) -> list:
+        """List the viewer's images in ``combo``, the picked one selected (signals held); returns them."""
+        images = self.image_layers()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems([layer.name for layer in images])
+        if self.picked is not None and self.picked.image in images:
+            combo.setCurrentIndex(images.index(self.picked.image))
+        combo.blockSignals(False)
+        return images
+
     def binding_for(self, image_layer) -> ImageBinding:
         """The image's binding, made (with a new session) on first use; ``InputError`` for unusable images."""
         uid = image_id(image_layer)

@@ -53,6 +53,7 @@ class AdapterTraining(QObject):
         self.worker = None
         self._cancel = threading.Event()
         self.progress.connect(self._show_progress)
+        self.trained.connect(self._trained)
         ui.train.clicked.connect(self.start)
         ui.train_cancel.clicked.connect(self.cancel)
         ui.train_others.toggled.connect(lambda _on: self.refresh())
@@ -131,6 +132,12 @@ class AdapterTraining(QObject):
         if p.val_dice is not None:
             parts.append(f"held-back Dice {p.val_dice:.2f}")
         bar.setFormat(" · ".join(parts) + f" · {p.elapsed_s:.0f} s")
+
+    def _trained(self, path, meta) -> None:
+        t = meta.get("training", {})
+        self.widget.models.activate_path(
+            path, f"Adapter {path.name} trained ({t.get('steps_done')} steps, {t.get('train_seconds', 0):.0f} s, "
+                  f"{t.get('stopped')}): {describe(meta)}. Saved in {path.parent}; active now.")
 
     def _finished(self) -> None:
         self.worker = None

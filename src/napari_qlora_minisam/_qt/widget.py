@@ -25,7 +25,7 @@ from .prompt_tools import PromptTools
 from .propagation import PropagationRun
 from .shortcuts import Shortcuts, help_html
 from .status import StatusLine, guidance
-from .train_panel import AdapterTraining, describe
+from .train_panel import AdapterTraining
 
 keep_triton_out()  # before any model import: see gl_safety.py
 
@@ -64,7 +64,6 @@ class MiniSamWidget(QWidget):
         self.propagation.ended.connect(self.objects.refresh)
         self.objects.refreshed.connect(self._update)
         self.objects.refreshed.connect(self.training.refresh)
-        self.training.trained.connect(self._adapter_trained)
         for signal, slot in ((ui.image.currentIndexChanged, self._on_image_choice),
                              (ui.box_mode.clicked, self.tools.activate_box_mode),
                              (ui.point_mode.clicked, self.tools.activate_point_mode), (ui.clear.clicked, self.clear_prompts),
@@ -121,24 +120,13 @@ class MiniSamWidget(QWidget):
         return not (self.running or self.models.busy or self.images.making) and self.live.is_idle
 
     # -- images ---------------------------------------------------------------------------------------
-    def _image_layers(self) -> list:
-        from napari.layers import Image
-
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
-
     def _refresh_image_choices(self, event=None) -> None:
-        combo, images = self.ui.image, self._image_layers()
-        combo.blockSignals(True)
-        combo.clear()
-        combo.addItems([layer.name for layer in images])
-        if self.binding is not None and self.binding.image in images:
-            combo.setCurrentIndex(images.index(self.binding.image))
-        combo.blockSignals(False)
+        images = self.images.fill(self.ui.image)
         if images and (self.binding is None or self.binding.image not in images):
             self.set_image_layer(images[-1])  # the image opened last
 
     def _on_image_choice(self, index: int) -> None:
-        images = self._image_layers()
+        images = self.images.image_layers()
         if 0 <= index < len(images):
             self.set_image_layer(images[index])
 
@@ -157,9 +145,7 @@ class MiniSamWidget(QWidget):
         self._sync_slice()
         self.intensity.apply(binding, announce=False)
         self.shortcuts.bind_image(layer)
-        self.ui.image.blockSignals(True)
-        self.ui.image.setCurrentIndex(self._image_layers().index(layer))
-        self.ui.image.blockSignals(False)
+        self.images.fill(self.ui.image)
         self.live.bind(binding)
         self.objects.show_session(binding.session)
         if binding.layers["box"] is not None:
@@ -217,12 +203,6 @@ class MiniSamWidget(QWidget):
             binding.session.set_engine(engine)
         self.live.invalidate()
         self._update()
-
-    def _adapter_trained(self, path, meta) -> None:
-        t = meta.get("training", {})
-        self.models.activate_path(path, f"Adapter {path.name} trained ({t.get('steps_done')} steps, "
-                                        f"{t.get('train_seconds', 0):.0f} s, {t.get('stopped')}): {describe(meta)}. "
-                                        f"Saved in {path.parent}; active now.")
 
     # -- prompts --------------------------------------------------------------------------------------
     def _on_prompts(self, binding, event) -> None:
