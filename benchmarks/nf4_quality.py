@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_qlora_minisam.masks import dice, tight_box
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 MIN_PIXELS = 50  # COSMOS: objects below 50 px in a slice are not evaluated there
@@ -69,16 +71,6 @@ def load_slices(per_dataset: int):
             if masks:
                 out.append((ds, name, image, masks))
     return out
-
-
-def tight_box(mask):
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
-
-
-def dice(a, b):
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
 
 
 def build_variant(base_net, kwargs):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_qlora_minisam.masks import centroid, tight_box
+
 OUT = Path(__file__).resolve().parent / "images"
 WINDOW = (1500, 900)
 
@@ -28,11 +30,6 @@ def pump(app, until, timeout=900.0):
     for _ in range(20):  # let the canvas repaint
         app.processEvents()
         time.sleep(0.01)
-
-
-def tight_box(mask):
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
 
 
 def frame(viewer, mask, zoom_margin=2.2, layer=None):
@@ -128,7 +125,7 @@ def main() -> None:
     ys, xs = np.nonzero(lv)
     widget.tools.activate_point_mode()
     n = widget.previews_painted
-    widget.layers["points"].add(xy_to_rc([[xs.mean(), ys.mean()]]))
+    widget.layers["points"].add(xy_to_rc(centroid(lv)[None]))
     widget.tools.toggle_negative()
     myo = ref == 2
     mys, mxs = np.nonzero(myo)
@@ -178,7 +175,7 @@ def main() -> None:
     frame(viewer, lv | rv, 2.6)
     n = widget.previews_painted
     widget.tools.activate_point_mode()
-    widget.layers["points"].add(xy_to_rc([[xs.mean(), ys.mean()]]))
+    widget.layers["points"].add(xy_to_rc(centroid(lv)[None]))
     pump(app, lambda: widget.previews_painted > n and widget.is_idle)
     viewer.layers.selection.active = widget.layers["points"]
     shoot(viewer, app, "plugin_click_adapter.png")

@@ -11,4 +11,4 @@ fi
 # torchvision (pulled in by timm, which LiteMedSAM's TinyViT needs) is only published linked against the
 # CUDA torch build, so pin the matching pair; it runs on CPU-only machines too.
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install -q -c scripts/constraints.txt -e ".[napari,onnx,test]"
+python -m pip install -q -c scripts/constraints.txt -e ".[napari,train,test]"

@@ -242,6 +242,28 @@ def merge_active_adapter(backend) -> None:
     backend.active_adapter = f"merged:{name}"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only set it, racing other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def publish_permissions(folder) -> None:
+    """Give a folder made with ``tempfile.mkdtemp`` (0700) the modes an ordinary ``mkdir`` / ``open`` would
+    (0755 / 0644 under the usual umask), so an adapter renamed into place is readable by other users."""
+    mask = _umask()
+    folder = Path(folder)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def save_adapter(backend, out_dir, name: str, metadata: dict) -> Path:
     """Write adapter ``name`` + metadata to ``out_dir`` atomically (never a half-written adapter)."""
     out_dir = Path(out_dir)
@@ -264,6 +286,7 @@ def save_adapter(backend, out_dir, name: str, metadata: dict) -> Path:
                 shutil.move(str(f), tmp / f.name)
             nested.rmdir()
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        publish_permissions(tmp)
         if out_dir.exists():
             backup = out_dir.with_name(out_dir.name + ".old")
             shutil.rmtree(backup, ignore_errors=True)

@@ -57,11 +57,10 @@ def _require_bnb():
 
 
 # Layers LiteMedSAM keeps in fp32 under quantize="nf4". Its TinyViT encoder is small (5.7 M parameters), so
-# the 4-bit error of every layer reaches the embedding; measured on real slices (docs/quantization.md,
-# benchmarks/nf4_quality.py), the encoder MLP output layers (fc2) are the most sensitive group. Keeping
-# those 10 layers in fp32 halves the per-object Dice change of all-NF4 (0.125 -> 0.080), keeps the class
-# mean within 0.02 of fp32, and the footprint at 21 MB, under half of fp32's 46 MB. Keeping the whole
-# encoder fp32 would be closer still (0.018) but leaves 70 % of the fp32 footprint.
+# the 4-bit error of every layer reaches the embedding. On real slices the encoder MLP output layers (fc2)
+# are the most sensitive group: keeping them in fp32 halves the Dice change of all-NF4 while the footprint
+# stays under half of fp32's; keeping the whole encoder fp32 costs most of the memory saving
+# (docs/quantization.md, benchmarks/nf4_quality.py).
 LITEMEDSAM_FP32_LAYERS = ("image_encoder.*.mlp.fc2",)
 
 DEFAULT_BLOCKSIZE = 64  # bitsandbytes' own default: 4-bit codes + one absmax per 64 weights

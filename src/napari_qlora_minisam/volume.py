@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import InputError
+from .masks import tight_box
 
 
 def stack_depth(shape: tuple, rgb: bool = False) -> int:
@@ -52,11 +53,10 @@ def box_from_mask(mask: np.ndarray, margin: float = 0.1, min_margin: int = 3) ->
     The margin lets the next slice's object grow a little past this slice's outline; the result is clipped
     to the image. ``None`` when the mask is empty.
     """
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    if not np.any(mask):
         return None
     h, w = mask.shape
-    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    x0, y0, x1, y1 = tight_box(mask)
     mx = max(min_margin, margin * (x1 - x0 + 1))
     my = max(min_margin, margin * (y1 - y0 + 1))
     return np.array([max(0, x0 - mx), max(0, y0 - my), min(w - 1, x1 + mx), min(h - 1, y1 + my)], np.float32)

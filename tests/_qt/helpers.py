@@ -71,8 +71,3 @@ def release(layer, position, pos=(0, 0)):
     mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=position, pos=np.array(pos),
                                                          is_dragging=True))
 
-
-def dice(a, b):
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else 2.0 * (a & b).sum() / s

@@ -9,8 +9,8 @@ from qtpy.QtWidgets import QListView, QMainWindow, QVBoxLayout, QWidget
 from napari_qlora_minisam._qt.repaint_hold import RepaintHold
 from napari_qlora_minisam._qt.live_preview import LIST_REPAINT_DELAY_MS
 from napari_qlora_minisam._sample_data import heart_mri
-from tests._qt.helpers import MODEL_TIMEOUT_MS, add_sample, dice, move, press, release, wait_idle, wait_preview
-from tests.conftest import tight_box
+from napari_qlora_minisam.masks import dice, tight_box
+from tests._qt.helpers import MODEL_TIMEOUT_MS, add_sample, move, press, release, wait_idle, wait_preview
 
 pytestmark = pytest.mark.gui
 

@@ -7,8 +7,8 @@ import pytest
 
 from napari_qlora_minisam._sample_data import heart_mri, lung_ct_volume
 from napari_qlora_minisam.prompts import NEGATIVE, PROMPT_FEATURE, xy_to_rc
-from tests._qt.helpers import MODEL_TIMEOUT_MS, dice, draw_boxes, press, release, wait_idle, wait_preview
-from tests.conftest import tight_box
+from napari_qlora_minisam.masks import dice, tight_box
+from tests._qt.helpers import MODEL_TIMEOUT_MS, draw_boxes, press, release, wait_idle, wait_preview
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 

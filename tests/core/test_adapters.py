@@ -293,6 +293,7 @@ def test_litemedsam_fp32_adapters_round_trip(tmp_path, lite_pixels, litemedsam_f
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_litemedsam_nf4_decoder_adapters(tmp_path, lite_pixels):
     """QLoRA on the real network: several decoder adapters on the NF4 base, switched on one embedding."""
     backend = load_model("litemedsam", device="cpu", quantize="nf4")

@@ -10,7 +10,7 @@ from napari.layers import Labels
 from napari_qlora_minisam.annotation import AHEAD, AnnotationSession, Preview, PreviewJob, SegmentationEngine
 from napari_qlora_minisam.errors import InputError
 from napari_qlora_minisam.prompts import SlicePrompts, box_to_rectangle, slice_objects
-from tests.conftest import dice, tight_box
+from napari_qlora_minisam.masks import dice, tight_box
 
 
 def boxes(*xyxy, z=None) -> list[SlicePrompts]:

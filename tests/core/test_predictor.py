@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_qlora_minisam import MiniSamPredictor
-from tests.conftest import dice, tight_box
+from napari_qlora_minisam.masks import dice, tight_box
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def test_on_slice_and_polarity():
 def test_prompts_from_napari_coordinates_segment_the_right_place(litemedsam, heart_slice):
     """A box given as a napari rectangle (row, col) must land on the LV, not on its transpose."""
     from napari_qlora_minisam import MiniSamPredictor
-    from tests.conftest import dice
+    from napari_qlora_minisam.masks import dice
 
     image, label = heart_slice
     lv = label == 85

@@ -9,13 +9,12 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
+import segment_anything.modeling as sam_modeling  # the test extra: a broken install fails, it is not skipped
 import torch
 
-sam_modeling = pytest.importorskip("segment_anything.modeling")
-
-from napari_qlora_minisam import ModelLoadError, load_model  # noqa: E402
-from napari_qlora_minisam.models.hf_sam import HfSamBackend  # noqa: E402
-from napari_qlora_minisam.models.sam_checkpoint import (  # noqa: E402
+from napari_qlora_minisam import ModelLoadError, load_model
+from napari_qlora_minisam.models.hf_sam import HfSamBackend
+from napari_qlora_minisam.models.sam_checkpoint import (
     convert_state_dict,
     detect_shape,
     load_sam_checkpoint,

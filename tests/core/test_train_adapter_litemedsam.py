@@ -11,7 +11,7 @@ from napari_qlora_minisam import MiniSamPredictor, load_model, train_adapter
 from napari_qlora_minisam.adapter_training import AdapterRecipe, EarlyStopping
 from napari_qlora_minisam.adapters import set_adapter
 
-from tests.conftest import tight_box
+from napari_qlora_minisam.masks import tight_box
 
 SLICES = ("91_BrainTumour_brain1_13.png", "91_BrainTumour_brain1_15.png")  # adapt_train: never test slices
 

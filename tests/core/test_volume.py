@@ -125,7 +125,7 @@ def test_real_propagation_on_shipped_lung_volume(litemedsam):
     from napari_qlora_minisam import MiniSamPredictor
     from napari_qlora_minisam._sample_data import read_sample
     from napari_qlora_minisam.volume import SliceSegmenter
-    from tests.conftest import dice, tight_box
+    from napari_qlora_minisam.masks import dice, tight_box
 
     image, label = read_sample("lung_ct")
     tumour = label > 0

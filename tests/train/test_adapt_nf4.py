@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import bitsandbytes as bnb  # a hard dependency: a broken install fails here, it is not skipped
 import pytest
 import torch
 
@@ -11,8 +12,6 @@ from minisam_train.tasks import adapt
 from napari_qlora_minisam import load_model
 from napari_qlora_minisam.adapter_training.prompt_sampling import PromptBatch
 from napari_qlora_minisam.adapter_training.qlora import QLoRAMiniSAM
-
-bnb = pytest.importorskip("bitsandbytes")
 
 
 def _prompts():

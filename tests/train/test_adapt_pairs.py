@@ -58,7 +58,8 @@ def test_adapt_from_a_folder_of_pairs(pairs_dir, tmp_path):
     assert data["train_masks"] + data["val_masks"] == 7 + 3
     assert any(s.startswith("brain1.tif#z") for s in data["train_slices"] + data["val_slices"])
     assert summary["val_views"] == len(data["val_slices"]) >= 1       # held-back objects are validated
-    assert load_model("tiny_hf_sam", adapters=tmp_path / "adapter", device="cpu").active_adapter == "adapter"
+    # named by adapter.name (default: the modality), not by its folder
+    assert load_model("tiny_hf_sam", adapters=tmp_path / "adapter", device="cpu").active_adapter == "mri"
 
 
 def test_adapt_from_listed_pairs(tmp_path):

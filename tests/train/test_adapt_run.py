@@ -15,6 +15,7 @@ import torch
 
 from minisam_train.cli import compose
 from minisam_train.data import DataError
+from minisam_train.errors import ConfigError
 from minisam_train.tasks import adapt
 from napari_qlora_minisam import AdapterError, load_model
 
@@ -77,7 +78,8 @@ def test_run_trains_saves_and_logs(trained):
 def test_loss_falls_on_the_training_slice(trained):
     from minisam_train.data import CosmosDataset
     from napari_qlora_minisam.adapter_training.losses import MedSegLoss
-    from napari_qlora_minisam.adapter_training.prompt_sampling import PromptBatch, tight_box
+    from napari_qlora_minisam.adapter_training.prompt_sampling import PromptBatch
+    from napari_qlora_minisam.masks import tight_box
     from napari_qlora_minisam.adapter_training.views import make_view
 
     _, summary, model = trained
@@ -147,7 +149,7 @@ def test_base_mismatch_is_a_clear_error(trained, tmp_path):
     with pytest.raises(AdapterError, match="was trained on base tiny_hf_sam"):
         load_model("tiny_hf_sam_small", adapters=tmp / "run_adapter", device="cpu")
     # resuming a run folder with another base is refused too
-    with pytest.raises(RuntimeError, match="base identity"):
+    with pytest.raises(ConfigError, match="base identity"):
         adapt.run(compose("adapt", [*_overrides(tiny_cfg(tmp, "run")), "base=tiny_hf_sam_small"]))
 
 

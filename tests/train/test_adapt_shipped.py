@@ -41,8 +41,9 @@ def _click(mask):
     """The COSMOS first click: the centroid, or the interior pixel farthest from the edge if it falls outside."""
     from scipy import ndimage as ndi
 
-    ys, xs = np.nonzero(mask)
-    cy, cx = int(ys.mean()), int(xs.mean())
+    from napari_qlora_minisam.masks import centroid
+
+    cx, cy = (int(v) for v in centroid(mask))
     if not mask[cy, cx]:
         cy, cx = np.unravel_index(np.argmax(ndi.distance_transform_edt(mask)), mask.shape)
     return np.array([[cx, cy]], np.float32)
@@ -53,7 +54,7 @@ def test_shipped_mri_adapter_makes_clicks_work_on_a_test_heart_slice(nf4_with_sh
     adapter (zero-shot LiteMedSAM, trained on boxes only, does not), and boxes stay as good."""
     from napari_qlora_minisam.adapters import set_adapter
 
-    from tests.conftest import dice, tight_box
+    from napari_qlora_minisam.masks import dice, tight_box
 
     model, predictor = nf4_with_shipped_adapters
     image, label = heart_slice

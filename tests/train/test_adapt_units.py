@@ -13,8 +13,8 @@ from napari_qlora_minisam.adapter_training.prompt_sampling import (
     PromptSampler,
     PromptSamplingConfig,
     jitter_box,
-    tight_box,
 )
+from napari_qlora_minisam.masks import tight_box
 
 
 def _disc(size=64, r=10, cx=30, cy=28):
@@ -112,3 +112,35 @@ def test_single_mask_clicks_setting():
     masks = _disc()[None]
     sampler = PromptSampler(PromptSamplingConfig(mix={"points": 1.0}, point_multimask=False))
     assert not sampler.sample(masks, np.random.default_rng(0)).multimask
+
+
+def _lrs(scheduler, n):
+    out = []
+    for _ in range(n):
+        out.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["adapt", "distill"])
+def test_cosine_schedules_warm_up_decay_to_zero_and_resume_exactly(kind):
+    """Both trainers use transformers' warm-up + cosine schedule; a checkpointed one continues exactly."""
+    from minisam_train.training.distill_loop import make_scheduler
+    from napari_qlora_minisam.adapter_training.recipe import AdapterRecipe, build_scheduler
+
+    def build():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        if kind == "adapt":
+            return build_scheduler(AdapterRecipe(warmup_steps=4), opt, 20)
+        return make_scheduler(opt, 20, warmup_fraction=0.2)
+
+    whole = _lrs(build(), 21)
+    assert whole[0] == 0.0 and whole[2] == pytest.approx(0.05) and whole[4] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(whole[4:], whole[5:])) and whole[20] == pytest.approx(0.0, abs=1e-12)
+    first = build()
+    head = _lrs(first, 7)
+    state = first.state_dict()
+    resumed = build()
+    resumed.load_state_dict(state)
+    assert head + _lrs(resumed, 14) == whole

@@ -1,4 +1,4 @@
-"""The slice choice of benchmarks/annotate_adapt.py: fixed by N and the labels alone, spread, never repeated."""
+"""The slice choice of experiments/annotate_adapt.py: fixed by N and the labels alone, spread, never repeated."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 from annotate_adapt import Case, choose_slices, labelled_slices  # noqa: E402
 
 

@@ -88,6 +88,9 @@ def test_cli_average(two_students, tmp_path, capsys):
     _, (a, b) = two_students
     main(["average", f"sources=[{a},{b}]", f"output_dir={tmp_path / 'cli_soup'}"])
     assert (tmp_path / "cli_soup" / "model.safetensors").is_file()
-    with pytest.raises(SystemExit, match="config.json"):
+    with pytest.raises(SystemExit) as failed:
         main(["average", f"sources=[{a},{tmp_path}]", f"output_dir={tmp_path / 'bad'}"])
-    assert not (tmp_path / "bad" / "model.safetensors").exists()
+    assert failed.value.code == 1
+    err = capsys.readouterr().err
+    assert "minisam-train average: error:" in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()  # a failed run leaves no folder behind

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from minisam_train.evaluation.point_sampling import (
-    centroid, doubled_box, make_prompt, negative_candidates, official_negative_points,
-    official_positive_points, prompt_rng, tight_box,
+    doubled_box, make_prompt, negative_candidates, official_negative_points, official_positive_points, prompt_rng,
 )
+from napari_qlora_minisam.masks import centroid, tight_box
 
 
 def u_shape():

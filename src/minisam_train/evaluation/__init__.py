@@ -8,5 +8,7 @@ Modules:
     evaluator: ``Evaluator`` (the loop, resume, failures), ``EvalSettings``.
     efficiency: ``ModelTimer`` (encoder / decoder times, peak RSS / VRAM).
     results: ``per_object.csv`` (append, resume).
+    shards, distributed: one evaluation over several processes (``accelerate launch``): who does which
+        slice, the per-process files and their merge.
     report: ``summary.md``, ``summary.csv``, plots.
 """

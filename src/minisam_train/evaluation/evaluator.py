@@ -5,6 +5,10 @@ embedded once per model and all prompt modes reuse that embedding; all objects o
 prompt shape go through the decoder in one batch. Rows are appended to ``per_object.csv`` slice by slice,
 so a re-run into the same folder skips what is done (and does not even load a model whose rows are all
 there).
+
+Several processes (``accelerate launch``): each evaluator gets ``shard=(rank, N)``, deals the slices that
+still have rows to compute round-robin (:func:`~.shards.assign`) and keeps its own, appends to its own shard
+file and writes its timings and failures to shard files for the main process to merge (see ``shards``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import numpy as np
 from napari_qlora_minisam.errors import InputError, ModelLoadError
 
 from ..data.errors import DataError
-from .efficiency import EFFICIENCY_COLUMNS, ModelTimer
+from .efficiency import EFFICIENCY_COLUMNS, ModelTimer, new_invocation_id
 from .metrics import dice_score, normalized_surface_dice
 from .model_entries import ModelEntry, load_entry
 from .point_sampling import PROMPT_MODES, SAMPLING_MODES, make_prompt, prompt_rng
-from .results import FAILURE_COLUMNS, PerObjectResults, read_rows, write_csv
+from .results import FAILURE_COLUMNS, PerObjectResults, write_csv
+from .shards import assign, shard_path
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,13 @@ class EvalSettings:
 
 @dataclass
 class EvalOutcome:
-    """What a run produced (also on disk in ``output_dir``)."""
+    """What a run produced (also on disk in ``output_dir``).
+
+    From :meth:`Evaluator.run`: no rows (they are in the files), the efficiency rows this process timed, the
+    slices it could not read and the images it embedded per model. From ``tasks.evaluate.run`` (the main
+    process): every row of the configuration after the merge, and the efficiency rows and failures of the
+    whole run (``images_embedded`` stays the main process's own).
+    """
 
     output_dir: Path
     rows: list = field(default_factory=list)
@@ -128,16 +139,29 @@ class Evaluator:
         settings: prompts, selection, sampling, tolerance, device.
         output_dir: where ``per_object.csv``, ``efficiency.csv`` and ``failures.csv`` go.
         loader: ``ModelEntry -> backend``; tests can inject a stub.
+        invocation: id written into the efficiency rows timed by this run (default: start time + random tag).
+        shard: ``(rank, N)``: this process's part of the work. With ``N > 1`` rows go to
+            ``shards/per_object.<rank>-of-<N>.csv`` (``per_object.csv`` is read, never written), and the
+            efficiency rows and failures to their shard files; with ``N == 1`` rows are appended to
+            ``per_object.csv`` and the caller writes ``efficiency.csv`` and ``failures.csv``.
     """
 
     def __init__(self, sources, entries: Sequence[ModelEntry], settings: EvalSettings, output_dir,
-                 loader: Callable | None = None):
+                 loader: Callable | None = None, invocation: str | None = None, shard: tuple = (0, 1)):
+        self.invocation = invocation or new_invocation_id()
         self.sources = sources
         self.entries = list(entries)
         self.settings = settings
         self.output_dir = Path(output_dir)
         self.loader = loader or (lambda e: load_entry(e, settings.device))
-        self.results = PerObjectResults(self.output_dir / "per_object.csv")
+        self.rank, self.world = int(shard[0]), int(shard[1])
+        assign([], self.rank, self.world)  # checks the shard
+        main = self.output_dir / "per_object.csv"
+        if self.world == 1:
+            self.results = PerObjectResults(main)
+        else:
+            self.results = PerObjectResults(shard_path(self.output_dir, "per_object", self.rank, self.world),
+                                            also=[main])
         self.failures: dict[tuple, dict] = {}
 
     # -- bookkeeping --------------------------------------------------------------------------------
@@ -167,27 +191,26 @@ class Evaluator:
         from tqdm import tqdm
 
         check_model_sources(self.entries)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         pairs = list(self.sources.pairs())
-        previous_eff = {r["model"]: r for r in read_rows(self.output_dir / "efficiency.csv")}
         efficiency, embedded = {}, {}
         for entry_model in self.entries:
             name = entry_model.name
-            todo = [(e, reader) for e, reader in pairs if self._todo_modes(name, e)]
+            todo = assign([(e, reader) for e, reader in pairs if self._todo_modes(name, e)], self.rank, self.world)
             embedded[name] = 0
             if not todo:
-                log.info("%s: every row is already in per_object.csv; nothing to do.", name)
-                if name in previous_eff:
-                    efficiency[name] = previous_eff[name]
+                log.info("%s: every row is already in per_object.csv%s; nothing to do.", name,
+                         f" for process {self.rank} of {self.world}" if self.world > 1 else "")
                 continue
             backend = self.loader(entry_model)
             # Small cache: each slice is embedded once and used by every prompt mode right away.
             predictor = MiniSamPredictor(backend, intensity=self.settings.intensity,
                                          cache=EmbeddingCache(max_bytes=64 << 20))
-            timer = ModelTimer(device=str(backend.device))
+            timer = ModelTimer(device=str(backend.device), invocation=self.invocation, process=self.rank,
+                               processes=self.world)
             timer.start()
-            bar = tqdm(todo, desc=f"eval {name}", unit="slice", disable=not self.settings.progress,
-                       dynamic_ncols=True)
+            desc = f"eval {name}" + (f" [{self.rank}/{self.world}]" if self.world > 1 else "")
+            bar = tqdm(todo, desc=desc, unit="slice", disable=not self.settings.progress, dynamic_ncols=True,
+                       position=self.rank if self.world > 1 else None)
             for entry, reader in bar:
                 try:
                     record = reader.read(entry)
@@ -201,7 +224,7 @@ class Evaluator:
                     with timer.encoder():
                         predictor.set_image(record.image)
                     if predictor.cache.misses == misses:  # identical pixels seen before: not an encoder run
-                        timer.encoder_s.pop()
+                        timer.discard_last_encoder()
                     else:
                         embedded[name] += 1
                 except InputError as exc:
@@ -211,26 +234,20 @@ class Evaluator:
                 for mode in self._todo_modes(name, entry):
                     rows += self._score_mode(predictor, timer, name, record, mode)
                 self.results.append(rows)
-                bar.set_postfix(rows=len(self.results.rows), failed=len(self.failures))
+                timer.slices += 1
+                bar.set_postfix(rows=self.results.count, failed=len(self.failures))
             bar.close()
-            efficiency[name] = timer.row(name, backend) if timer.encoder_s else previous_eff.get(name)
+            timer.finish()
+            if timer.encoder_s:
+                efficiency[name] = timer.row(name, backend)
             del predictor, backend
-        eff_rows = [efficiency[e.name] for e in self.entries if efficiency.get(e.name)]
-        write_csv(self.output_dir / "efficiency.csv", eff_rows, EFFICIENCY_COLUMNS)
+        eff_rows = [efficiency[e.name] for e in self.entries if e.name in efficiency]
         failures = list(self.failures.values())
-        write_csv(self.output_dir / "failures.csv", failures, FAILURE_COLUMNS)
-        if not self.results.rows:
-            raise DataError(f"Nothing was evaluated: {len(failures)} of {len(pairs)} slices failed and no "
-                            "slice had an object of the minimum size. See failures.csv in "
-                            f"{self.output_dir}.")
-        return EvalOutcome(self.output_dir, self._current_rows(), eff_rows, failures, embedded)
-
-    def _current_rows(self) -> list[dict]:
-        """Rows of this configuration only (the CSV may hold rows of earlier runs with other models)."""
-        models = {e.name for e in self.entries}
-        keep = set(self.settings.prompts), set(self.settings.selections)
-        return [r for r in self.results.rows
-                if r["model"] in models and r["prompt"] in keep[0] and r["selection"] in keep[1]]
+        if self.world > 1:
+            write_csv(shard_path(self.output_dir, "efficiency", self.rank, self.world), eff_rows,
+                      EFFICIENCY_COLUMNS)
+            write_csv(shard_path(self.output_dir, "failures", self.rank, self.world), failures, FAILURE_COLUMNS)
+        return EvalOutcome(self.output_dir, [], eff_rows, failures, embedded)
 
     def _score_mode(self, predictor, timer, model: str, record, mode: str) -> list[dict]:
         s = self.settings

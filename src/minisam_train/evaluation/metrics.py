@@ -15,6 +15,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+# Dice is the project's one definition (napari_qlora_minisam.masks), re-exported under the name reports use.
+from napari_qlora_minisam.masks import dice as dice_score  # noqa: F401
+
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
@@ -23,15 +26,6 @@ def _as_masks(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     if p.shape != g.shape:
         raise ValueError(f"Prediction {p.shape} and ground truth {g.shape} differ in shape.")
     return p, g
-
-
-def dice_score(pred, gt) -> float:
-    """Dice = 2|P ∩ G| / (|P| + |G|); 1.0 when both are empty."""
-    p, g = _as_masks(pred, gt)
-    total = int(p.sum()) + int(g.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int((p & g).sum()) / total
 
 
 def surface(mask: np.ndarray) -> np.ndarray:

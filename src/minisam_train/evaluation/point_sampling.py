@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_qlora_minisam.masks import centroid, tight_box  # the protocol's box and centroid, shared
+
 PROMPT_MODES = ("point1", "point5", "point5neg5", "box", "box_point1")
 SAMPLING_MODES = ("official", "random")
 
@@ -48,18 +50,6 @@ def object_pixels(mask: np.ndarray) -> np.ndarray:
     return np.stack([xs, ys], axis=1)
 
 
-def tight_box(mask: np.ndarray) -> np.ndarray:
-    """``(x0, y0, x1, y1)`` inclusive pixel indices of the mask's extent."""
-    xy = object_pixels(mask)
-    return np.array([xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()], dtype=np.int64)
-
-
-def centroid(mask: np.ndarray) -> np.ndarray:
-    """``(x, y)`` image-moment centroid, rounded down (may fall outside a non-convex object)."""
-    xy = object_pixels(mask)
-    return np.floor(xy.mean(axis=0)).astype(np.int64)
-
-
 def strided(pixels: np.ndarray, count: int = 5) -> np.ndarray:
     """Every ``floor(len/count)``-th row of ``pixels`` (at least every 1st), the first ``count`` of them."""
     step = max(1, len(pixels) // count)
@@ -75,7 +65,7 @@ def official_positive_points(mask: np.ndarray, count: int = 5) -> np.ndarray:
 
 def doubled_box(mask: np.ndarray) -> np.ndarray:
     """The tight box grown about its centre to twice its size, clipped to the image (inclusive indices)."""
-    x0, y0, x1, y1 = tight_box(mask)
+    x0, y0, x1, y1 = tight_box(mask).astype(np.int64)
     h, w = mask.shape[:2]
     half_w, half_h = (x1 - x0 + 1) // 2, (y1 - y0 + 1) // 2
     return np.array([max(0, x0 - half_w), max(0, y0 - half_h), min(w - 1, x1 + half_w), min(h - 1, y1 + half_h)],

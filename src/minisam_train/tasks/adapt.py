@@ -8,6 +8,11 @@ the base (any ``load_model`` source, NF4 + double quantization by default) -> at
 mixed box / point prompts on ``MedSegLoss``) under an ``AccelerateRuntime`` (atomic checkpoints, exact
 resume) -> write the adapter (peft format + ``minisam_adapter.json``) atomically, plus ``metrics.csv``,
 ``curves.png`` and ``summary.json`` in the run folder.
+
+Several processes: ``accelerate launch --num_processes N -m minisam_train adapt ...`` on GPUs, or
+``accelerate launch --multi_gpu --num_processes N -m minisam_train adapt ... train.device=cpu`` for CPU
+processes. Each step then trains on ``train.batch_size x N`` views (gradients all-reduced) and only the
+main process writes the checkpoints' shared files, the log, the summary and the adapter.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import signal
 import time
 from pathlib import Path
 
@@ -78,7 +84,6 @@ def run(cfg) -> dict:
 
 def train(cfg):
     """:func:`run`, also returning the trained ``QLoRAMiniSAM`` (tests, notebooks)."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from omegaconf import OmegaConf
 
@@ -87,14 +92,24 @@ def train(cfg):
     from napari_qlora_minisam.adapter_training.qlora import QLoRAMiniSAM
     from napari_qlora_minisam.loading import resolve_device
 
-    from ..training.accelerate_runtime import AccelerateRuntime
+    from ..errors import TrainingInterrupted
+    from ..training.accelerate_runtime import (AccelerateRuntime, describe_process, make_accelerator,
+                                               shared_output_dir)
     from ..training.checkpointing import atomic_write_text
+    from ..training.interrupts import StopOnSignal
 
     t_start = time.perf_counter()
     modality = str(cfg.modality).lower()
     tr = cfg.train
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(tr.device)
+    accelerator = make_accelerator(cpu=device.type == "cpu", mixed_precision=str(tr.mixed_precision))
+    if accelerator.num_processes > 1:
+        device = accelerator.device  # each process its own GPU (or the CPU)
+    print(f"[adapt] {describe_process(accelerator)}", flush=True)
+    main = accelerator.is_main_process
+    run_dir = shared_output_dir(accelerator, cfg.output_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg.seed)
     progress = bool(cfg.logging.get("progress", True))
     recipe = recipe_from_config(cfg)
@@ -102,8 +117,6 @@ def train(cfg):
     # Data first: a wrong modality, split or pair should fail before minutes of model loading.
     train_slices, val_slices, data_summary = _training_slices(cfg, modality, seed)
 
-    device = resolve_device(tr.device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=str(tr.mixed_precision))
     set_seed(seed)
     backend = load_model(cfg.base, quantize=cfg.quantize if tr.method == "qlora" else None, device=str(device))
     lora = recipe.lora
@@ -111,16 +124,24 @@ def train(cfg):
                          alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
                          parts=lora.parts)
     report = model.parameter_report()
-    print(f"[adapt] base {backend.name} (identity {backend.identity}), method {tr.method}: trainable params "
-          f"{report['trainable_params']:,} of {report['total_params']:,} "
-          f"({100 * report['trainable_share']:.3f} %)")
+    if main:
+        print(f"[adapt] base {backend.name} (identity {backend.identity}), method {tr.method}: trainable params "
+              f"{report['trainable_params']:,} of {report['total_params']:,} "
+              f"({100 * report['trainable_share']:.3f} %)")
 
     runtime = AccelerateRuntime(accelerator, run_dir, backend.identity, resume=bool(tr.resume),
-                                checkpoint_every=int(tr.checkpoint_every))
-    fit = fit_adapter(model, train_slices, val_slices, recipe, seed=seed, intensity=str(cfg.data.intensity),
-                      max_minutes=None if tr.get("max_minutes") is None else float(tr.max_minutes),
-                      runtime=runtime, show_progress=progress, stop_after=tr.get("stop_after"))
+                                checkpoint_every=tr.get("checkpoint_every"), keep=int(tr.get("keep_checkpoints", 2)))
+    # Ctrl-C / SIGTERM end the loop like the plugin's Cancel: the step finishes and is checkpointed.
+    with StopOnSignal() as stop:
+        fit = fit_adapter(model, train_slices, val_slices, recipe, seed=seed, intensity=str(cfg.data.intensity),
+                          max_minutes=None if tr.get("max_minutes") is None else float(tr.max_minutes),
+                          runtime=runtime, show_progress=progress, stop_after=tr.get("stop_after"),
+                          should_stop=stop)
     result = fit.loop
+    # Only a signal cancels a command-line run (agreed by all processes, whichever of them it reached).
+    signalled = result.stopped == "cancelled"
+    if signalled:
+        result.stopped = "interrupted"  # no adapter: the checkpoint is where the run goes on
 
     config = OmegaConf.to_container(cfg, resolve=True)
     median_step = float(np.median(result.step_seconds)) if result.step_seconds else None
@@ -136,10 +157,13 @@ def train(cfg):
         "median_step_seconds": None if median_step is None else round(median_step, 4),
         "peak_memory_bytes": _peak_memory_bytes(device),
         "data": data_summary, "adapter_dir": None, "adapter_bytes": None,
+        "processes": accelerator.num_processes,
+        "global_batch_size": int(tr.batch_size) * accelerator.num_processes,
     }
-    if result.stopped != "interrupted" and tr.method == "qlora":
+    if result.stopped != "interrupted" and tr.method == "qlora" and main:
         last = result.rows[-1] if result.rows else {}
         metadata = {
+            "name": str(cfg.adapter.name),  # the name it loads under, whatever its folder is called
             "modality": modality, "quantize": backend.quantization,
             # how clicks must be decoded for what this adapter learned (read by SamBackend.point_multimask)
             "point_multimask": recipe.prompts.point_multimask,
@@ -156,7 +180,11 @@ def train(cfg):
         size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
         summary["adapter_dir"], summary["adapter_bytes"] = str(out), int(size)
         print(f"[adapt] adapter written to {out} ({size / 1e6:.2f} MB); best validation {result.best}")
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
-    print(f"[adapt] {result.stopped} after {result.steps_done} steps, {result.train_seconds:.1f} s training; "
-          f"log {run_dir / 'metrics.csv'}, curves {run_dir / 'curves.png'}")
+    if main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
+        print(f"[adapt] {result.stopped} after {result.steps_done} steps, {result.train_seconds:.1f} s training; "
+              f"log {run_dir / 'metrics.csv'}, curves {run_dir / 'curves.png'}")
+    accelerator.wait_for_everyone()  # the other processes return once the adapter and summary are written
+    if signalled:
+        raise TrainingInterrupted(result.steps_done, runtime.last_checkpoint, run_dir, stop.signum or signal.SIGINT)
     return summary, accelerator.unwrap_model(model)

@@ -10,8 +10,6 @@ import logging
 
 from omegaconf import OmegaConf
 
-from napari_qlora_minisam.errors import ModelLoadError
-
 from ..training.weight_average import average_models
 
 log = logging.getLogger(__name__)
@@ -21,9 +19,6 @@ def run(cfg) -> dict:
     sources = list(OmegaConf.to_container(cfg.sources, resolve=True) or [])
     weights = cfg.weights
     weights = None if weights is None else list(OmegaConf.to_container(weights, resolve=True))
-    try:
-        summary = average_models(sources, cfg.output_dir, weights)
-    except (ValueError, ModelLoadError) as exc:
-        raise SystemExit(f"minisam-train average: {exc}") from exc
+    summary = average_models(sources, cfg.output_dir, weights)  # errors: ValueError, ModelLoadError (cli words them)
     log.info("averaged %d models into %s", len(sources), cfg.output_dir)
     return summary

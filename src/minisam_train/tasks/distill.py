@@ -5,6 +5,12 @@ per image, into an fp16 disk cache -> build the student (decoder from the teache
 ``alpha * feature MSE + (1 - alpha) * mask KL`` with atomic checkpoints -> ``save_pretrained`` into
 ``output_dir``, which ``load_model(output_dir)``, ``minisam-train eval`` and the napari plugin all load.
 See ``docs/distillation.md``.
+
+Several processes: ``accelerate launch --num_processes N -m minisam_train distill ...`` on GPUs, or
+``accelerate launch --multi_gpu --num_processes N -m minisam_train distill ... train.device=cpu`` for CPU
+processes. The teacher pass is split between them (one writer per cache entry), each step trains on
+``train.batch_size x N x train.grad_accum`` slices (gradients all-reduced), and only the main process
+writes the log, the checkpoints' shared files, the summary and the student.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import dataclasses
 import gc
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -41,26 +48,32 @@ def _flat(cfg) -> dict:
     return out
 
 
-def _accelerator(cfg, out: Path, resume_step_hint: int):
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+def _accelerator(cfg):
+    """The run's ``Accelerator`` and output folder (the main process's, shared with the others)."""
+    from accelerate import PartialState
+    from accelerate.utils import ProjectConfiguration
 
+    from ..training.accelerate_runtime import make_accelerator, shared_output_dir
     from ..training.distill_loop import CSVTracker
 
     device = str(cfg.train.device)
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     mixed = str(cfg.train.mixed_precision) if not cpu else "no"  # fp16/bf16 autocast is a GPU feature here
+    state = PartialState(cpu=cpu)  # the processes of an `accelerate launch` find each other here
+    out = shared_output_dir(state, cfg.output_dir)
     trackers = []
-    if cfg.logging.csv:
-        trackers.append(CSVTracker("distill", out / "logs", resume_step=resume_step_hint))
-    if cfg.logging.tensorboard:
-        trackers.append("tensorboard")
-    if cfg.logging.wandb.enabled:
-        trackers.append("wandb")
-    # Parameters a batch does not use (point embeddings under box prompts) must not stall DDP.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=trackers or None, kwargs_handlers=[ddp],
-                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    if state.is_main_process:  # Accelerate logs from the main process only; the CSV file is written there
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.logging.csv:
+            trackers.append(CSVTracker("distill", out / "logs", resume_step=_resume_step(out, bool(cfg.train.resume))))
+        if cfg.logging.tensorboard:
+            trackers.append("tensorboard")
+        if cfg.logging.wandb.enabled:
+            trackers.append("wandb")
+    accelerator = make_accelerator(cpu=cpu, mixed_precision=mixed, log_with=trackers or None,
+                                   project_config=ProjectConfiguration(project_dir=str(out),
+                                                                       logging_dir=str(out / "logs")))
+    return accelerator, out
 
 
 def _resume_step(out: Path, resume: bool) -> int:
@@ -97,16 +110,21 @@ def run(cfg) -> dict:
     from napari_qlora_minisam import load_model
     from napari_qlora_minisam.models.hf_sam import HfSamBackend
 
+    from ..data import DataError
     from ..data.unlabelled import SliceReader
+    from ..errors import TrainingInterrupted
     from ..training.distill_loop import DistillSamples, LoopSettings, train_student
+    from ..training.accelerate_runtime import describe_process
+    from ..training.checkpointing import atomic_torch_save, atomic_write_text
+    from ..training.interrupts import StopOnSignal
     from ..training.student import (StudentForDistillation, build_student_net, load_decoder_state, set_trainable,
                                     teacher_decoder_state, warm_start_encoder)
     from ..training.teacher_cache import TeacherCache, fill_cache
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t_run = time.perf_counter()
-    accelerator = _accelerator(cfg, out, _resume_step(out, bool(cfg.train.resume)))
+    accelerator, out = _accelerator(cfg)
+    main = accelerator.is_main_process
+    print(f"[distill] {describe_process(accelerator)}", flush=True)
     set_seed(int(cfg.seed))
     accelerator.init_trackers("distill", config=_flat(cfg))
     progress = bool(cfg.logging.progress)
@@ -134,9 +152,9 @@ def run(cfg) -> dict:
     usable, stats = fill_cache(items, cache, reader, load_teacher, prompts, intensity=intensity,
                                accelerator=accelerator, progress=progress)
     decoder_file = cache.dir / DECODER_FILE
-    if accelerator.is_main_process and not decoder_file.is_file():
+    if main and not decoder_file.is_file():
         # Kept beside the targets, so a run on a warm cache never needs the teacher at all.
-        torch.save(teacher_decoder_state(load_teacher()), decoder_file)
+        atomic_torch_save(teacher_decoder_state(load_teacher()), decoder_file)
     accelerator.wait_for_everyone()
     teacher_pass_s = time.perf_counter() - t0
     cuda = accelerator.device.type == "cuda"
@@ -144,7 +162,7 @@ def run(cfg) -> dict:
     loaded.clear()  # free the teacher before the student trains (ViT-H is 2.5 GB)
     gc.collect()
     if not usable:
-        raise RuntimeError("The teacher found no object to prompt on any slice; check data.* and prompts.*")
+        raise DataError("The teacher found no object to prompt on any slice; check data.* and prompts.*")
 
     # 2. the student
     student = build_student_net(cfg.student.source, dict(cfg.student.config) if cfg.student.config else None,
@@ -168,10 +186,13 @@ def run(cfg) -> dict:
         steps=steps, batch_size=int(t.batch_size), grad_accum=int(t.grad_accum), lr=float(t.lr),
         weight_decay=float(t.weight_decay), warmup_fraction=float(t.warmup_fraction),
         max_grad_norm=float(t.max_grad_norm or 0), alpha=float(t.alpha), temperature=float(t.temperature),
-        checkpoint_every=int(t.checkpoint_every), log_every=int(t.log_every), seed=int(cfg.seed),
+        checkpoint_every=None if t.get("checkpoint_every") is None else int(t.checkpoint_every),
+        keep_checkpoints=int(t.get("keep_checkpoints", 2)), log_every=int(t.log_every), seed=int(cfg.seed),
         resume=bool(t.resume), stop_after=t.stop_after, prompts_per_slice=t.get("prompts_per_slice"),
         num_workers=int(t.num_workers), progress=progress)
-    result = train_student(accelerator, StudentForDistillation(student), samples, settings, out / "checkpoints")
+    with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint it, stop
+        result = train_student(accelerator, StudentForDistillation(student), samples, settings, out / "checkpoints",
+                               should_stop=stop)
 
     # 4. the output: a plain save_pretrained folder (config.json + model.safetensors)
     summary = {
@@ -189,17 +210,21 @@ def run(cfg) -> dict:
         "num_workers": settings.num_workers,
         "steps": result["step"], "steps_planned": steps, "steps_per_epoch": steps_per_epoch,
         "resumed_from_step": result["resumed_from"], "stopped_early": result["stopped_early"],
+        "interrupted": result["interrupted"],
         "train_seconds": result["train_seconds"], "run_seconds": time.perf_counter() - t_run,
         "history": result["history"], "processes": accelerator.num_processes,
+        "global_batch_size": settings.batch_size * accelerator.num_processes * settings.grad_accum,
         "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
     }
-    if not result["stopped_early"] and accelerator.is_main_process:
+    if not result["stopped_early"] and main:
         net = accelerator.unwrap_model(result["model"]).student
         net.eval().save_pretrained(str(out))
         summary["output"] = str(out)
-    if accelerator.is_main_process:
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    if main:
+        atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=1, default=str))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if result["interrupted"]:
+        raise TrainingInterrupted(result["step"], result["checkpoint"], out, stop.signum or signal.SIGINT)
     return summary
 

@@ -15,6 +15,13 @@ Layout under ``root``::
 A checkpoint is written to ``root/.tmp-...``, every file fsynced, then renamed into place; only then does
 ``latest`` move. A crash at any moment leaves the previous checkpoint intact and ``latest`` pointing at it.
 
+With several processes (``accelerate launch``) every process calls :meth:`~CheckpointManager.save` and
+:meth:`~CheckpointManager.load` at the same step, as Accelerate's ``save_state`` / ``load_state`` require:
+the main process writes the model, optimizer, scheduler, registered objects, ``trainer_state.json``, the
+renames and ``latest``; each process adds only its own RNG state (``random_states_<rank>.pkl``) to the
+same temporary folder. Barriers make every process return from ``save`` only once the checkpoint is
+complete, so any of them may read ``latest`` afterwards. Exact resume needs the same number of processes.
+
 Usage::
 
     accelerator = Accelerator(cpu=...)
@@ -78,6 +85,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file renamed into place: readers never see a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_interval(every, steps: int) -> int:
+    """Steps between checkpoints: ``train.checkpoint_every``, or for ``null`` a quarter of the run (at most
+    50), so that a run shorter than 50 steps still leaves checkpoints to resume from."""
+    if every is None:
+        return min(50, max(1, int(steps) // 4))
+    return max(1, int(every))
+
+
 def _unwrap(model):
     # Accelerate may wrap a prepared model (DDP, compile); compare against the module we were given.
     seen = model
@@ -103,6 +130,12 @@ class CheckpointManager:
         self.model = model
         self.keep = max(1, int(keep))
         self._handles = []
+        # One temporary-folder name for all processes: the main process's pid (unique per run).
+        self._token = os.getpid()
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            self._token = broadcast_object_list([self._token])[0]
         if model is not None:
             # Stop Accelerate from writing/reading the full state dict of the model we save ourselves.
             self._handles.append(accelerator.register_save_state_pre_hook(self._drop_own_model_on_save))
@@ -130,38 +163,52 @@ class CheckpointManager:
 
     # -- save ---------------------------------------------------------------------------------------
     def save(self, step: int, state: dict | None = None) -> Path:
-        """Write checkpoint ``step`` atomically and return its folder.
+        """Write checkpoint ``step`` atomically and return its folder (every process calls this).
 
         Args:
             step: number of optimizer steps done; :meth:`load` returns it as ``state["step"]``.
             state: any JSON-serialisable trainer state (best score, early-stopping counter, log rows...).
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        acc = self.accelerator
+        main = acc is None or acc.is_main_process
         final = self.root / f"{PREFIX}{int(step):08d}"
-        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            self.accelerator.save_state(str(tmp), safe_serialization=False)
-            if self.model is not None:
-                torch.save(trainable_state_dict(_unwrap(self.model)), tmp / TRAINABLE_FILE)
-            payload = {"step": int(step), **(state or {})}
-            (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1, default=_json_default))
-            _fsync_tree(tmp)
-            if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
-                old = final.with_name(f".old-{final.name}-{os.getpid()}")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(self.root)
-            atomic_write_text(self.root / LATEST_FILE, final.name + "\n")
-        except BaseException:
+        tmp = self.root / f".tmp-{final.name}-{self._token}"
+        if main:
+            self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+        self._barrier()
+        try:
+            # All processes: Accelerate writes the shared state from the main one, an RNG file from each.
+            acc.save_state(str(tmp), safe_serialization=False)
+            self._barrier()
+            if main:
+                if self.model is not None:
+                    torch.save(trainable_state_dict(_unwrap(self.model)), tmp / TRAINABLE_FILE)
+                payload = {"step": int(step), **(state or {})}
+                (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1, default=_json_default))
+                _fsync_tree(tmp)
+                if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
+                    old = final.with_name(f".old-{final.name}-{self._token}")
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(final, old)
+                    os.replace(tmp, final)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(tmp, final)
+                _fsync_dir(self.root)
+                atomic_write_text(self.root / LATEST_FILE, final.name + "\n")
+        except BaseException:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._prune(keep_name=final.name)
+        if main:
+            self._prune(keep_name=final.name)
+        self._barrier()  # the checkpoint is complete (and ``latest`` names it) for every process
         return final
+
+    def _barrier(self) -> None:
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
 
     def _prune(self, keep_name: str) -> None:
         complete = self.complete_checkpoints()
@@ -169,7 +216,7 @@ class CheckpointManager:
             if old.name != keep_name:
                 shutil.rmtree(old, ignore_errors=True)
         for stale in self.root.glob(".tmp-*"):  # left by a crashed earlier process
-            if not stale.name.endswith(f"-{os.getpid()}"):
+            if not stale.name.endswith(f"-{self._token}"):
                 shutil.rmtree(stale, ignore_errors=True)
 
     # -- load ---------------------------------------------------------------------------------------

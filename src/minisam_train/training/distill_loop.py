@@ -5,15 +5,18 @@ it follows from the optimizer step, so a run restarted from a checkpoint (model,
 RNG states restored by :class:`~.checkpointing.CheckpointManager`) sees the same batches in the same order
 as an uninterrupted one. Gradient accumulation is done by hand (``no_sync`` on all but the last
 micro-batch) so that checkpoints always fall on optimizer-step boundaries.
+
+Several processes: micro-batch ``m`` of process ``r`` holds the slices the plan puts at position
+``m * N + r`` of the epoch, so N processes together read what one process with an N times larger batch
+reads, and one optimizer step trains on ``batch_size x N x grad_accum`` slices (DDP averages the
+gradients). The logged losses are averaged over the processes; only the main process writes.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from accelerate.tracking import GeneralTracker
 from napari_qlora_minisam.transforms import PreprocessSpec, prepare_image, scale_boxes
 
 from .distill_losses import distillation_loss
+from .run_log import write_csv
 
 
 @dataclass
@@ -37,7 +41,8 @@ class LoopSettings:
     max_grad_norm: float = 1.0
     alpha: float = 0.5
     temperature: float = 2.0
-    checkpoint_every: int = 50
+    checkpoint_every: int | None = None  # None: a quarter of the run, at most 50 (checkpoint_interval)
+    keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
     resume: bool = True
@@ -138,27 +143,17 @@ class CSVTracker(GeneralTracker):
         self._write()
 
     def _write(self):
-        keys = list(OrderedDict.fromkeys(k for r in self.rows for k in r)) or ["step"]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(self.path)
+        write_csv(self.rows, self.path, columns=None)
 
     def finish(self):
         self._write()
 
 
 def make_scheduler(optimizer, steps: int, warmup_fraction: float):
-    warm = max(1, int(round(steps * warmup_fraction)))
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to 0 (transformers' schedule)."""
+    from transformers import get_cosine_schedule_with_warmup
 
-    def factor(step):
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_cosine_schedule_with_warmup(optimizer, int(round(steps * warmup_fraction)), int(steps))
 
 
 def _to(batch, device):
@@ -172,28 +167,53 @@ def _batches(samples, plan: PlannedBatches, num_workers: int, pin: bool):
         return (_collate([samples[i] for i in picks]) for picks in plan)
     loader = torch.utils.data.DataLoader(samples, batch_sampler=plan, num_workers=num_workers,
                                          collate_fn=_collate, pin_memory=pin, prefetch_factor=4,
-                                         persistent_workers=False)
+                                         persistent_workers=False, worker_init_fn=_ignore_sigint)
     return iter(loader)
 
 
-def train_student(accelerator, model, samples: DistillSamples, settings: LoopSettings, checkpoint_dir) -> dict:
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: loader workers must live on until the main process has
+    # finished its step and written the checkpoint (it ends them afterwards).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_requested(accelerator, should_stop) -> bool:
+    """``should_stop()`` of any process, agreed by all of them (so they all stop at the same step)."""
+    local = should_stop is not None and bool(should_stop())
+    if accelerator.num_processes == 1:
+        return local
+    if local:
+        accelerator.set_trigger()
+    return accelerator.check_trigger()
+
+
+def train_student(accelerator, model, samples: DistillSamples, settings: LoopSettings, checkpoint_dir,
+                  should_stop=None) -> dict:
     """Optimise ``model`` (a :class:`~.student.StudentForDistillation`) on ``samples``.
+
+    Args:
+        should_stop: a zero-argument callable polled before every step (e.g. a ``StopOnSignal``); once it
+            returns True the loop writes a checkpoint at the current step and stops (``interrupted``).
 
     Returns:
         ``{"history": [logged rows], "step": final step, "resumed_from": step or 0, "stopped_early": bool,
-        "train_seconds": wall time of this call's steps, "epochs": epochs begun}``.
+        "interrupted": bool, "checkpoint": newest checkpoint folder or None, "train_seconds": wall time of
+        this call's steps, "epochs": epochs begun, ...}``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = make_scheduler(optimizer, settings.steps, settings.warmup_fraction)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    from .checkpointing import CheckpointManager
+    from .checkpointing import CheckpointManager, checkpoint_interval
 
-    checkpoints = CheckpointManager(checkpoint_dir, accelerator, model, keep=2)
+    checkpoints = CheckpointManager(checkpoint_dir, accelerator, model, keep=settings.keep_checkpoints)
+    every = checkpoint_interval(settings.checkpoint_every, settings.steps)
     state = checkpoints.load() if settings.resume else None
     step = int(state["step"]) if state else 0
     history = list(state.get("history", [])) if state else []
-    resumed_from = step
+    resumed_from = saved = step
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per_epoch = max(1, len(samples) // (settings.batch_size * world))  # micro-batches per process and epoch
@@ -204,7 +224,7 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
     model.train()
     start = time.perf_counter()
     running: list[dict] = []
-    stopped_early = False
+    stopped_early = interrupted = False
     micro = step * settings.grad_accum
     epochs_seen = set()
     plan = PlannedBatches(len(samples), per_epoch, settings.batch_size, settings.seed, micro, rank, world)
@@ -216,6 +236,11 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
     while step < settings.steps:
         if settings.stop_after is not None and step - resumed_from >= settings.stop_after:
             stopped_early = True
+            break
+        if _stop_requested(accelerator, should_stop):
+            stopped_early = interrupted = True
+            if saved != step or checkpoints.latest() is None:
+                checkpoints.save(step, {"history": history})
             break
         for k in range(settings.grad_accum):
             epoch = micro // per_epoch
@@ -242,19 +267,27 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
         bar.update(1)
         if step % settings.log_every == 0 or step == settings.steps:
             row = {k: float(np.mean([r[k] for r in running])) for k in running[0]}
+            if world > 1:  # the log shows the loss of the whole step, not the main process's share
+                keys = list(row)
+                mean = accelerator.reduce(torch.tensor([row[k] for k in keys], dtype=torch.float64,
+                                                       device=accelerator.device), reduction="mean")
+                row = dict(zip(keys, mean.tolist()))
             row.update(lr=float(scheduler.get_last_lr()[0]), epoch=micro / per_epoch,
                        seconds=time.perf_counter() - start)
             accelerator.log(row, step=step)
             history.append({"step": step, **row})
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             running = []
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
+        if step % every == 0 or step == settings.steps:
             checkpoints.save(step, {"history": history})
+            saved = step
     bar.close()
     del batches  # ends loader workers
+    latest = checkpoints.latest()
     checkpoints.close()
     peak = torch.cuda.max_memory_allocated(accelerator.device) if cuda else None
     return {"history": history, "step": step, "resumed_from": resumed_from, "stopped_early": stopped_early,
+            "interrupted": interrupted, "checkpoint": None if latest is None else str(latest),
             "train_seconds": time.perf_counter() - start, "epochs": sorted(epochs_seen), "model": model,
             "cache_reads": reads, "cache_read_seconds": read_seconds, "peak_gpu_memory_bytes": peak}
 

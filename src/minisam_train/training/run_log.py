@@ -1,4 +1,4 @@
-"""The training log of an adapt run: rows in ``metrics.csv`` and a PNG of the curves.
+"""The training log of a run: rows in ``metrics.csv`` (adapt and distill) and a PNG of adapt's curves.
 
 The whole CSV is rewritten atomically from the rows held in memory (a few hundred at most), so a resumed
 run, whose rows come back from the checkpoint, produces the same file as an uninterrupted one.
@@ -17,12 +17,15 @@ COLUMNS = ("step", "loss", "bce", "dice_loss", "iou_loss", "lr", "val_dice", "va
            "val_dice_point1", "elapsed_s")
 
 
-def write_csv(rows: list[dict], path) -> None:
+def write_csv(rows: list[dict], path, columns=COLUMNS) -> None:
+    """Rewrite ``path`` from ``rows``; ``columns=None``: every key the rows hold, in order of appearance."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     atomic_write_text(Path(path), buf.getvalue())
 
 

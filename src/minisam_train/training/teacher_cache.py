@@ -19,6 +19,11 @@ Layout::
 Entries are written to a temporary file and renamed, so an interrupted first pass leaves only complete
 entries; the next run computes the missing ones. Anything that changes the targets (teacher, quantization,
 prompt settings, intensity policy) changes the settings hash, so a stale entry is never read.
+
+With several processes (``accelerate launch``) the missing entries are split between them, each written
+by exactly one process (temporary file + rename), and no process reads an entry before all have finished
+theirs (a barrier), so readers never meet a half-written or missing file. The main process writes the
+manifest (also renamed into place).
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ import numpy as np
 import torch
 
 from napari_qlora_minisam.errors import InputError
+from napari_qlora_minisam.masks import tight_box
 from napari_qlora_minisam.transforms import postprocess_logits, prepare_image, scale_boxes
+
+from ..errors import ConfigError
 
 CACHE_VERSION = 1
 
@@ -89,11 +97,6 @@ class CacheStats:
         d["skipped"] = list(self.skipped)[:50]
         d["skipped_count"] = len(self.skipped)
         return d
-
-
-def tight_box(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -246,7 +249,8 @@ def fill_cache(items, cache: TeacherCache, reader, load_teacher, prompts: Prompt
     """Make sure every slice has a cache entry; run the teacher only for the missing ones.
 
     The teacher is loaded (``load_teacher()``) only if something is missing, so a run on a warm cache never
-    builds it. With several processes each fills its share, then all wait for each other.
+    builds it. With several processes each fills its share (one writer per entry), then all wait for each
+    other; the returned stats are those of all processes together.
 
     Returns:
         (usable items, stats): slices the teacher could not prompt on are dropped and listed in stats.
@@ -255,14 +259,17 @@ def fill_cache(items, cache: TeacherCache, reader, load_teacher, prompts: Prompt
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     missing = [it for it in items if not cache.has(it)]
+    if accelerator is not None and world > 1:
+        # Every process must split the same list: none may start writing before all have looked.
+        accelerator.wait_for_everyone()
     teacher = None
     mine = missing[rank::world]
     if mine:
         teacher = CountingTeacher(load_teacher())
         known = cache.manifest()
         if known and known.get("teacher_identity") != teacher.identity:
-            raise RuntimeError(f"teacher cache {cache.dir} was written by another teacher; delete it or set "
-                               "cache.dir to a new folder.")
+            raise ConfigError(f"teacher cache {cache.dir} was written by another teacher; delete it or set "
+                              "cache.dir to a new folder.")
         if rank == 0:
             cache.write_manifest(teacher.identity)
         from tqdm.auto import tqdm
@@ -290,6 +297,8 @@ def fill_cache(items, cache: TeacherCache, reader, load_teacher, prompts: Prompt
         stats.teacher_decode_calls = teacher.decode_calls
     if accelerator is not None:
         accelerator.wait_for_everyone()
+    if accelerator is not None and world > 1:
+        stats = _merge_stats(stats, accelerator)
     usable = []
     for it in items:
         entry_path = cache.path(it)
@@ -303,3 +312,17 @@ def fill_cache(items, cache: TeacherCache, reader, load_teacher, prompts: Prompt
     stats.reused = len(items) - len(missing)
     del teacher
     return usable, stats
+
+
+def _merge_stats(stats: CacheStats, accelerator) -> CacheStats:
+    """The counters of every process's share of the teacher pass, summed (collective)."""
+    from accelerate.utils import gather_object
+
+    merged = CacheStats(slices=stats.slices)
+    for part in gather_object([stats]):
+        for k, v in part.__dict__.items():
+            if k == "skipped":
+                merged.skipped.extend(v)
+            elif k != "slices":
+                setattr(merged, k, getattr(merged, k) + v)
+    return merged

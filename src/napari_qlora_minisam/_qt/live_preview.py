@@ -18,13 +18,12 @@ from .repaint_hold import RepaintHold, canvas_hold
 
 log = logging.getLogger(__name__)
 LIST_REPAINT_DELAY_MS = 150
-# The canvas waits for the preview at most this long (a decode of the bundled model takes ~15 ms here,
-# a ViT-B or 4-bit one ~30-60 ms); a first embedding releases it at once.
+# The canvas waits for the preview at most this long: long enough for a decode of the bundled model or a
+# 4-bit / ViT-B one, short enough that a slow model never freezes the view; a first embedding releases it at once.
 CANVAS_HOLD_MAX_MS = 120
 # A drag that rests this long gets its preview decoded and painted while the button is still down. A moving
-# mouse sends a move every ~10-20 ms, each restarting the wait; under software OpenGL the frame of the last
-# move takes ~30-50 ms, so the rest is seen right after it (benchmarks/drag_motion.py). Decoding at every
-# move instead was tried: the drag lost frames and the preview came no sooner.
+# mouse sends moves more often than this, each restarting the wait, so only a real rest starts a decode
+# (benchmarks/drag_motion.py). Decoding at every move costs the drag frames without bringing the preview sooner.
 DRAG_PAUSE_MS = 30
 
 
@@ -140,9 +139,9 @@ class LivePreview(QObject):
 
     def _paint(self, preview: Preview) -> None:
         self.binding.paint(preview)
-        # The canvas now shows the edit and its preview in one frame. The list is not in that frame: measured
-        # ~8 ms faster with its row in a frame of its own, 150 ms later (benchmarks/widget_timeline.py); a new
-        # edit meanwhile keeps holding it.
+        # The canvas now shows the edit and its preview in one frame. The list is not in that frame: its row
+        # repaints in a frame of its own a little later, which keeps the preview's frame short
+        # (benchmarks/widget_timeline.py); a new edit meanwhile keeps holding it.
         self.canvas_hold.release()
         self.list_hold.release_after(LIST_REPAINT_DELAY_MS)
         self._thumbnail.start()  # partial paints skip the layer-list thumbnail: redo it when idle
@@ -198,7 +197,7 @@ class LivePreview(QObject):
     def gesture_moved(self, layer) -> None:
         self._drag_pause.start()  # napari moves the prompt after this call: look once the drag pauses
         # napari redraws the layer's thumbnail in the layer list at each move; that repaint composes the
-        # whole window (~15 ms), and the last one would land in the rested drag's decode.
+        # whole window, and the last one would land in the rested drag's decode.
         self.list_hold.hold()
         if self._resting:  # moving again: the box must follow the mouse, not wait for a preview
             self._resting = False

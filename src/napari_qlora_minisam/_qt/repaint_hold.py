@@ -54,7 +54,7 @@ class RepaintHold:
     def _window_views(self, window) -> list:
         """The window's widgets of the held kinds outside the owner, found again only when the window gains or loses a child.
 
-        Walking napari's ~850 widgets costs ~1.4 ms on the Qt thread, right when the decode starts; new
+        Walking napari's hundreds of widgets costs the Qt thread time right when the decode starts; new
         views (another plugin's dock) come with a new direct child of the main window.
         """
         sig = (id(window), len(window.children()))

@@ -17,7 +17,7 @@ def load_model_task(source: str, quantize: str | None, device: str, adapter=None
     from ..loading import load_model
 
     backend = load_model(source, quantize=quantize, device=device)
-    # Work that holds the GIL for 0.1-0.4 s the first time, and would stall the Qt thread on the first adapter
+    # Work that holds the GIL for a long time the first time, and would stall the Qt thread on the first adapter
     # switch or training run, is paid here, while the user waits for the model anyway: the first imports of
     # peft and of the trainer, and peft's first LoRA injection, whose isinstance checks against ABCs walk the
     # thousands of classes napari and Qt define until Python's ABC caches know them.

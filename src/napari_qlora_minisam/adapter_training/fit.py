@@ -74,10 +74,10 @@ def fit_adapter(model, train_slices, val_slices, recipe: AdapterRecipe, *, seed:
         embed_views(model, train_views + val_views, show_progress, should_stop)
     embed_seconds = time.perf_counter() - t0
 
-    steps = total_steps(recipe, len(train_views))
+    runtime = runtime or TrainingRuntime()
+    steps = total_steps(recipe, len(train_views), runtime.num_processes)
     optimizer = build_optimizer(recipe, model.trainable_parameters())
     scheduler = build_scheduler(recipe, optimizer, steps)
-    runtime = runtime or TrainingRuntime()
     model, optimizer, scheduler = runtime.prepare(model, optimizer, scheduler)
     rng, best = SamplingRng(seed + 1), BestWeights()
     runtime.register_for_checkpointing(rng)

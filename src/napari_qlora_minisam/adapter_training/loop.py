@@ -4,10 +4,17 @@ Exact resume: every random draw of the loop (which views, which prompts) comes f
 that the runtime checkpoints with the optimizer, scheduler and the global RNGs, and checkpoints fall on
 optimizer-step boundaries; the best-so-far weights and the log rows are checkpointed too. A resumed run
 therefore produces the same weights, log and adapter as an uninterrupted one.
+
+Several processes (a runtime with ``num_processes`` > 1, e.g. ``accelerate launch``): every process draws
+the same global batch of ``batch_size x num_processes`` views and prompts from the shared Generator and
+decodes its own ``batch_size`` of them; the prepared (DDP) model averages the gradients, so the step equals
+a single-process step on the global batch. Validation is split over the processes and gathered, and every
+stop (time budget, cancel, early stopping) is agreed, so all processes stop at the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -17,8 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..masks import centroid, dice, tight_box
 from ..transforms import postprocess_logits, scale_boxes, scale_coords
-from .prompt_sampling import PromptBatch, centroid, tight_box
+from .prompt_sampling import PromptBatch
 from .trainable_state import load_trainable_state_dict, trainable_state_dict
 
 
@@ -123,22 +131,26 @@ def _embedding(model, view):
     return view.embedding if view.embedding is not None else model.encode(view.pixels)
 
 
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    s = pred.sum() + gt.sum()
-    return 1.0 if s == 0 else float(2.0 * (pred & gt).sum() / s)
+def _share(n: int, rank: int, world: int) -> range:
+    """Process ``rank``'s contiguous share of ``n`` items (gathered in process order: the original order)."""
+    return range(n * rank // world, n * (rank + 1) // world)
 
 
 @torch.no_grad()
-def validate(model, views, point_multimask: bool = True) -> dict:
+def validate(model, views, point_multimask: bool = True, runtime=None) -> dict:
     """Box and 1-point (centroid, deployable selection) Dice at the original resolution, averaged over objects.
 
     The prompts follow the COSMOS protocol (tight box; centroid click) so the score tracks what
-    ``minisam-train eval`` will report.
+    ``minisam-train eval`` will report. With a multi-process ``runtime`` each process scores its share of
+    ``views`` and all of them get the same result (collective).
     """
     was_training = model.training
     model.eval()
     box_scores, point_scores = [], []
     size = model.backend.spec.image_size
+    world = 1 if runtime is None else runtime.num_processes
+    if world > 1:
+        views = [views[i] for i in _share(len(views), runtime.process_index, world)]
     try:
         for view in views:
             rec = view.original
@@ -160,6 +172,10 @@ def validate(model, views, point_multimask: bool = True) -> dict:
                 out.extend(dice(m.numpy(), g) for m, g in zip(masks, gts))
     finally:
         model.train(was_training)
+    if world > 1:
+        shares = runtime.gather_object([(box_scores, point_scores)])
+        box_scores = [x for b, _ in shares for x in b]
+        point_scores = [x for _, p in shares for x in p]
     box = float(np.mean(box_scores)) if box_scores else float("nan")
     point = float(np.mean(point_scores)) if point_scores else float("nan")
     return {"val_dice_box": box, "val_dice_point1": point, "val_dice": float(np.nanmean([box, point]))}
@@ -186,6 +202,8 @@ def run_adapt_loop(model, optimizer, scheduler, train_views, val_views, sampler,
     """
     from tqdm.auto import tqdm
 
+    core = runtime.unwrap_model(model)  # the QLoRAMiniSAM; ``model`` may be its DDP wrapper (forward only)
+    world, rank = runtime.num_processes, runtime.process_index
     state = runtime.resume(model)
     rows, bad, stopped, elapsed, step_secs = [], 0, None, 0.0, []
     start = 0
@@ -193,13 +211,15 @@ def run_adapt_loop(model, optimizer, scheduler, train_views, val_views, sampler,
         start, rows, bad = state["step"], state["rows"], state["bad_validations"]
         stopped, elapsed, step_secs = state.get("stopped"), state["elapsed_s"], state["step_seconds"]
     elif val_views:
-        rows.append({"step": 0, "elapsed_s": 0.0, **validate(model, val_views, settings.point_multimask)})
+        rows.append({"step": 0, "elapsed_s": 0.0, **validate(core, val_views, settings.point_multimask, runtime)})
         if settings.early_stopping:
-            best.offer(rows[-1]["val_dice"], 0, model.net, settings.min_delta)
+            best.offer(rows[-1]["val_dice"], 0, core.net, settings.min_delta)
 
     model.train()
     total = settings.steps
-    bar = tqdm(total=total, initial=start, desc="adapt", disable=not settings.show_progress, dynamic_ncols=True)
+    runtime.start(total)
+    bar = tqdm(total=total, initial=start, desc="adapt", dynamic_ncols=True,
+               disable=not settings.show_progress or not runtime.is_main_process)
     acc_terms, run_steps = [], 0
     step = start
     t_origin = time.perf_counter() - elapsed
@@ -219,26 +239,38 @@ def run_adapt_loop(model, optimizer, scheduler, train_views, val_views, sampler,
             if settings.stop_after is not None and run_steps >= settings.stop_after:
                 stopped = "interrupted"
                 break
-            if should_stop is not None and should_stop():
+            # Every process must take the same branch: a stop seen by one (a signal, its clock) is agreed.
+            if runtime.any_process(should_stop is not None and should_stop()):
                 stopped = "cancelled"
                 break
-            if _over_budget(settings, time.perf_counter() - t_origin, step_secs):
+            if runtime.any_process(_over_budget(settings, time.perf_counter() - t_origin, step_secs)):
                 stopped = "time_budget"
                 break
             t0 = time.perf_counter()
-            picks = rng.rng.choice(len(train_views), size=min(settings.batch_size, len(train_views)), replace=False)
+            n = len(train_views)
+            if world == 1:
+                picks = rng.rng.choice(n, size=min(settings.batch_size, n), replace=False)
+            else:  # the global batch; fewer views than that: some repeat, every process still gets its share
+                size = settings.batch_size * world
+                picks = rng.rng.choice(n, size=size, replace=n < size)
+            drawn = [(train_views[int(i)], sampler.sample(train_views[int(i)].masks.numpy(), rng.rng))
+                     for i in picks]
+            mine = drawn if world == 1 else drawn[rank * settings.batch_size:(rank + 1) * settings.batch_size]
             optimizer.zero_grad(set_to_none=True)
             parts = []
-            for i in picks:
-                view = train_views[int(i)]
-                prompts = sampler.sample(view.masks.numpy(), rng.rng)
-                low, iou = model.decode(_embedding(model, view), prompts)
-                target, valid = _targets(view, low.shape[-1])
-                terms = loss_fn(low, target.to(low.device), iou, valid.to(low.device))
-                runtime.backward(terms.total / len(picks))
+            for j, (view, prompts) in enumerate(mine):
+                # Gradients of all but the last view stay local; the last backward all-reduces their sum.
+                sync = j == len(mine) - 1
+                with contextlib.nullcontext() if sync else runtime.no_sync(model):
+                    low, iou = model(_embedding(core, view), prompts)  # forward through DDP (if wrapped)
+                    target, valid = _targets(view, low.shape[-1])
+                    terms = loss_fn(low, target.to(low.device), iou, valid.to(low.device))
+                    runtime.backward(terms.total / len(mine))
                 parts.append((float(terms.total.detach()), terms.bce, terms.dice, terms.iou))
+            if world > 1:  # the log shows the global batch's loss
+                parts = runtime.gather_object(parts)
             if settings.max_grad_norm:
-                runtime.clip_grad_norm_(model.trainable_parameters(), settings.max_grad_norm)
+                runtime.clip_grad_norm_(core.trainable_parameters(), settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -254,11 +286,11 @@ def run_adapt_loop(model, optimizer, scheduler, train_views, val_views, sampler,
                 row = {"step": step, "loss": float(mean[0]), "bce": float(mean[1]), "dice_loss": float(mean[2]),
                        "iou_loss": float(mean[3]), "lr": float(scheduler.get_last_lr()[0])}
             if val_views and (step % settings.val_every == 0 or step == total):
-                scores = validate(model, val_views, settings.point_multimask)
+                scores = validate(core, val_views, settings.point_multimask, runtime)
                 last_val = scores["val_dice"]
                 row = {**(row or {"step": step}), **scores}
                 if settings.early_stopping:
-                    if best.offer(scores["val_dice"], step, model.net, settings.min_delta):
+                    if best.offer(scores["val_dice"], step, core.net, settings.min_delta):
                         bad = 0
                     else:
                         bad += 1
@@ -281,6 +313,6 @@ def run_adapt_loop(model, optimizer, scheduler, train_views, val_views, sampler,
     if best.weights is not None:
         result.best = {"val_dice": best.score, "step": best.step}
         if settings.restore_best and stopped != "interrupted":
-            load_trainable_state_dict(model.net, best.weights)
+            load_trainable_state_dict(core.net, best.weights)
     runtime.write_log(rows, final=True)
     return result

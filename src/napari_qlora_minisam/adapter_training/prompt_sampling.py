@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..masks import centroid, tight_box
+
 MODES = ("box", "points", "box_points")
 
 
@@ -73,18 +75,6 @@ class PromptSamplingConfig:
             raise ValueError("train.prompts.mix: at least one mode needs a positive weight.")
         if self.max_pos_points < 1 or self.max_neg_points < 0:
             raise ValueError("train.prompts: max_pos_points >= 1 and max_neg_points >= 0 are required.")
-
-
-def tight_box(mask: np.ndarray) -> np.ndarray:
-    """(x0, y0, x1, y1) of a non-empty bool mask, in pixel coordinates."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
-
-
-def centroid(mask: np.ndarray) -> np.ndarray:
-    """The object's centroid (image moments, rounded down), as the COSMOS protocol's first click."""
-    ys, xs = np.nonzero(mask)
-    return np.array([np.floor(xs.mean()), np.floor(ys.mean())], dtype=np.float32)
 
 
 def jitter_box(box: np.ndarray, frac: float, rng: np.random.Generator, limit: int) -> np.ndarray:

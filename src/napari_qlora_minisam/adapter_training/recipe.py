@@ -58,8 +58,8 @@ class AdapterRecipe:
 
     Attributes:
         steps: optimizer steps planned (the schedule's length); ``epochs``, if set, wins:
-            ``ceil(epochs * training views / batch_size)``.
-        batch_size: views per optimizer step (all objects of a view share one decoder call).
+            ``ceil(epochs * training views / (batch_size * processes))``.
+        batch_size: views per optimizer step and process (all objects of a view share one decoder call).
         cache_embeddings: ``"auto"`` embeds every view once when LoRA leaves the encoder alone.
         val_every, log_every: steps between validations (early-stopping checks) and log rows.
         val_fraction: share of the objects (slices, for COSMOS folders) held back for validation.
@@ -91,9 +91,11 @@ class AdapterRecipe:
     max_views: int | None = 48
 
 
-def total_steps(recipe: AdapterRecipe, n_views: int) -> int:
+def total_steps(recipe: AdapterRecipe, n_views: int, processes: int = 1) -> int:
+    """``recipe.steps``, or for ``recipe.epochs`` the steps in which ``processes`` processes, each taking
+    ``batch_size`` views per step, see every view that many times."""
     if recipe.epochs:
-        return max(1, math.ceil(float(recipe.epochs) * n_views / int(recipe.batch_size)))
+        return max(1, math.ceil(float(recipe.epochs) * n_views / (int(recipe.batch_size) * max(1, processes))))
     return int(recipe.steps)
 
 
@@ -110,21 +112,19 @@ def build_optimizer(recipe: AdapterRecipe, params) -> torch.optim.Optimizer:
 
 
 def build_scheduler(recipe: AdapterRecipe, optimizer, steps: int):
-    """Linear warm-up, then cosine decay to 0 at ``steps`` (or constant)."""
-    warmup = max(0, int(recipe.warmup_steps or 0))
+    """Linear warm-up over ``warmup_steps`` (from 0), then cosine decay to 0 at ``steps``, or constant.
+
+    transformers' schedules (``LambdaLR``s): their state is the step count, which checkpoints restore.
+    """
     kind = str(recipe.scheduler).lower()
     if kind not in ("cosine", "constant"):
         raise ValueError(f"train.scheduler={kind!r}; choose cosine or constant.")
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    warmup = max(0, int(recipe.warmup_steps or 0))
+    if kind == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, int(steps))
 
 
 def use_cached_embeddings(recipe: AdapterRecipe, model) -> bool:

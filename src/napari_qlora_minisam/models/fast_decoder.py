@@ -150,7 +150,7 @@ def image_to_token(attn: nn.Module, kpe: torch.Tensor, q_tok: torch.Tensor, v_to
     d = inner // heads
     kh = k.view(b, n, heads, d)
     # Scores are laid out (B, h*n, HW) so the softmax runs over a middle axis of 7 with HW contiguous
-    # inside it: torch's softmax over a last axis of 7 measured ~10x slower than over this layout.
+    # inside it: torch's CPU softmax over a last axis this short is far slower than over this layout.
     if cached_q is None:
         wq = attn.q_proj.weight.view(heads, d, -1)  # (h, d, C)
         kf = torch.einsum("hdc,bthd->bhtc", wq, kh).reshape(b, heads * n, -1)  # W_q,h^T k_h[t] per (h, t)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side example for docs/evaluation.md: LiteMedSAM fp32 vs NF4 (4-bit) on the three MRI tumour /
 # lesion datasets of cosmos_extra (11 slices). Numbers from a tiny sample, NOT from COSMOS 1050K.
-# Run from the repository root; re-running resumes.
+# Run from the repository root; re-running resumes. Ends by writing its tables into docs/evaluation.md.
 set -euo pipefail
 DATA=${MINISAM_SHARED_DATA:-../shared/data}
 OUT=${1:-docs/eval/sample_fp32_vs_nf4}
@@ -11,3 +11,4 @@ minisam-train eval \
   "prompts=[point1,point5,box]" \
   sampling.mode=official device=cpu \
   output_dir="$OUT" hydra.output_subdir=null hydra/job_logging=none hydra/hydra_logging=none
+python experiments/eval_doc_tables.py "$OUT" --section nf4

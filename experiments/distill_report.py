@@ -1,11 +1,11 @@
-"""Figures and numbers of the CPU distillation experiment (run by benchmarks/run_distill_experiment.sh).
+"""Figures and numbers of the CPU distillation experiment (run by experiments/run_distill_experiment.sh).
 
 Reads ``OUT/student`` (the distill output: distill_summary.json, logs/metrics.csv) and ``OUT/eval``
 (``minisam-train eval`` with the teacher and the student: per_object.csv, efficiency.csv); measures the two
 encoders' latency *interleaved* (teacher, student, teacher, ... so a busy shared CPU slows both alike) and
 their memory; writes ``OUT/distill_report.json`` and ``docs/images/distill_*.png``.
 
-Usage: python benchmarks/distill_report.py OUT [--teacher-name teacher_litemedsam] [--student-name student]
+Usage: python experiments/distill_report.py OUT [--teacher-name teacher_litemedsam] [--student-name student]
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def plot_example(teacher, student, shared_data: Path, path):
     import matplotlib.pyplot as plt
 
     from napari_qlora_minisam import MiniSamPredictor
+    from napari_qlora_minisam.masks import tight_box
 
     d = shared_data / "cosmos_sample" / "data" / "test_data" / "22_Heart"
     image = iio.imread(d / "images" / "22_Heart_4_5.png")
@@ -147,8 +148,7 @@ def plot_example(teacher, student, shared_data: Path, path):
         pred.set_image(image)
         ax[k + 1].imshow(image, cmap="gray")
         for value, color in ((85, "Reds"), (255, "Blues")):
-            ys, xs = np.nonzero(label == value)
-            box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+            box = tight_box(label == value)
             masks, _, _ = pred.predict(box=box, multimask=False)
             ax[k + 1].imshow(np.ma.masked_where(~masks[0], masks[0]), cmap=color, alpha=0.5, vmin=0, vmax=1)
             if k == 0:

@@ -1,7 +1,7 @@
-"""One markdown table across distillation runs (the stages of benchmarks/run_distill_chain.sh).
+"""One markdown table across distillation runs (the stages of experiments/run_distill_chain.sh).
 
-Usage: ``python benchmarks/distill_stages.py RUN_DIR [RUN_DIR ...]`` — each RUN_DIR holds the
-``distill_report_student.json`` that benchmarks/distill_report.py wrote. Prints the student/teacher Dice
+Usage: ``python experiments/distill_stages.py RUN_DIR [RUN_DIR ...]`` — each RUN_DIR holds the
+``distill_report_student.json`` that experiments/distill_report.py wrote. Prints the student/teacher Dice
 ratios (per object and of class means), the speed and memory ratios, the training time, and the student's
 Dice per class, for docs/distillation.md.
 """

@@ -2,7 +2,7 @@
 
 transformers initialises a random SAM vision encoder to ~0 (every embedding would be zero), so the encoder
 is re-initialised first, as tests/train/test_distill.py does for its tiny teachers.
-Usage: python benchmarks/save_random_teacher.py SPEC OUT_DIR     (SPEC: random_vit_h, tiny_vit_h_shape, ...)
+Usage: python experiments/save_random_teacher.py SPEC OUT_DIR     (SPEC: random_vit_h, tiny_vit_h_shape, ...)
 """
 
 from __future__ import annotations

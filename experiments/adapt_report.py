@@ -1,11 +1,12 @@
-"""Turn an adapter experiment folder (benchmarks/run_adapt_experiment.sh) into docs/adapters.md numbers.
+"""Turn an adapter experiment folder (experiments/run_adapt_experiment.sh) into docs/adapters.md numbers.
 
 Reads the adapt runs' ``summary.json`` / ``curves.png``, the cost runs and the eval's ``per_object.csv``;
 writes ``OUT/report.md`` (the tables), copies the figures to ``docs/images/adapt_*.png``, replaces the
-block between the result markers in ``docs/adapters.md``, and ships the adapters (with their measured
-scores added to ``minisam_adapter.json``) into ``src/napari_qlora_minisam/pretrained_adapters/{ct,mri}``.
+block between the result markers in ``docs/adapters.md``, and adds the measured scores to the run's adapters
+(``OUT/adapters/{ct,mri}/minisam_adapter.json``). It never touches the package: shipping those adapters is the
+separate step ``python experiments/ship_adapters.py OUT``.
 
-Usage: python benchmarks/adapt_report.py runs/adapt_experiment [--no-ship]
+Usage: python experiments/adapt_report.py runs/adapt_experiment
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import doc_sections  # noqa: E402 - the shared section writer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +163,6 @@ def plot_eval(by_mod, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
-    ap.add_argument("--no-ship", action="store_true", help="do not copy adapters into the package")
     args = ap.parse_args(argv)
     out = args.out
     images = REPO / "docs" / "images"
@@ -183,19 +183,12 @@ def main(argv=None) -> int:
     doc = REPO / "docs" / "adapters.md"
     if doc.exists() and START in doc.read_text():
         doc_sections.write_section(doc, text, START, END)
-    if not args.no_ship and by_mod:
-        for mod, model in (("ct", "nf4 + CT adapter"), ("mri", "nf4 + MRI adapter")):
-            src = out / "adapters" / mod
-            if not src.is_dir():
-                continue
-            meta = json.loads((src / "minisam_adapter.json").read_text())
+    for mod, model in (("ct", "nf4 + CT adapter"), ("mri", "nf4 + MRI adapter")):
+        meta_path = out / "adapters" / mod / "minisam_adapter.json"
+        if by_mod and meta_path.exists():
+            meta = json.loads(meta_path.read_text())
             meta["scores"] = scores_for(by_mod, model)
-            (src / "minisam_adapter.json").write_text(json.dumps(meta, indent=2, default=str))
-            dst = REPO / "src" / "napari_qlora_minisam" / "pretrained_adapters" / mod
-            shutil.rmtree(dst, ignore_errors=True)
-            dst.mkdir(parents=True)
-            for f in ("adapter_config.json", "adapter_model.safetensors", "minisam_adapter.json"):
-                shutil.copy(src / f, dst / f)
+            meta_path.write_text(json.dumps(meta, indent=2, default=str))
     print(text)
     return 0
 

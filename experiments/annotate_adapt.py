@@ -21,8 +21,8 @@ for every N, only the evaluated slices differ.
 Run from the repository root on an otherwise idle machine (the training budget is wall-clock, so a busy
 CPU gets fewer steps)::
 
-    python benchmarks/annotate_adapt.py                      # all cases, N = 1 3 5, writes docs/adapters.md
-    python benchmarks/annotate_adapt.py --cases brain2 --counts 1 --minutes 0.05 --no-write   # smoke test
+    python experiments/annotate_adapt.py                      # all cases, N = 1 3 5, writes docs/adapters.md
+    python experiments/annotate_adapt.py --cases brain2 --counts 1 --minutes 0.05 --no-write   # smoke test
 
 ``--seeds 0 1 2`` repeats every run with other seeds (the table lists each run, the plot their mean);
 ``--json FILE`` also saves every run's figures, per object.
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import doc_sections  # noqa: E402 - the shared section writer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
     if args.report:
         saved = json.loads(args.report.read_text())
         plot(saved["rows"], PLOT)
-        command = " ".join(["python benchmarks/annotate_adapt.py", *map(shlex.quote, saved["argv"])])
+        command = " ".join(["python experiments/annotate_adapt.py", *map(shlex.quote, saved["argv"])])
         seeds = sorted({r.get("seed", 0) for r in saved["rows"]})
         minutes = next((float(a.split("=")[1]) for a in saved["argv"] if a.startswith("--minutes=")), 2.0)
         text = section(saved["rows"], saved["skipped"], command, saved["started_utc"],
@@ -453,7 +453,7 @@ def main(argv=None) -> int:
                                          "load_before_after": loads, "rows": rows, "skipped": skipped}, indent=1))
     if not args.no_write and rows:
         plot(rows, PLOT)
-        command = " ".join(["python benchmarks/annotate_adapt.py", *map(shlex.quote, argv)])
+        command = " ".join(["python experiments/annotate_adapt.py", *map(shlex.quote, argv)])
         text = section(rows, skipped, command, started, loads, args.minutes, args.seeds)
         doc_sections.write_section(DOC, text, START, END)
         print(f"wrote {DOC.relative_to(REPO)} ({START} ... {END}) and {PLOT.relative_to(REPO)}", file=sys.stderr)

@@ -13,3 +13,4 @@ minisam-train eval \
   "selection=[oracle,deployable]" \
   sampling.mode=official nsd_tolerance=2 device=cpu \
   output_dir="$OUT" hydra.output_subdir=null hydra/job_logging=none hydra/hydra_logging=none
+python experiments/eval_doc_tables.py "$OUT" --section sample

@@ -7,9 +7,9 @@
 #   3. one `minisam-train eval` run on every test split: fp32 zero-shot, NF4 with both adapters off,
 #      NF4 + CT adapter, NF4 + MRI adapter, and both adapters on the fp32 base (the plugin's default); box and point1 (PROMPTS=box,point1,point5 adds more), oracle
 #      and deployable;
-#   4. benchmarks/adapt_report.py: tables + figures for docs/adapters.md, metadata with measured scores,
+#   4. experiments/adapt_report.py: tables + figures for docs/adapters.md, metadata with measured scores,
 #      adapters copied into src/napari_qlora_minisam/pretrained_adapters/{ct,mri}.
-# Usage: bash benchmarks/run_adapt_experiment.sh [OUT=runs/adapt_experiment]   (run from the repo root)
+# Usage: bash experiments/run_adapt_experiment.sh [OUT=runs/adapt_experiment]   (run from the repo root)
 # Stages can be skipped (SKIP_TRAIN=1, SKIP_COST=1, SKIP_EVAL=1) to run them in another order.
 set -euo pipefail
 OUT=${1:-runs/adapt_experiment}
@@ -65,5 +65,5 @@ if [ "${SKIP_EVAL:-0}" != 1 ]; then
       2>&1 | grep -v Warning | tail -5
 fi
 log "report"
-python benchmarks/adapt_report.py "$OUT"
+python experiments/adapt_report.py "$OUT"
 log "done"

@@ -1,0 +1,90 @@
+"""Scripts that turn runs into figures and shipped files: MAC counting, shipping adapters, eval doc tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
+import eval_doc_tables  # noqa: E402
+import model_flops  # noqa: E402
+import ship_adapters  # noqa: E402
+
+
+def test_sdpa_is_counted_as_the_matmuls_it_replaces():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v = torch.randn(2, 4, 64, 16), torch.randn(2, 4, 48, 16), torch.randn(2, 4, 48, 8)
+    sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    with FlopCounterMode(display=False, custom_mapping={sdpa: model_flops._sdpa_flops}) as fused:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    with FlopCounterMode(display=False) as explicit:
+        torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v
+    assert fused.get_total_flops() == explicit.get_total_flops() == 2 * 2 * 4 * 64 * 48 * (16 + 8)
+
+
+def _adapter(folder: Path, scores=True) -> Path:
+    folder.mkdir(parents=True)
+    for name in ship_adapters.FILES:
+        (folder / name).write_text("{}")
+    meta = {"name": folder.name, "base_source": "tiny_hf_sam"}
+    if scores:
+        meta["scores"] = {"box": 0.8}
+    (folder / "minisam_adapter.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_shipping_refuses_an_adapter_without_scores_and_leaves_the_package_alone(tmp_path, monkeypatch):
+    package = tmp_path / "pretrained_adapters"
+    shipped = _adapter(package / "ct")
+    before = {p.name: p.read_text() for p in shipped.iterdir()}
+    _adapter(tmp_path / "run" / "adapters" / "ct", scores=False)
+    monkeypatch.setattr(ship_adapters, "PACKAGE_ADAPTERS", package)
+    with pytest.raises(SystemExit, match="no measured scores"):
+        ship_adapters.main([str(tmp_path / "run"), "--modalities", "ct"])
+    assert {p.name: p.read_text() for p in shipped.iterdir()} == before
+
+
+def test_shipping_replaces_the_folder_whole_and_readable(tmp_path, monkeypatch):
+    package = tmp_path / "pretrained_adapters"
+    _adapter(package / "ct")
+    new = _adapter(tmp_path / "run" / "adapters" / "ct")
+    (new / "adapter_model.safetensors").write_text("new weights")
+    monkeypatch.setattr(ship_adapters, "PACKAGE_ADAPTERS", package)
+    monkeypatch.setattr(ship_adapters, "check", lambda src: None)  # loading needs real peft files
+    ship_adapters.main([str(tmp_path / "run"), "--modalities", "ct"])
+    assert (package / "ct" / "adapter_model.safetensors").read_text() == "new weights"
+    assert sorted(p.name for p in package.iterdir()) == ["ct"]  # no temporary or old folder left
+    assert (package / "ct").stat().st_mode & 0o777 == 0o755
+    assert (package / "ct" / "minisam_adapter.json").stat().st_mode & 0o777 == 0o644
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_nf4_tables_compare_two_models_and_one_invocation(tmp_path):
+    summary = [dict(level=level, group=group, model=m, prompt="box", selection="deployable", classes=1, objects=n,
+                    dice=d, nsd=0.5)
+               for m, d in (("fp32", 0.80), ("nf4", 0.60))
+               for level, group, n in (("overall", "all", 3), ("class", "X/Tumour", 3))]
+    _write(tmp_path / "summary.csv", summary)
+    eff = [dict(model=m, device="cpu", parameters=10, memory_footprint_mb=mb, encoder_ms_per_image=500,
+                decoder_ms_per_prompt=20, peak_rss_mb=1000, invocation=inv, load_avg_1min=1.0, cpu_count=2,
+                torch_threads=2, device_name="cpu", process="")
+           for inv, m, mb in (("old", "fp32", 99.0), ("new", "fp32", 40.0), ("new", "nf4", 20.0))]
+    _write(tmp_path / "efficiency.csv", eff)
+    text = eval_doc_tables.nf4_tables(tmp_path)
+    assert "| box | 0.800 | 0.600 | 0.75 |" in text
+    assert "| X/Tumour | 3 | 0.800 | 0.600 |" in text
+    assert "20.0 MB (0.50×)" in text and "99.0" not in text  # ratios within the newest invocation only
