@@ -398,7 +398,7 @@ def bench_volume(app) -> dict:
     watch.start()
     t0 = time.perf_counter()
     widget.propagate()
-    pump(app, lambda: not widget.is_propagating, timeout=1800)
+    pump(app, lambda: not widget.propagation.active, timeout=1800)
     propagation_s = time.perf_counter() - t0
     gaps.append(watch.stop())
     objects = widget.layers["objects"].data

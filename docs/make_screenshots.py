@@ -192,7 +192,7 @@ def main() -> None:
     add_boxes(app, widget, tight_box(tumour[mid]), z=mid)
     widget.commit()
     widget.propagate()
-    pump(app, lambda: not widget.is_propagating)
+    pump(app, lambda: not widget.propagation.active)
     viewer.dims.set_current_step(0, mid - 3)
     pump(app, lambda: widget.is_idle)
     viewer.layers.selection.active = widget.layers["objects"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["load_model", "train_adapter", "TrainProgress", "MiniSamPredictor", "MiniSamError", "ModelLoadError",
-           "InputError", "AdapterError"]
+           "InputError", "AdapterError", "EmbeddingStore", "precompute"]
 
 from .errors import AdapterError, InputError, MiniSamError, ModelLoadError
 
@@ -25,4 +25,8 @@ def __getattr__(name):
         from .predictor import MiniSamPredictor
 
         return MiniSamPredictor
+    if name in ("EmbeddingStore", "precompute"):
+        from . import embedding_store
+
+        return getattr(embedding_store, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

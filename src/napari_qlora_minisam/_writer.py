@@ -1,4 +1,4 @@
-"""npe2 writer: a labels layer -> a TIFF that keeps the integer ids, and its object names beside it."""
+"""npe2 writers: a labels layer -> a TIFF (ids, voxel size in mm) or a NIfTI aligned with its source image."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     """Save one labels layer as TIFF with tifffile; returns the paths written, as npe2 expects.
 
     2D labels become one page, 3D stacks one page per slice. The smallest unsigned dtype that holds the
-    ids is used; the layer's scale goes into the ImageJ metadata so Fiji shows the voxel size. When the
+    ids is used; the layer's scale goes into the ImageJ metadata so Fiji shows the voxel size: x/y as the
+    resolution, z as ``spacing``, all in ``unit: mm`` (napari scale is mm in this plugin). When the
     layer's ``features`` name its objects (the MiniSAM objects panel does), they are written beside the
     TIFF as ``<name>.objects.csv`` (the features table: ``index``, ``name``, ...).
     """
@@ -33,7 +34,7 @@ def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     if dtype != np.uint32 and len(scale) >= 2:
         # ImageJ hyperstack metadata carries the pixel size (and the slice spacing for stacks).
         kwargs = {"imagej": True, "resolution": (1.0 / scale[-1], 1.0 / scale[-2]),
-                  "metadata": {"axes": "ZYX" if labels.ndim == 3 else "YX",
+                  "metadata": {"axes": "ZYX" if labels.ndim == 3 else "YX", "unit": "mm",
                                **({"spacing": scale[-3]} if labels.ndim == 3 and len(scale) >= 3 else {})}}
     else:
         kwargs = {"compression": "zlib"}
@@ -42,6 +43,35 @@ def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     features = (meta or {}).get("features")
     if features is not None and "index" in features and "name" in features and len(features):
         table = out.with_name(out.stem + ".objects.csv")
+        _write_csv(table, features)
+        written.append(str(table))
+    return written
+
+
+def write_labels_nifti(path: str, data, meta: dict) -> list[str]:
+    """Save one labels layer as ``.nii.gz`` (or ``.nii``) that overlays its source image.
+
+    The voxel -> RAS affine is the layer's ``metadata["affine"]``, which the NIfTI and DICOM readers put on
+    the image layer and the MiniSAM widget copies to the objects layer it makes for that image. A labels
+    layer without one (e.g. made with napari's "new labels" button) gets an affine built from its
+    ``scale`` and ``translate`` (right voxel size and origin, RAS axes, no rotation), so it only lines up
+    with images that were themselves axis-aligned. The object names go beside it as with the TIFF writer.
+    """
+    from .io import AFFINE_KEY
+    from .io.nifti import affine_from_scale, write_nifti
+
+    labels = np.asarray(data)
+    meta = meta or {}
+    affine = (meta.get("metadata") or {}).get(AFFINE_KEY)
+    if affine is None:
+        affine = affine_from_scale(meta.get("scale", [1.0] * labels.ndim), meta.get("translate"))
+    out = write_nifti(path, labels, affine, labels=True)
+    written = [out]
+    features = meta.get("features")
+    if features is not None and "index" in features and "name" in features and len(features):
+        from .io.nifti import stem
+
+        table = Path(out).with_name(stem(out) + ".objects.csv")
         _write_csv(table, features)
         written.append(str(table))
     return written

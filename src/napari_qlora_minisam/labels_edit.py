@@ -81,6 +81,30 @@ def write_slices(target, label_id: int, masks: dict[int, np.ndarray], overwrite:
     return sum(p[0][0].size for p in parts)
 
 
+def replace_slices(target, label_id: int, slices, masks: dict[int, np.ndarray], overwrite: bool = False) -> int:
+    """Object ``label_id`` on ``slices`` of a stack becomes ``masks`` (a slice without one loses it), one undo step.
+
+    Its old pixels there are cleared first, so the new masks may take them back; other objects keep theirs
+    unless ``overwrite``. Slices not listed are left alone. Returns the pixels changed.
+    """
+    label_id = int(label_id)
+    index, values = [], []
+    for z in sorted({int(z) for z in slices} | {int(z) for z in masks}):
+        old = np.asarray(target.data[z])
+        new = np.where(old == label_id, 0, old)
+        if z in masks:
+            new[writable_pixels(new, masks[z], overwrite)] = label_id
+        rows, cols = np.nonzero(new != old)
+        if rows.size:
+            index.append((np.full(rows.size, z, np.intp), rows, cols))
+            values.append(new[rows, cols])
+    if not index:
+        return 0
+    with target.block_history():
+        target.data_setitem(tuple(np.concatenate(axis) for axis in zip(*index)), np.concatenate(values))
+    return int(sum(v.size for v in values))
+
+
 def erase_object(target, label_id: int) -> int:
     """Set every pixel of object ``label_id`` to background in one undo step; pixels erased."""
     index = np.nonzero(np.asarray(target.data) == int(label_id))

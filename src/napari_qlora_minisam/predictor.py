@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from .embedding_cache import CachedEmbedding, EmbeddingCache, image_digest
+from .embedding_store import EmbeddingStore, store_key
 from .errors import InputError
 from .intensity import check_policy
-from .transforms import postprocess_logits, prepare_image, scale_boxes, scale_coords, validate_image
+from .transforms import mask_to_logits, postprocess_logits, prepare_image, scale_boxes, scale_coords, validate_image
 
 # ``box_window``: the mask is computed on the box's grid cells plus this much of the box's longer side on
 # every side, and never fewer than WINDOW_MIN_CELLS cells (32 px of LiteMedSAM's 256² input).
@@ -45,33 +46,75 @@ class MiniSamPredictor:
         >>> masks, scores, logits = predictor.predict(box=[40, 60, 120, 150], multimask=False)
     """
 
-    def __init__(self, model, intensity: str = "minmax", cache: EmbeddingCache | None = None):
+    def __init__(self, model, intensity: str = "minmax", cache: EmbeddingCache | None = None,
+                 store: EmbeddingStore | None = None):
         self.model = model
         self.intensity = intensity
         self.cache = cache if cache is not None else EmbeddingCache()
+        self.store = store  # embeddings on disk: looked up after the memory cache, written after computing
         self._current: CachedEmbedding | None = None
         self._lock = threading.RLock()  # the widget embeds and decodes from worker threads
 
     # -- image --------------------------------------------------------------------------------------
     def embedding_key(self, image: np.ndarray, intensity: str | None = None) -> tuple:
+        """The memory cache's key (``set_image`` builds the same one)."""
         policy = intensity or self.intensity
         return (image_digest(image), self.model.cache_key, policy, self.model.spec)
 
     def set_image(self, image, intensity: str | None = None) -> CachedEmbedding:
-        """Embed ``image`` (2D grey or RGB, any dtype) or take its embedding from the cache."""
+        """Embed ``image`` (2D grey or RGB, any dtype) or take its embedding from the cache, then the store."""
         policy = check_policy(intensity or self.intensity)
         arr = validate_image(image)
-        key = self.embedding_key(arr, policy)
+        digest = image_digest(arr)
+        key = (digest, self.model.cache_key, policy, self.model.spec)
         with self._lock:
             item = self.cache.get(key)
+            if item is None and self.store is not None:
+                item = self.store.get(store_key(digest, self.model, policy))
+                if item is not None:
+                    item = CachedEmbedding(item.embedding.to(self.model.device), item.original_hw, item.input_hw)
+                    self.cache.put(key, item)
             if item is None:
-                pixels, original_hw, input_hw = prepare_image(arr, self.model.spec, policy)
-                with torch.inference_mode():
-                    emb = self.model.encode(pixels.to(self.model.device))
-                item = CachedEmbedding(emb.float(), original_hw, input_hw)
+                item = self._compute(arr, policy)
                 self.cache.put(key, item)
+                if self.store is not None:
+                    self.store.put(store_key(digest, self.model, policy), item)
             self._current = item
         return item
+
+    def _compute(self, arr: np.ndarray, policy: str) -> CachedEmbedding:
+        pixels, original_hw, input_hw = prepare_image(arr, self.model.spec, policy)
+        with torch.inference_mode():
+            emb = self.model.encode(pixels.to(self.model.device))
+        return CachedEmbedding(emb.float(), original_hw, input_hw)
+
+    def in_store(self, image, intensity: str | None = None) -> bool:
+        """Whether the store holds a file for ``image`` under this model and policy."""
+        if self.store is None:
+            return False
+        policy = check_policy(intensity or self.intensity)
+        return store_key(image_digest(validate_image(image)), self.model, policy) in self.store
+
+    def store_embedding(self, image, intensity: str | None = None) -> bool:
+        """Make sure the store holds ``image``'s embedding, without changing the image set; True if computed.
+
+        Used by :func:`embedding_store.precompute`. Taken from the memory cache when it is there.
+        """
+        if self.store is None:
+            raise ValueError("This predictor has no store; pass store=EmbeddingStore(...).")
+        policy = check_policy(intensity or self.intensity)
+        arr = validate_image(image)
+        digest = image_digest(arr)
+        skey = store_key(digest, self.model, policy)
+        if skey in self.store:
+            return False
+        with self._lock:
+            item = self.cache.get((digest, self.model.cache_key, policy, self.model.spec))
+            computed = item is None
+            if computed:
+                item = self._compute(arr, policy)
+            self.store.put(skey, item)
+        return computed
 
     def reset_image(self) -> None:
         self._current = None
@@ -119,6 +162,15 @@ class MiniSamPredictor:
         masks, scores, logits = self._run(pts, lbl, bx, mask_input, multimask, box_window)
         return masks[0], scores[0], logits[0]
 
+    def mask_prompt(self, mask: np.ndarray) -> np.ndarray:
+        """A binary ``(H, W)`` mask of the image set -> ``mask_input`` logits for :meth:`predict`."""
+        self._require_image()
+        mask = np.asarray(mask, bool)
+        if mask.shape != tuple(self._current.original_hw):
+            raise InputError(f"Mask of shape {mask.shape} does not fit the {self._current.original_hw} image.")
+        low = tuple(4 * s for s in self._current.embedding.shape[-2:])
+        return mask_to_logits(mask, self.model.spec.image_size, low)
+
     def predict_batch(self, boxes=None, points=None, point_labels=None, multimask: bool = False):
         """Segment ``B`` objects in one decoder call: ``boxes (B, 4)`` and/or ``points (B, N, 2)``.
 
@@ -137,6 +189,12 @@ class MiniSamPredictor:
         if bx is not None and pts is not None and bx.shape[0] != pts.shape[0]:
             raise InputError(f"{bx.shape[0]} boxes but {pts.shape[0]} point sets; give one of each per object.")
         return self._run(pts, lbl, bx, None, multimask)
+
+    def segment_everything(self, image=None, **kwargs) -> list[dict]:
+        """Every object of ``image`` (or of the image set): see :func:`.everything.segment_everything`."""
+        from .everything import segment_everything
+
+        return segment_everything(self, image, **kwargs)
 
     def _check_points(self, points, labels):
         self._require_image()

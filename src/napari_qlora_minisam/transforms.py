@@ -131,3 +131,18 @@ def postprocess_logits(low_res: torch.Tensor, input_hw: tuple, original_hw: tupl
     x = x[..., : input_hw[0], : input_hw[1]]
     x = F.interpolate(x, size=tuple(original_hw), mode="bilinear", align_corners=False)
     return x.reshape(*lead, *original_hw)
+
+
+def mask_to_logits(mask: np.ndarray, image_size: int, low_hw: tuple, value: float = 8.0) -> np.ndarray:
+    """A binary mask at the original resolution -> SAM ``mask_input`` logits ``(1, *low_hw)``.
+
+    The inverse of :func:`postprocess_logits`: resize into the network frame (longest side ``image_size``),
+    pad bottom/right, resize to the decoder's low-res grid; inside ``+value``, outside ``-value``.
+    """
+    m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
+    h, w = m.shape[-2:]
+    new_h, new_w = preprocess_shape(h, w, image_size)
+    m = F.interpolate(m, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, image_size - new_w, 0, image_size - new_h))
+    m = F.interpolate(m, size=tuple(low_hw), mode="bilinear", align_corners=False)
+    return ((m[0] > 0.5).float() * 2 - 1).mul(value).numpy()

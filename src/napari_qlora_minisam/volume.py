@@ -94,6 +94,10 @@ class StopRules:
         min_intensity_match: the mask "left the object" when fewer than this fraction of its pixels lie
             in the committed object's intensity range (its 2nd-98th percentiles). A box prompt past the
             end of a lung tumour returns a blob of air; this is what stops it.
+        min_start_fraction: the object "faded out" when its mask falls below this fraction of the committed
+            slice's area (0: off, today's default). Past a tumour that touches the chest wall the box returns
+            small blobs of soft tissue the intensity rule cannot tell apart (lung2: 190 px, 7 % of the committed
+            2795 px, one slice past the tumour's last at 469 px).
     """
 
     min_area: int = 20
@@ -101,11 +105,14 @@ class StopRules:
     max_growth: float = 2.5
     min_score: float = 0.0
     min_intensity_match: float = 0.2
+    min_start_fraction: float = 0.0
 
     def reason_to_stop(self, area: int, previous_area: int, score: float,
-                       intensity_match: float = 1.0) -> str | None:
+                       intensity_match: float = 1.0, start_area: int = 0) -> str | None:
         if area < self.min_area:
             return f"mask vanished ({area} px)"
+        if area < self.min_start_fraction * start_area:
+            return f"object faded out ({area} px, {100 * area / start_area:.0f}% of the committed slice's)"
         if area < self.collapse_ratio * previous_area:
             return f"mask collapsed ({area} px after {previous_area} px)"
         if area > self.max_growth * previous_area:
@@ -131,7 +138,38 @@ def intensity_match(image: np.ndarray, mask: np.ndarray, bounds: tuple[float, fl
     return float(((values >= bounds[0]) & (values <= bounds[1])).mean())
 
 
-SegmentSlice = Callable[[int, np.ndarray], tuple]  # (z, box xyxy) -> (mask (H, W) bool, score)
+SegmentSlice = Callable[..., tuple]  # (z, box xyxy, **neighbour prompts) -> (mask (H, W) bool, score)
+
+# What the neighbour slice gives the next one: always the box of its mask (plus the margin); "mask" adds that
+# mask as SAM's ``mask_input`` prompt, "point" a positive click at its most interior pixel.
+NEIGHBOUR_PROMPTS = ("box", "box+mask", "box+point", "box+mask+point")
+DEFAULT_NEIGHBOUR_PROMPT = "box+mask+point"  # chosen on lung1 + brain1 (benchmarks/propagation_quality.py)
+
+
+def check_neighbour_prompt(prompt: str) -> str:
+    if prompt not in NEIGHBOUR_PROMPTS:
+        raise InputError(f"Unknown neighbour prompt {prompt!r}; choose one of {', '.join(NEIGHBOUR_PROMPTS)}.")
+    return prompt
+
+
+def interior_point(mask: np.ndarray) -> np.ndarray:
+    """(x, y) of the mask pixel farthest from its edge (inside the mask, unlike a centroid)."""
+    from scipy.ndimage import distance_transform_edt
+
+    dist = distance_transform_edt(np.pad(np.asarray(mask, bool), 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return np.array([x, y], np.float32)
+
+
+def neighbour_prompt(previous: np.ndarray, prompt: str) -> dict:
+    """The prompts beyond the box that ``prompt`` takes from the neighbour's mask, as keyword arguments."""
+    extra = {}
+    if "mask" in prompt:
+        extra["mask"] = previous
+    if "point" in prompt:
+        extra["points"] = interior_point(previous)[None]
+        extra["point_labels"] = np.ones(1, np.int64)
+    return extra
 
 
 def propagate(
@@ -145,10 +183,13 @@ def propagate(
     max_slices: int | None = None,
     stack=None,
     directions=(1, -1),
+    prompt: str = "box",
 ) -> Iterator[PropagationStep]:
     """Segment one object slice by slice away from ``start_z`` (up, then down).
 
-    Each slice is prompted with the box of its neighbour's mask plus ``margin``; a direction ends at the
+    Each slice is prompted with the box of its neighbour's mask plus ``margin`` (and, per ``prompt``, that
+    mask as ``mask_input`` and/or a click inside it: ``segment_slice(z, box, mask=..., points=...,
+    point_labels=...)``; with ``"box"`` it is called as ``segment_slice(z, box)``); a direction ends at the
     stack's edge or where :class:`StopRules` says the mask vanished, collapsed or leaked (that slice is
     not yielded). A generator, so a worker can report progress and be cancelled between slices.
 
@@ -160,12 +201,19 @@ def propagate(
         max_slices: at most this many slices per direction (``None``: until a stop rule or the edge).
         stack: the image stack; when given, masks must keep the committed object's intensities
             (``StopRules.min_intensity_match``).
+        directions: ``(1, -1)`` both ways (up first), ``(1,)`` up only, ``(-1,)`` down only.
+        prompt: one of :data:`NEIGHBOUR_PROMPTS`; ``"box"`` here (any ``(z, box)`` callable works), the
+            session and the widget use :data:`DEFAULT_NEIGHBOUR_PROMPT`.
 
     Yields:
         :class:`PropagationStep` per accepted slice. The generator's return value is a
         :class:`PropagationResult`.
     """
     start_mask = np.asarray(start_mask, bool)
+    check_neighbour_prompt(prompt)
+    directions = tuple(int(d) for d in directions)
+    if not directions or any(d not in (1, -1) for d in directions):
+        raise InputError(f"Directions must be +1 (up) and/or -1 (down); got {directions}.")
     if not start_mask.any():
         raise InputError(f"There is no object on slice {start_z} to propagate; commit one there first.")
     if not 0 <= start_z < depth:
@@ -187,11 +235,13 @@ def propagate(
                 result.stopped[direction] = f"{max_slices} slices done"
                 break
             box = box_from_mask(previous, margin)
-            mask, score = segment_slice(z, box)
+            extra = neighbour_prompt(previous, prompt)
+            mask, score = segment_slice(z, box, **extra) if extra else segment_slice(z, box)
             mask = np.asarray(mask, bool)
             done += 1
             match = intensity_match(plane(stack, z), mask, bounds) if bounds is not None else 1.0
-            reason = rules.reason_to_stop(int(mask.sum()), int(previous.sum()), float(score), match)
+            reason = rules.reason_to_stop(int(mask.sum()), int(previous.sum()), float(score), match,
+                                          int(start_mask.sum()))
             if reason:
                 result.stopped[direction] = f"{reason} at slice {z}"
                 break
@@ -202,18 +252,26 @@ def propagate(
     return result
 
 
+def segment_with_neighbour(predictor, box: np.ndarray, mask: np.ndarray | None = None, points=None,
+                           point_labels=None) -> tuple[np.ndarray, float]:
+    """One propagation step on the predictor's current image: ``(mask, score)`` for the neighbour's prompts."""
+    mask_input = None if mask is None else predictor.mask_prompt(mask)
+    masks, scores, _ = predictor.predict(box=box, points=points, point_labels=point_labels,
+                                         mask_input=mask_input, multimask=False)
+    return masks[0], float(scores[0])
+
+
 class SliceSegmenter:
-    """``(z, box) -> (mask, score)`` on a stack with a predictor (embeddings come from its cache)."""
+    """``(z, box, **neighbour prompts) -> (mask, score)`` on a stack with a predictor (embeddings cached)."""
 
     def __init__(self, predictor, stack, intensity: str | None = None):
         self.predictor = predictor
         self.stack = stack
         self.intensity = intensity
 
-    def __call__(self, z: int, box: np.ndarray):
+    def __call__(self, z: int, box: np.ndarray, **neighbour):
         self.predictor.set_image(plane(self.stack, z), intensity=self.intensity)
-        masks, scores, _ = self.predictor.predict(box=box, multimask=False)
-        return masks[0], float(scores[0])
+        return segment_with_neighbour(self.predictor, box, **neighbour)
 
 
 def run_propagation(generator) -> tuple[list[PropagationStep], PropagationResult]:

@@ -30,6 +30,14 @@ def tiny_widget(open_widget, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def embeddings_dir(tmp_path_factory, monkeypatch):
+    """The widget keeps embeddings on disk: GUI tests keep them in a folder of their own, never the user's."""
+    path = tmp_path_factory.mktemp("embeddings")
+    monkeypatch.setenv("MINISAM_EMBEDDINGS_DIR", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
 def drain_worker_threads():
     """Let every worker thread finish after a test, after the viewer has closed.
 

@@ -53,7 +53,7 @@ def test_slice_keys_step_and_embed_ahead(tiny_widget, qtbot):
     wait_idle(qtbot, widget)
     press_key(viewer, "C")
     assert press_key(viewer, "G")  # propagate
-    qtbot.waitUntil(lambda: not widget.is_propagating, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=60_000)
     assert "ropagat" in widget.message
     wait_idle(qtbot, widget)
 

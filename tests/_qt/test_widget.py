@@ -131,7 +131,7 @@ def test_propagation_through_the_lung_volume(open_widget, qtbot):
     widget.ui.max_slices.setValue(len(zs) // 2)
     widget.propagate()
     assert widget.ui.cancel.isEnabled() and not widget.ui.propagate_progress.isHidden()
-    qtbot.waitUntil(lambda: not widget.is_propagating, timeout=MODEL_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=MODEL_TIMEOUT_MS)
     scores = [dice(objects[z] == 1, tumour[z]) for z in zs]
     assert np.mean(scores) >= 0.7, (scores, widget.message)
     assert "Propagated object 1" in widget.message and "Stopped" in widget.message

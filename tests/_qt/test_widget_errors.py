@@ -98,9 +98,9 @@ def test_propagation_cancelled_says_so_and_keeps_labels(tiny_widget, qtbot):
     labels.data[6, 10:30, 10:30] = 5  # an object the user painted by hand
     labels.selected_label = 5
     widget.propagate()
-    assert widget.is_propagating
+    assert widget.propagation.active
     widget.cancel_propagation()
-    qtbot.waitUntil(lambda: not widget.is_propagating, timeout=MODEL_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=MODEL_TIMEOUT_MS)
     assert "cancelled" in widget.message and widget.ui.propagate_progress.isHidden()
     assert labels.data[6, 15, 15] == 5
     wait_idle(qtbot, widget)
@@ -193,7 +193,7 @@ def test_closing_napari_mid_propagation_ends_cleanly(make_napari_viewer, qtbot, 
     wait_idle(qtbot, widget)
     widget.images.make_now(widget.binding, "objects").data[15, 5:35, 5:35] = 1
     widget.propagate()
-    assert widget.is_propagating
+    assert widget.propagation.active
     viewer.close()
-    assert widget.running == set() and not widget.is_propagating  # stopped and waited for, before Qt tore down
+    assert widget.running == set() and not widget.propagation.active  # stopped and waited for, before Qt tore down
     assert QThreadPool.globalInstance().waitForDone(10_000)

@@ -235,7 +235,7 @@ def test_volume_slices_sizes_and_propagation_in_one_undo_step(tiny_engine):
     assert label_id == 1 and start.sum() == 144
 
     class BoxEngine:  # segments each slice as the box it is given: the propagation logic, not the model
-        def segment_box(self, plane, intensity, box):
+        def segment_box(self, plane, intensity, box, **neighbour):
             mask = np.zeros(plane.shape, bool)
             x0, y0, x1, y1 = np.round(box).astype(int)
             mask[y0:y1 + 1, x0:x1 + 1] = True

@@ -34,6 +34,12 @@ from .shards import assign, shard_path
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("oracle", "deployable")
+# COSMOS S1: one automatic segmentation per slice, each object scored against its best-matching mask. There
+# is no per-object prompt, hence no deployable choice: its rows are ``oracle`` only.
+EVERYTHING = "everything"
+EVAL_MODES = (EVERYTHING, *PROMPT_MODES)
+EVERYTHING_DEFAULTS = {"mode": "auto", "points_per_side": 16, "pred_iou_thresh": 0.5, "stability_thresh": 0.7,
+                       "nms_iou": 0.7, "min_area": 50, "batch": 64}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -51,6 +57,8 @@ class EvalSettings:
         intensity: the predictor's intensity policy.
         device: ``auto``, ``cpu``, ``cuda``...
         progress: show a tqdm bar.
+        everything: keyword arguments of :func:`napari_qlora_minisam.everything.segment_everything` for the
+            ``everything`` mode (S1); missing keys take :data:`EVERYTHING_DEFAULTS`.
     """
 
     prompts: tuple = ("box",)
@@ -63,12 +71,15 @@ class EvalSettings:
     intensity: str = "minmax"
     device: str = "auto"
     progress: bool = True
+    everything: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        bad = [p for p in self.prompts if p not in PROMPT_MODES]
+        bad = [p for p in self.prompts if p not in EVAL_MODES]
         if bad or not self.prompts:
-            raise ValueError(f"Unknown prompt mode(s) {bad}; choose from {', '.join(PROMPT_MODES)} "
-                             "(S1 'everything' is not implemented).")
+            raise ValueError(f"Unknown prompt mode(s) {bad}; choose from {', '.join(EVAL_MODES)}.")
+        bad = sorted(set(self.everything) - set(EVERYTHING_DEFAULTS))
+        if bad:
+            raise ValueError(f"Unknown everything setting(s) {bad}; allowed: {', '.join(EVERYTHING_DEFAULTS)}.")
         bad = [s for s in self.selections if s not in SELECTIONS]
         if bad or not self.selections:
             raise ValueError(f"Unknown selection(s) {bad}; choose from {', '.join(SELECTIONS)}.")
@@ -165,11 +176,15 @@ class Evaluator:
         self.failures: dict[tuple, dict] = {}
 
     # -- bookkeeping --------------------------------------------------------------------------------
+    def _selections(self, mode: str) -> tuple:
+        """The selections scored for ``mode``: ``everything`` has only ``oracle`` (best match per object)."""
+        return ("oracle",) if mode == EVERYTHING else self.settings.selections
+
     def _todo_modes(self, model: str, entry) -> list[str]:
         s = self.settings
         return [p for p in s.prompts
                 if not all(self.results.is_done(model, entry.dataset, entry.image_name, p, sel)
-                           for sel in s.selections)]
+                           for sel in self._selections(p))]
 
     def _fail(self, entry, exc: Exception) -> None:
         key = (entry.dataset, entry.image_name)
@@ -249,8 +264,30 @@ class Evaluator:
             write_csv(shard_path(self.output_dir, "failures", self.rank, self.world), failures, FAILURE_COLUMNS)
         return EvalOutcome(self.output_dir, [], eff_rows, failures, embedded)
 
+    def _score_everything(self, predictor, timer, model: str, record) -> list[dict]:
+        """S1: segment the slice once, then score each object against the predicted mask of best Dice."""
+        from napari_qlora_minisam.everything import segment_everything
+
+        s = self.settings
+        kwargs = {**EVERYTHING_DEFAULTS, **s.everything}
+        # Not added to the decoder timing: its filters and NMS would inflate "decoder ms per prompt".
+        found = segment_everything(predictor, record.image, **kwargs)
+        rows = []
+        for obj, gt in record.objects.items():
+            if found:
+                masks = np.stack([f["mask"] for f in found])
+                (d, nsd), = score_candidates(masks, np.zeros(len(found)), gt, ("oracle",), s.nsd_tolerance).values()
+            else:  # nothing passed the filters: the object is missed
+                d, nsd = 0.0, 0.0
+            rows.append({"model": model, "dataset": record.dataset, "modality": record.modality, "object": obj,
+                         "image": record.image_name, "prompt": EVERYTHING, "selection": "oracle",
+                         "dice": float(d), "nsd": float(nsd)})
+        return rows
+
     def _score_mode(self, predictor, timer, model: str, record, mode: str) -> list[dict]:
         s = self.settings
+        if mode == EVERYTHING:
+            return self._score_everything(predictor, timer, model, record)
         names = list(record.objects)
         prompts = {}
         for obj in names:

@@ -7,7 +7,7 @@ How each table averages (also written into summary.md):
 - **overall**: mean of all class means (the "class mean" of the reference numbers in the data README).
 Models sit side by side; every model after the first also gets its Dice ratio to the first model.
 
-``summary.md`` opens with the COSMOS layout (Dice in percent, modality x prompt mode S2-S6, one table per
+``summary.md`` opens with the COSMOS layout (Dice in percent, modality x prompt mode S1-S6, one table per
 selection, objects behind each mean). Modes decoded with a single mask give the same mask under both
 selections; the long tables print them once, as ``single mask``. Efficiency rows are grouped by the
 invocation that timed them, and ratios are only taken within one invocation; an invocation of several
@@ -30,8 +30,8 @@ from .efficiency import AGGREGATE
 from .results import replacing, write_csv, write_text_atomic
 
 SUMMARY_COLUMNS = ("level", "group", "model", "prompt", "selection", "classes", "objects", "dice", "nsd")
-# This project's prompt modes under the names of the COSMOS paper (S1 "everything" is not implemented).
-COSMOS_MODES = {"point1": "S2", "point5": "S3", "point5neg5": "S4", "box": "S5", "box_point1": "S6"}
+# This project's prompt modes under the names of the COSMOS paper (S1 "everything": oracle rows only).
+COSMOS_MODES = {"everything": "S1", "point1": "S2", "point5": "S3", "point5neg5": "S4", "box": "S5", "box_point1": "S6"}
 SINGLE_MASK = "single mask"
 
 
@@ -131,7 +131,7 @@ def _side_by_side(means: dict, models: list[str], prompts: list[str], selections
 def cosmos_pivot(per_class: dict, models: list[str], prompts: list[str], selection: str,
                  single_mask=()) -> list[str]:
     """The COSMOS paper's layout for one selection: rows = modality (then ``all``, the overall class mean),
-    columns = the prompt modes S2-S6 that were run, cells = mean Dice x 100 and ``(objects)``; with several
+    columns = the prompt modes S1-S6 that were run, cells = mean Dice x 100 and ``(objects)``; with several
     models, one row per (modality, model)."""
     by_mod = grouped_means(per_class, "modality")
     overall = grouped_means(per_class, "overall")
@@ -376,7 +376,7 @@ def write_report(output_dir, rows: Sequence[dict], eff_rows: Sequence[dict], fai
     ]
     lines += ["## Dice (%) per modality and prompt mode (COSMOS layout)", "",
               "As the COSMOS paper prints it: mean Dice x 100 per modality (class means of the modality's classes; "
-              "`all` = mean of all class means) and prompt mode S2-S6; in brackets the objects ((class, slice) "
+              "`all` = mean of all class means) and prompt mode S1-S6; in brackets the objects ((class, slice) "
               "pairs) behind the mean." + (f" Modes marked `{SINGLE_MASK}` decode one mask: the same numbers "
                                            "under both selections." if single_mask else ""), ""]
     for sel in selections:

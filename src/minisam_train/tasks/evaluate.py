@@ -93,6 +93,7 @@ def settings_from_cfg(cfg) -> EvalSettings:
         intensity=str(cfg.get("intensity") or "minmax"),
         device=str(cfg.get("device") or "auto"),
         progress=bool(OmegaConf.select(cfg, "logging.progress", default=True)),
+        everything=_plain(cfg.get("everything")) or {},
     )
 
 
@@ -105,10 +106,18 @@ def describe(cfg, settings: EvalSettings, sources: SliceSources) -> str:
         + (f" (seed {settings.seed}, box jitter {settings.box_jitter} px)" if settings.sampling == "random" else
            " (deterministic: centroid, row-major stride, 2x-box negatives)"),
         f"- decoded with 3 candidates: {', '.join(m for m in settings.prompts if m in settings.multimask_modes) or 'none'};"
-        " single mask: " + (", ".join(m for m in settings.prompts if m not in settings.multimask_modes) or "none"),
+        " single mask: " + (", ".join(single_mask_modes(settings)) or "none"),
+        *([f"- everything (S1): one automatic segmentation per slice, each object scored against its best-Dice "
+           f"mask (oracle only); settings {_everything_text(settings)}"] if "everything" in settings.prompts else []),
         f"- NSD tolerance {settings.nsd_tolerance:g} px; objects under {cfg.get('min_object_pixels', 50)} px are "
         "not evaluated on a slice; intensity policy " + f"`{settings.intensity}`",
     ])
+
+
+def _everything_text(settings: EvalSettings) -> str:
+    from ..evaluation.evaluator import EVERYTHING_DEFAULTS
+
+    return ", ".join(f"{k}={v}" for k, v in {**EVERYTHING_DEFAULTS, **settings.everything}.items())
 
 
 def _count_by_dataset(sources: SliceSources) -> dict:
@@ -119,7 +128,7 @@ def _count_by_dataset(sources: SliceSources) -> dict:
 
 
 # Settings that change a row's value: rows written under other values must not be mixed with new ones.
-SCORING_KEYS = ("sampling", "nsd_tolerance", "multimask_modes", "min_object_pixels", "intensity")
+SCORING_KEYS = ("sampling", "nsd_tolerance", "multimask_modes", "min_object_pixels", "intensity", "everything")
 
 
 def check_resumable(cfg, out: Path) -> None:
@@ -128,7 +137,9 @@ def check_resumable(cfg, out: Path) -> None:
     if not (previous.is_file() and ((out / "per_object.csv").is_file() or shard_files(out, "per_object"))):
         return
     old = OmegaConf.load(previous)
-    changed = [k for k in SCORING_KEYS if _plain(old.get(k)) != _plain(OmegaConf.select(cfg, k))]
+    # a run folder from before S1 existed has no `everything` group and no everything rows: nothing to mix
+    changed = [k for k in SCORING_KEYS if _plain(old.get(k)) != _plain(OmegaConf.select(cfg, k))
+               and not (k == "everything" and old.get(k) is None)]
     if changed:
         raise DataError(
             f"{out} holds rows scored with other settings ({', '.join(changed)} differ from {previous}); "
@@ -301,7 +312,7 @@ def _merge(out: Path, outcome: EvalOutcome, entries, settings: EvalSettings, uni
 
 def single_mask_modes(settings: EvalSettings) -> tuple:
     """The prompt modes of ``settings`` decoded with one mask (oracle = deployable)."""
-    return tuple(p for p in settings.prompts if p not in settings.multimask_modes)
+    return tuple(p for p in settings.prompts if p not in settings.multimask_modes and p != "everything")
 
 
 def rewrite_report(output_dir, plots: bool | None = None):

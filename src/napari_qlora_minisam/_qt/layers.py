@@ -74,7 +74,10 @@ def make_layer(role: str, image_layer):
         layer.contour = max(1, round(size / 256))
         return layer
     if role == "objects":
-        return Labels(np.zeros(shape, np.int32), opacity=0.6, **_common(image_layer, role))
+        layer = Labels(np.zeros(shape, np.int32), opacity=0.6, **_common(image_layer, role))
+        if "affine" in image_layer.metadata:  # the NIfTI/DICOM voxel -> RAS affine: the NIfTI writer uses it
+            layer.metadata["affine"] = image_layer.metadata["affine"]
+        return layer
     raise ValueError(f"unknown helper role {role!r}")
 
 

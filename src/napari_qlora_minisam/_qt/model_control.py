@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QFileDialog
 from ..adapters import list_adapters
 from ..annotation import SegmentationEngine
 from ..embedding_cache import EmbeddingCache
+from ..embedding_store import default_store
 from ..models.cpu_features import bf16_is_native
 from . import tasks, workers
 from .controls import NO_ADAPTER
@@ -75,7 +76,7 @@ class ModelControl(QObject):
 
     def _loaded(self, result) -> None:
         backend, warning = result
-        self.engine = SegmentationEngine(backend, cache=SHARED_CACHE)
+        self.engine = SegmentationEngine(backend, cache=SHARED_CACHE, store=default_store())  # on disk too
         self._apply_decoder_precision()
         self.show_in_use()
         text = f"Model {backend.name} ready ({backend.num_parameters() / 1e6:.1f} M parameters)"

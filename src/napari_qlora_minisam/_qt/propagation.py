@@ -1,12 +1,108 @@
 """3D propagation for the widget: one run at a time, shown in the preview layer while it runs, committed
-into the objects layer in one undo step when it ends (or is cancelled: the slices done so far are kept)."""
+into the objects layer in one undo step when it ends (or is cancelled: the slices done so far are kept).
+
+Besides *Propagate* (both ways) the 3D group gets *Re-propagate ↑ / ↓* (from a corrected slice, one direction,
+replacing the object's slices beyond it) and an *Advanced* section: the neighbour prompt and the stop rules
+(``volume.StopRules``, today's values as defaults)."""
 
 from __future__ import annotations
 
-from qtpy.QtCore import QObject, Signal
+from functools import partial
+
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import MiniSamError
+from ..volume import DEFAULT_NEIGHBOUR_PROMPT, NEIGHBOUR_PROMPTS, StopRules
 from . import tasks, workers
+
+ARROWS = {1: "↑", -1: "↓"}
+
+
+class PropagationOptions(QWidget):
+    """*Re-propagate ↑ / ↓* buttons and the collapsible *Advanced* section (neighbour prompt, stop rules)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.buttons = {}
+        for direction, where in ((1, "above"), (-1, "below")):
+            button = QPushButton(f"Re-propagate {ARROWS[direction]}")
+            button.setToolTip(f"Propagate the object on this (corrected) slice to the slices {where} it only, "
+                              f"replacing what the object held there; one undo step.")
+            row.addWidget(button)
+            self.buttons[direction] = button
+        outer.addLayout(row)
+        self.toggle = QToolButton()
+        self.toggle.setText("Advanced")
+        self.toggle.setCheckable(True)
+        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.toggled.connect(self._fold)
+        outer.addWidget(self.toggle)
+        self.advanced = QWidget()
+        form = QFormLayout(self.advanced)
+        self.prompt = QComboBox()
+        self.prompt.addItems(NEIGHBOUR_PROMPTS)
+        self.prompt.setCurrentText(DEFAULT_NEIGHBOUR_PROMPT)
+        self.prompt.setToolTip("What each slice is prompted with: the box of its neighbour's mask (+10 %), and "
+                               "optionally that mask (mask_input) and a click inside it.")
+        form.addRow("Neighbour prompt", self.prompt)
+        d = StopRules()
+        self.min_area = _spin(QSpinBox(), 0, 1_000_000, d.min_area, " px", "The mask vanished below this area.")
+        self.collapse = _spin(QDoubleSpinBox(), 0.0, 1.0, d.collapse_ratio, "×",
+                              "The mask collapsed when it shrinks below this fraction of its neighbour's area.")
+        self.growth = _spin(QDoubleSpinBox(), 1.0, 100.0, d.max_growth, "×",
+                            "The mask leaked when it grows past this multiple of its neighbour's area.")
+        self.min_score = _spin(QDoubleSpinBox(), 0.0, 1.0, d.min_score, "",
+                               "Stop where the model's predicted IoU falls below this.")
+        self.intensity = _spin(QDoubleSpinBox(), 0.0, 1.0, d.min_intensity_match, "",
+                               "Stop where fewer than this fraction of the mask's pixels lie in the committed "
+                               "object's intensity range (2nd–98th percentile).")
+        self.fade = _spin(QDoubleSpinBox(), 0.0, 1.0, d.min_start_fraction, "×",
+                          "Stop where the mask falls below this fraction of the committed slice's area "
+                          "(0: off). Stops leaks into tissue the intensity rule cannot tell apart.")
+        for text, spin in (("Vanishes below", self.min_area), ("Collapses below", self.collapse),
+                           ("Leaks above", self.growth), ("Min. model score", self.min_score),
+                           ("Min. intensity match", self.intensity), ("Fades below", self.fade)):
+            form.addRow(text, spin)
+        self.advanced.setVisible(False)
+        outer.addWidget(self.advanced)
+
+    def _fold(self, shown: bool) -> None:
+        self.advanced.setVisible(shown)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    def rules(self) -> StopRules:
+        return StopRules(min_area=self.min_area.value(), collapse_ratio=self.collapse.value(),
+                         max_growth=self.growth.value(), min_score=self.min_score.value(),
+                         min_intensity_match=self.intensity.value(), min_start_fraction=self.fade.value())
+
+    def neighbour_prompt(self) -> str:
+        return self.prompt.currentText()
+
+
+def _spin(spin, low, high, value, suffix: str, tip: str):
+    spin.setRange(low, high)
+    if isinstance(spin, QDoubleSpinBox):
+        spin.setDecimals(2)
+        spin.setSingleStep(0.05)
+    spin.setValue(value)
+    spin.setSuffix(suffix)
+    spin.setToolTip(tip)
+    return spin
 
 
 class PropagationRun(QObject):
@@ -21,7 +117,8 @@ class PropagationRun(QObject):
         self.status = status  # the widget's StatusLine
         self.worker = None
         self.cancelled = False
-        self._run = None  # (binding, label_id, steps, overwrite)
+        self.options: PropagationOptions | None = None
+        self._run = None  # (binding, label_id, steps, overwrite, from_z, direction)
         self._stopped = ""  # why each direction stopped (from the generator's result)
         self._error = None
 
@@ -29,9 +126,39 @@ class PropagationRun(QObject):
     def active(self) -> bool:
         return self.worker is not None
 
-    def start(self, binding, max_slices: int | None, overwrite: bool) -> None:
+    @classmethod
+    def for_widget(cls, widget) -> "PropagationRun":
+        """The widget's run, its re-propagation buttons and *Advanced* section in the 3D group."""
+        ui = widget.ui
+        run = cls(widget.running, ui.propagate_progress, widget.status, widget)
+        run.install(ui.propagate_progress.parentWidget().layout(),
+                    lambda: (widget.binding, ui.max_slices.value() or None, ui.overwrite.isChecked()),
+                    lambda: widget._update())
+        return run
+
+    def install(self, layout, form_values, after=None) -> PropagationOptions:
+        """Add the re-propagation buttons and the *Advanced* section to ``layout`` (the 3D group's).
+
+        ``form_values()`` gives ``(binding, max_slices, overwrite)`` as the form holds them when a button is
+        pressed; ``after()`` runs once a run is started (the widget refreshes its buttons).
+        """
+        self.options = PropagationOptions()
+        layout.insertWidget(max(0, layout.count() - 1), self.options)  # above the progress bar
+        for direction, button in self.options.buttons.items():
+            button.clicked.connect(lambda _=False, d=direction: self._start_from_form(form_values, d, after))
+        return self.options
+
+    def _start_from_form(self, form_values, direction: int, after) -> None:
+        binding, max_slices, overwrite = form_values()
+        if binding is not None:
+            self.start(binding, max_slices, overwrite, direction)
+        if after is not None:
+            after()
+
+    def start(self, binding, max_slices: int | None, overwrite: bool, direction: int | None = None) -> None:
         """Propagate the object on the slice in view of ``binding``'s image: the selected label, else the last
-        committed (a message says why when there is none)."""
+        committed (a message says why when there is none). ``direction`` ``+1`` / ``-1``: re-propagate only
+        that way, replacing the object's slices beyond this one; ``None``: both ways, adding slices."""
         session = binding.session
         if self.active or session.engine is None:
             return
@@ -42,11 +169,21 @@ class PropagationRun(QObject):
             self.status.error("propagation", exc)
             return
         self.cancelled, self._stopped, self._error = False, "", None
-        self._run = (binding, label_id, [], overwrite)
-        self._progress(f"propagating object {label_id} from slice {session.z}…", 0, 1)
-        self.worker = workers.start(tasks.propagate_task, session, start_mask, max_slices,
+        self._run = (binding, label_id, [], overwrite, session.z, direction)
+        way = "" if direction is None else f" {ARROWS[direction]}"
+        self._progress(f"propagating object {label_id}{way} from slice {session.z}…", 0, 1)
+        options = {} if direction is None else {"directions": (direction,)}
+        if self.options is not None:
+            options.update(rules=self.options.rules(), prompt=self.options.neighbour_prompt())
+        self._enable(False)
+        self.worker = workers.start(partial(tasks.propagate_task, **options), session, start_mask, max_slices,
                                     on_yielded=self._step, on_returned=self._returned,
                                     on_errored=self._failed, on_finished=self._finished, keep=self.running)
+
+    def _enable(self, enabled: bool) -> None:
+        if self.options is not None:
+            for button in self.options.buttons.values():
+                button.setEnabled(enabled)
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -54,7 +191,7 @@ class PropagationRun(QObject):
             self.worker.quit()
 
     def _step(self, step) -> None:
-        binding, label_id, steps, _ = self._run
+        binding, label_id, steps = self._run[:3]
         steps.append(step)
         binding.paint_slice(step.z, step.mask)
         self._progress(f"propagating object {label_id}: slice {step.z} ({step.done}/{step.total})",
@@ -74,13 +211,18 @@ class PropagationRun(QObject):
         self._error = exc
 
     def _finished(self) -> None:
-        binding, label_id, steps, overwrite = self._run
+        binding, label_id, steps, overwrite, from_z, direction = self._run
         self.worker, self._run = None, None
         self.bar.setVisible(False)
+        self._enable(True)
         if binding.session.labels is None and steps:
             binding.ensure("objects")  # deleted meanwhile: made again, the run is not lost
         # The slices segmented before a cancel or a failure are kept: they cost the user time.
-        written = binding.session.commit_propagation(label_id, steps, overwrite) if steps else 0
+        if direction is not None and binding.session.labels is not None:
+            complete = not self.cancelled and self._error is None  # else only the slices reached are replaced
+            written = binding.session.commit_repropagation(label_id, from_z, direction, steps, overwrite, complete)
+        else:
+            written = binding.session.commit_propagation(label_id, steps, overwrite) if steps else 0
         for step in steps:
             binding.paint_slice(step.z, None)
         zs = sorted(s.z for s in steps)
@@ -90,6 +232,10 @@ class PropagationRun(QObject):
         elif self.cancelled:
             self.status.info(f"Propagation cancelled after {len(zs)} slices{span}: those are kept, {written} px "
                              "(Ctrl+Z takes them back).", clears=("propagation",))
+        elif direction is not None:
+            self.status.info(f"Re-propagated object {label_id} {ARROWS[direction]} from slice {from_z}: {len(zs)} "
+                             f"slices{span} replace its slices beyond, {written} px changed, one undo step."
+                             f"{self._stopped}", clears=("propagation",))
         else:
             self.status.info(f"Propagated object {label_id} to {len(zs)} more slices{span}, {written} px, one "
                              f"undo step.{self._stopped}", clears=("propagation",))

@@ -66,6 +66,8 @@ def preview_task(job):
     return job.run()
 
 
-def propagate_task(session, start_mask, max_slices):
-    """Propagation steps (one per slice) of ``session``'s object; returns the ``PropagationResult``."""
-    return (yield from session.propagate(start_mask, max_slices))
+def propagate_task(session, start_mask, max_slices, **options):
+    """Propagation steps (one per slice) of ``session``'s object; returns the ``PropagationResult``.
+
+    ``options``: ``rules``, ``directions``, ``prompt`` of ``AnnotationSession.propagate``."""
+    return (yield from session.propagate(start_mask, max_slices, **options))

@@ -7,12 +7,15 @@ preview (``live_preview.py``) and turns buttons and shortcuts into session calls
 
 from __future__ import annotations
 
+from functools import partialmethod
+
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
 from ..errors import MiniSamError
 from . import workers
 from .controls import Controls
+from .everything_panel import EverythingPanel
 from .gl_safety import keep_triton_out
 from .image_registry import ImageRegistry
 from .intensity_control import IntensityControl
@@ -21,6 +24,7 @@ from .live_preview import LivePreview
 from .model_control import ModelControl
 from .napari_compat import unwrap
 from .objects_panel import ObjectsPanel
+from .precompute_panel import PrecomputePanel
 from .prompt_tools import PromptTools
 from .propagation import PropagationRun
 from .shortcuts import Shortcuts, help_html
@@ -46,12 +50,14 @@ class MiniSamWidget(QWidget):
         self.models = ModelControl(ui, self.running, self.status, self)
         self.live = LivePreview(self, self.running, ui.embed_progress)
         self.objects = ObjectsPanel(ui.objects, self.status, self)
-        self.propagation = PropagationRun(self.running, ui.propagate_progress, self.status, self)
+        self.propagation = PropagationRun.for_widget(self)  # with re-propagate ↑/↓ and its Advanced section
         self.tools = PromptTools(self)
         self.shortcuts = Shortcuts(napari_viewer, self)
         self.training = AdapterTraining(self)
         self.lifecycle = CloseWatcher(self, self.close_widget)
         self.intensity = IntensityControl(ui.intensity, self)
+        # a 3D image's embeddings to disk; segment everything into a new labels layer: both in workers
+        self.precompute, self.everything = PrecomputePanel(self), EverythingPanel(self)
         self._suspended = False
 
         self.images.layer_made.connect(self._on_layer_made)
@@ -109,10 +115,6 @@ class MiniSamWidget(QWidget):
     @property
     def message(self) -> str:
         return self.status.text
-
-    @property
-    def is_propagating(self) -> bool:
-        return self.propagation.active
 
     @property
     def is_idle(self) -> bool:
@@ -251,11 +253,8 @@ class MiniSamWidget(QWidget):
             self.status.info(f"{'Undid' if step == 'undo' else 'Redid'} the last edit of {labels.name}.",
                              clears=("commit",))
 
-    def undo(self) -> None:
-        self._history("undo")
-
-    def redo(self) -> None:
-        self._history("redo")
+    undo = partialmethod(_history, "undo")
+    redo = partialmethod(_history, "redo")
 
     # -- 3D propagation -------------------------------------------------------------------------------
     def propagate(self) -> None:
@@ -292,8 +291,8 @@ class MiniSamWidget(QWidget):
             emitter.disconnect(callback)
         self.images.close()
         self.intensity.close()
-        self.propagation.cancel()
-        self.training.cancel()
+        for job in (self.propagation, self.training, self.precompute, self.everything):
+            job.cancel()
         self.live.binding = None
         workers.stop_all(self.running)
         self.live.canvas_hold.release()

@@ -35,11 +35,11 @@ class SegmentationEngine:
             new model is the same, e.g. after a failed load or a switch back).
     """
 
-    def __init__(self, backend, cache: EmbeddingCache | None = None):
+    def __init__(self, backend, cache: EmbeddingCache | None = None, store=None):
         from ..predictor import MiniSamPredictor
 
         self.backend = backend
-        self.predictor = MiniSamPredictor(backend, cache=cache)
+        self.predictor = MiniSamPredictor(backend, cache=cache, store=store)  # store: embeddings on disk
         self.lock = threading.RLock()
         self._serial = next(_ENGINE_IDS)
 
@@ -83,9 +83,14 @@ class SegmentationEngine:
                 out.append(Decoded(masks[best], float(scores[best])))
         return out
 
-    def segment_box(self, plane: np.ndarray, intensity: str, box: np.ndarray) -> tuple[np.ndarray, float]:
-        """``(mask, score)`` of a single box, the whole grid decoded (propagation's slice step)."""
+    def segment_box(self, plane: np.ndarray, intensity: str, box: np.ndarray, **neighbour) -> tuple[np.ndarray, float]:
+        """``(mask, score)`` of a single box, the whole grid decoded (propagation's slice step).
+
+        ``neighbour``: what the neighbour slice gives beyond its box (``volume.neighbour_prompt``): its
+        ``mask`` (sent as ``mask_input``), ``points`` and ``point_labels``.
+        """
+        from ..volume import segment_with_neighbour
+
         with self.lock:
             self.predictor.set_image(plane, intensity)
-            masks, scores, _ = self.predictor.predict(box=box, multimask=False)
-        return masks[0], float(scores[0])
+            return segment_with_neighbour(self.predictor, box, **neighbour)

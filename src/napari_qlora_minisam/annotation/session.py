@@ -25,9 +25,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..intensity import check_policy, hounsfield_warning
-from ..labels_edit import erase_object, next_free_id, write_objects, write_slices
+from ..labels_edit import erase_object, next_free_id, replace_slices, write_objects, write_slices
 from ..prompts import SlicePrompts
-from ..volume import PropagationStep, StopRules, plane, propagate, stack_depth
+from ..volume import DEFAULT_NEIGHBOUR_PROMPT, PropagationStep, StopRules, plane, propagate, stack_depth
 from .objects import ObjectRecord, default_name, features_with_names, measure_objects, names_from_features
 from .preview import Preview, PreviewJob, PreviewState
 
@@ -276,16 +276,44 @@ class AnnotationSession:
         raise InputError(f"No committed object on slice {self.z} to propagate: commit one here, or select its "
                          "label in the objects layer when there are several.")
 
-    def propagate(self, start_mask: np.ndarray, max_slices: int | None = None, rules: StopRules = StopRules()):
-        """Generator of :class:`PropagationStep` away from the slice in view (a worker runs it)."""
+    def propagate(self, start_mask: np.ndarray, max_slices: int | None = None, rules: StopRules = StopRules(), *,
+                  directions=(1, -1), prompt: str = DEFAULT_NEIGHBOUR_PROMPT):
+        """Generator of :class:`PropagationStep` away from the slice in view (a worker runs it).
+
+        ``directions``: ``(1, -1)`` both ways, ``(1,)`` up only, ``(-1,)`` down only (re-propagation).
+        """
         z0, intensity, engine, image = self.z, self.intensity, self.engine, self.image
 
-        def segment(z: int, box: np.ndarray):
-            return engine.segment_box(plane(image, z), intensity, box)
+        def segment(z: int, box: np.ndarray, **neighbour):
+            return engine.segment_box(plane(image, z), intensity, box, **neighbour)
 
         return (yield from propagate(segment, z0, start_mask, self.shape[0], rules=rules, max_slices=max_slices,
-                                     stack=image))
+                                     stack=image, directions=directions, prompt=prompt))
 
     def commit_propagation(self, label_id: int, steps: list[PropagationStep], overwrite: bool = False) -> int:
         """Write the propagated slices of object ``label_id`` in one undo step; pixels written."""
         return write_slices(self.labels, label_id, {s.z: s.mask for s in steps}, overwrite)
+
+    def beyond(self, from_z: int, direction: int) -> range:
+        """The slices past ``from_z`` going ``direction`` (+1 up, -1 down) to the stack's edge."""
+        if direction not in (1, -1):
+            raise InputError(f"Direction must be +1 (up) or -1 (down); got {direction}.")
+        return range(from_z + 1, self.shape[0]) if direction > 0 else range(0, from_z)
+
+    def commit_repropagation(self, label_id: int, from_z: int, direction: int, steps: list[PropagationStep],
+                             overwrite: bool = False, complete: bool = True) -> int:
+        """Re-propagation from a corrected slice: object ``label_id`` on every slice beyond ``from_z`` in
+        ``direction`` becomes what ``steps`` found (none there: it is removed), in one undo step.
+
+        The slice ``from_z``, the slices on its other side and every other object are left alone (other objects
+        lose pixels only with ``overwrite``). A run that did not end by itself (``complete=False``: cancelled,
+        failed) replaces only the slices up to the last it segmented. Returns the pixels changed.
+        """
+        zs = self.beyond(from_z, direction)
+        stray = [s.z for s in steps if s.z not in zs]
+        if stray:
+            raise InputError(f"Slices {stray} are not beyond slice {from_z} in direction {direction:+d}.")
+        if not complete:
+            reach = max((abs(s.z - from_z) for s in steps), default=0)
+            zs = [z for z in zs if abs(z - from_z) <= reach]
+        return replace_slices(self.labels, label_id, zs, {s.z: s.mask for s in steps}, overwrite)

@@ -1,0 +1,102 @@
+"""*Precompute embeddings* for the picked 3D image: every slice, nearest to the one in view first, in a worker.
+
+The embeddings go into the engine's :class:`EmbeddingStore` (on disk), so reopening the same volume with the
+same model, adapter and intensity is instant. Previews keep working meanwhile: the worker holds the engine's
+lock for one slice at a time. Cancel stops before the next slice; what is stored stays stored.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout
+
+from . import workers
+
+
+def precompute_task(engine, volume, start: int, intensity: str):
+    """Worker: yields a ``PrecomputeStep`` per slice; returns ``(slices computed, slices total)``."""
+    from ..embedding_store import precompute
+
+    computed = total = 0
+    for step in precompute(engine.predictor, volume, start=start, intensity=intensity, lock=engine.lock):
+        computed += step.computed
+        total = step.total
+        yield step
+    return computed, total
+
+
+class PrecomputePanel(QGroupBox):
+    """The form's *Embeddings* group: the button, its progress bar and Cancel."""
+
+    def __init__(self, widget):
+        super().__init__("Embeddings")
+        self.widget = widget
+        self.worker = None
+        self.cancelled = False
+        self._counts = [0, 0]  # computed, taken from the store
+        self.start_button = QPushButton("Precompute embeddings")
+        self.start_button.setToolTip("Embed every slice of this 3D image now (nearest to the one in view first) "
+                                     "and keep them on disk: reopening it with the same model is instant.")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setVisible(False)
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(self.start_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        layout.addWidget(self.progress)
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        outer = widget.layout()  # the form: placed above the embedding bar and the message line
+        outer.insertWidget(outer.indexOf(widget.ui.embed_progress), self)
+
+    @property
+    def active(self) -> bool:
+        return self.worker is not None
+
+    def start(self) -> None:
+        session, status = self.widget.session, self.widget.status
+        if self.active:
+            return
+        if session is None or not session.depth:
+            status.error("precompute", "Pick a 3D image (Z, Y, X) to precompute its embeddings.")
+            return
+        engine = session.engine
+        if engine is None or engine.predictor.store is None:
+            status.error("precompute", "No model is loaded yet (or it keeps no embeddings on disk).")
+            return
+        self.cancelled, self._counts = False, [0, 0]
+        depth = session.shape[0]
+        self._show(0, depth, f"precomputing {depth} slices from slice {session.z}…")
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.worker = workers.start(precompute_task, engine, session.image, session.z or 0, session.intensity,
+                                    on_yielded=self._step, on_errored=lambda exc: status.error("precompute", exc),
+                                    on_finished=self._finished, keep=self.widget.running)
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.cancelled = True
+            self.worker.quit()
+
+    def _step(self, step) -> None:
+        self._counts[0 if step.computed else 1] += 1
+        self._show(step.done, step.total, f"embeddings {step.done}/{step.total} (slice {step.z})")
+
+    def _show(self, done: int, total: int, text: str) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.progress.setFormat(text)
+        self.progress.setVisible(True)
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.progress.setVisible(False)
+        self.start_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        computed, stored = self._counts
+        what = "cancelled" if self.cancelled else "done"
+        self.widget.status.info(f"Precompute {what}: {computed} slices embedded, {stored} were on disk already.",
+                                clears=("precompute",))

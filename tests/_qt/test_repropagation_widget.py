@@ -1,0 +1,75 @@
+"""The 3D group's *Re-propagate ↑ / ↓* buttons and *Advanced* stop rules, on a tiny model whose slice step is
+replaced by a box-filling stand-in (the masks are then known; the model is tested elsewhere)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_qlora_minisam.volume import DEFAULT_NEIGHBOUR_PROMPT, StopRules
+from tests._qt.helpers import wait_idle
+
+pytestmark = [pytest.mark.gui]
+
+
+def box_fill(plane, intensity, box, **neighbour):
+    """The box less the 3 px margin a 10 px object's box gets: objects keep their size slice by slice."""
+    mask = np.zeros(plane.shape, bool)
+    x0, y0, x1, y1 = np.round(box).astype(int)
+    mask[y0 + 3:y1 - 2, x0 + 3:x1 - 2] = True
+    return mask, 1.0
+
+
+@pytest.fixture
+def corrected_volume(tiny_widget, qtbot, monkeypatch):
+    """Object 5 on every slice (an old propagation), moved by hand on slice 4; object 7 on slice 6."""
+    viewer, widget, _ = tiny_widget
+    widget.set_image_layer(viewer.add_image(np.random.rand(9, 40, 40).astype(np.float32), name="vol"))
+    viewer.dims.set_current_step(0, 4)
+    wait_idle(qtbot, widget)
+    monkeypatch.setattr(widget.session.engine, "segment_box", box_fill)
+    labels = widget.images.make_now(widget.binding, "objects")
+    labels.data[:, 5:15, 5:15] = 5
+    labels.data[4] = 0
+    labels.data[4, 20:30, 20:30] = 5
+    labels.data[6, 30:36, 30:36] = 7
+    labels.selected_label = 5
+    return widget, labels
+
+
+@pytest.mark.parametrize("direction, replaced, kept", [(1, range(5, 9), range(0, 5)), (-1, range(0, 4), range(4, 9))])
+def test_repropagate_button_replaces_the_slices_beyond_in_one_undo_step(corrected_volume, qtbot, direction,
+                                                                        replaced, kept):
+    widget, labels = corrected_volume
+    before = np.array(labels.data, copy=True)
+    qtbot.mouseClick(widget.propagation.options.buttons[direction], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
+    after = np.array(labels.data, copy=True)
+    assert "Re-propagated object 5" in widget.message, widget.message
+    for z in replaced:
+        assert not (after[z, 5:15, 5:15] == 5).any() and (after[z, 20:30, 20:30] == 5).all()
+    for z in kept:
+        np.testing.assert_array_equal(after[z], before[z])
+    np.testing.assert_array_equal(after == 7, before == 7)
+    assert all(b.isEnabled() for b in widget.propagation.options.buttons.values())
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_advanced_stop_rules_default_to_today_and_are_used(corrected_volume, qtbot):
+    widget, labels = corrected_volume
+    options = widget.propagation.options
+    assert options.advanced.isHidden()
+    options.toggle.setChecked(True)
+    assert not options.advanced.isHidden()
+    assert options.rules() == StopRules() and options.neighbour_prompt() == DEFAULT_NEIGHBOUR_PROMPT
+    options.min_area.setValue(10_000)  # nothing is that large: the first slice "vanishes"
+    before = np.array(labels.data, copy=True)
+    qtbot.mouseClick(options.buttons[1], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
+    assert "vanished" in widget.message, widget.message
+    assert not (labels.data[5:] == 5).any()  # the object's slices above were replaced by nothing
+    np.testing.assert_array_equal(labels.data[:5], before[:5])
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
