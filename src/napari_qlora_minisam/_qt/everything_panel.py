@@ -12,9 +12,8 @@ import threading
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout
-
 from . import workers
+from .job_group import JobGroup
 
 
 def everything_task(engine, plane, intensity: str, cancel: threading.Event, report, settings: dict):
@@ -31,38 +30,22 @@ def everything_task(engine, plane, intensity: str, cancel: threading.Event, repo
     return to_labels(found, np.shape(plane)[:2])
 
 
-class EverythingPanel(QGroupBox):
+class EverythingPanel(JobGroup):
     """The form's *Segment everything* group: the button, its progress bar and Cancel."""
 
     progressed = Signal(int, int)  # emitted from the worker thread; Qt queues it to the GUI thread
 
     def __init__(self, widget, **settings):
-        super().__init__("Automatic")
-        self.widget = widget
+        super().__init__(widget, "Automatic", "Segment everything",
+                         "Segment every object of this image (or of the slice in view) into a new labels layer "
+                         "you can edit. Clicks need a point-capable model or adapter; bare LiteMedSAM uses box "
+                         "proposals.")
         self.settings = settings  # keyword arguments of segment_everything (tests pass small grids)
         self.worker = None
         self._running = False  # set before the worker starts: a synchronous run finishes inside start()
         self._cancel = threading.Event()
         self._target = None  # (image layer, z) the running job writes to
-        self.start_button = QPushButton("Segment everything")
-        self.start_button.setToolTip("Segment every object of this image (or of the slice in view) into a new "
-                                     "labels layer you can edit. Clicks need a point-capable model or adapter; "
-                                     "bare LiteMedSAM uses box proposals.")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setVisible(False)
-        layout = QVBoxLayout(self)
-        row = QHBoxLayout()
-        row.addWidget(self.start_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        layout.addWidget(self.progress)
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button.clicked.connect(self.cancel)
         self.progressed.connect(self._show)
-        outer = widget.layout()
-        outer.insertWidget(outer.indexOf(widget.ui.embed_progress), self)
 
     @property
     def active(self) -> bool:
@@ -80,8 +63,7 @@ class EverythingPanel(QGroupBox):
         self._running = True
         self._target = (binding.image, session.z if session.depth else None, session.shape)
         self._show(0, 1)
-        self.start_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self.set_running(True)
         self.worker = workers.start(everything_task, session.engine, session.plane(), session.intensity,
                                     self._cancel, self.progressed.emit, dict(self.settings),
                                     on_returned=self._done,
@@ -92,10 +74,7 @@ class EverythingPanel(QGroupBox):
         self._cancel.set()
 
     def _show(self, done: int, total: int) -> None:
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
-        self.progress.setFormat(f"segment everything: {done}/{total} prompts")
-        self.progress.setVisible(True)
+        self.show_progress(done, total, f"segment everything: {done}/{total} prompts")
 
     def _done(self, labels) -> None:
         layer, z, shape = self._target
@@ -115,6 +94,4 @@ class EverythingPanel(QGroupBox):
     def _finished(self) -> None:
         self._running = False
         self.worker = None
-        self.progress.setVisible(False)
-        self.start_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.set_running(False)

@@ -7,9 +7,8 @@ lock for one slice at a time. Cancel stops before the next slice; what is stored
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout
-
 from . import workers
+from .job_group import JobGroup
 
 
 def precompute_task(engine, volume, start: int, intensity: str):
@@ -24,33 +23,16 @@ def precompute_task(engine, volume, start: int, intensity: str):
     return computed, total
 
 
-class PrecomputePanel(QGroupBox):
+class PrecomputePanel(JobGroup):
     """The form's *Embeddings* group: the button, its progress bar and Cancel."""
 
     def __init__(self, widget):
-        super().__init__("Embeddings")
-        self.widget = widget
+        super().__init__(widget, "Embeddings", "Precompute embeddings",
+                         "Embed every slice of this 3D image now (nearest to the one in view first) and keep them "
+                         "on disk: reopening it with the same model is instant.")
         self.worker = None
         self.cancelled = False
         self._counts = [0, 0]  # computed, taken from the store
-        self.start_button = QPushButton("Precompute embeddings")
-        self.start_button.setToolTip("Embed every slice of this 3D image now (nearest to the one in view first) "
-                                     "and keep them on disk: reopening it with the same model is instant.")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
-        self.progress.setVisible(False)
-        layout = QVBoxLayout(self)
-        row = QHBoxLayout()
-        row.addWidget(self.start_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        layout.addWidget(self.progress)
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button.clicked.connect(self.cancel)
-        outer = widget.layout()  # the form: placed above the embedding bar and the message line
-        outer.insertWidget(outer.indexOf(widget.ui.embed_progress), self)
 
     @property
     def active(self) -> bool:
@@ -69,9 +51,8 @@ class PrecomputePanel(QGroupBox):
             return
         self.cancelled, self._counts = False, [0, 0]
         depth = session.shape[0]
-        self._show(0, depth, f"precomputing {depth} slices from slice {session.z}…")
-        self.start_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self.show_progress(0, depth, f"precomputing {depth} slices from slice {session.z}…")
+        self.set_running(True)
         self.worker = workers.start(precompute_task, engine, session.image, session.z or 0, session.intensity,
                                     on_yielded=self._step, on_errored=lambda exc: status.error("precompute", exc),
                                     on_finished=self._finished, keep=self.widget.running)
@@ -83,19 +64,11 @@ class PrecomputePanel(QGroupBox):
 
     def _step(self, step) -> None:
         self._counts[0 if step.computed else 1] += 1
-        self._show(step.done, step.total, f"embeddings {step.done}/{step.total} (slice {step.z})")
-
-    def _show(self, done: int, total: int, text: str) -> None:
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
-        self.progress.setFormat(text)
-        self.progress.setVisible(True)
+        self.show_progress(step.done, step.total, f"embeddings {step.done}/{step.total} (slice {step.z})")
 
     def _finished(self) -> None:
         self.worker = None
-        self.progress.setVisible(False)
-        self.start_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.set_running(False)
         computed, stored = self._counts
         what = "cancelled" if self.cancelled else "done"
         self.widget.status.info(f"Precompute {what}: {computed} slices embedded, {stored} were on disk already.",
