@@ -1,14 +1,17 @@
 """Screenshots of the real widget for docs/plugin.md (real LiteMedSAM, shipped samples).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [series nifti ...]
 
 Writes docs/images/plugin_box.png, plugin_drawing.png, plugin_points.png, plugin_batch.png,
 plugin_objects.png, plugin_shortcuts.png, plugin_two_images.png, plugin_click_adapter.png,
-plugin_propagation.png.
+plugin_propagation.png; then, from the shared data (``$MINISAM_SHARED_DATA``, default ../shared/data),
+plugin_series.png (``series``) and plugin_nifti.png with plugin_precompute.png (``nifti``). Naming parts
+makes only those.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -200,5 +203,118 @@ def main() -> None:
     viewer.close()
 
 
+SHARED_DATA = Path(os.environ.get("MINISAM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def open_plugin(app, setup=None):
+    """An empty viewer at the screenshot size with the widget docked (default model), ``setup(viewer)`` first."""
+    import napari
+
+    from napari_qlora_minisam._qt.demo import PLUGIN, WIDGET
+
+    viewer = napari.Viewer(title="napari-qlora-minisam")
+    viewer.window._qt_window.resize(*WINDOW)
+    if setup is not None:
+        setup(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    pump(app, lambda: widget.model is not None and widget.is_idle)
+    return viewer, widget
+
+
+def shoot_series(app) -> None:
+    """Four cardiac MRI slices (COSMOS layout) as a series: LV committed on case 1, Next, a box on case 2."""
+    import shutil
+    import tempfile
+
+    import imageio.v3 as iio
+
+    heart = SHARED_DATA / "cosmos_sample" / "data" / "test_data" / "22_Heart"
+    work = Path(tempfile.gettempdir()) / "heart-series"  # a short path: the panel and the message show it
+    shutil.rmtree(work, ignore_errors=True)
+    names = ("22_Heart_2_4", "22_Heart_2_8", "22_Heart_2_9", "22_Heart_2_10")
+    (work / "cases").mkdir(parents=True)
+    for name in names:
+        shutil.copy(heart / "images" / f"{name}.png", work / "cases")
+    lv = {name: iio.imread(heart / "labels" / f"{name}.png") == 85 for name in names[:2]}  # 85: LV in 22_Heart.json
+    viewer, widget = open_plugin(app)
+    widget.series.open_folder(work / "cases", output_dir=work / "objects")
+    pump(app, lambda: widget.is_idle)
+    add_boxes(app, widget, tight_box(lv[names[0]]) + np.array([-3, -3, 3, 3]))
+    widget.commit()
+    pump(app, lambda: widget.is_idle)
+    widget.series.next_case()
+    pump(app, lambda: widget.is_idle)
+    frame(viewer, lv[names[1]], 5.0, widget.binding.image)
+    add_boxes(app, widget, tight_box(lv[names[1]]) + np.array([-3, -3, 3, 3]))
+    viewer.layers.selection.active = widget.layers["box"]
+    shoot(viewer, app, "plugin_series.png")
+    viewer.close()
+    shutil.rmtree(work)
+
+
+def shoot_nifti(app) -> None:
+    """A chest CT volume written as NIfTI and opened with the plugin's reader (mm scale); then precompute."""
+    import json
+    import shutil
+    import tempfile
+
+    import tifffile
+
+    from napari_qlora_minisam.io.nifti import write_nifti
+
+    volumes = SHARED_DATA / "volumes"
+    spacing = json.loads((volumes / "volumes.json").read_text())["lung1"]["spacing_xyz_mm"]
+    work = Path(tempfile.mkdtemp(prefix="minisam-nifti-"))
+    os.environ["MINISAM_EMBEDDINGS_DIR"] = str(work / "embeddings")  # empty: precompute has all to do
+    path = write_nifti(work / "lung1.nii.gz", tifffile.imread(volumes / "lung1_image.tif"),
+                       np.diag([*spacing, 1.0]))
+    tumour = tifffile.imread(volumes / "lung1_label.tif") > 0
+    mid = int(np.median(np.nonzero(tumour.any(axis=(1, 2)))[0]))
+
+    def setup(viewer):
+        [image] = viewer.open(path, plugin="napari-qlora-minisam")
+        viewer.dims.set_current_step(0, mid)
+        image.contrast_limits = (-1350, 150)  # the lung window the model is given below
+        # the scale the reader gave, in mm (napari's scale bar would say "pixel": the layer names no unit)
+        overlays = viewer.canvas.overlays
+        overlays["text"].visible = True
+        overlays["text"].font_size, overlays["text"].position = 10, "top_left"
+        overlays["text"].text = (f"{Path(path).name}: scale (z, y, x) = "
+                                 f"({', '.join(f'{s:.4g}' for s in image.scale)}) mm")
+
+    viewer, widget = open_plugin(app, setup)
+    widget.ui.intensity.setCurrentText("CT lung (W1500 L−600)")
+    pump(app, lambda: widget.is_idle)
+    frame(viewer, tumour[mid], 12.0, widget.binding.image)
+    add_boxes(app, widget, tight_box(tumour[mid]) + np.array([-2, -2, 2, 2]), z=mid)
+    widget.commit()
+    pump(app, lambda: widget.is_idle)
+    viewer.layers.selection.active = widget.binding.image
+    shoot(viewer, app, "plugin_nifti.png")
+
+    panel = widget.precompute
+    panel.start_button.click()
+    pump(app, lambda: panel.progress.value() >= 6 or not panel.active)
+    scroll = panel.parentWidget()
+    while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
+        scroll = scroll.parentWidget()
+    if scroll is not None:  # the dock scrolls: bring the Embeddings group into view
+        scroll.ensureWidgetVisible(panel)
+    shoot(viewer, app, "plugin_precompute.png")
+    panel.cancel()
+    pump(app, lambda: not panel.active)
+    viewer.close()
+    shutil.rmtree(work)
+
+
+PARTS = {"series": shoot_series, "nifti": shoot_nifti}
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from napari.qt import get_qapp
+
+    if len(sys.argv) == 1:
+        main()
+    for part in sys.argv[1:] or PARTS:
+        PARTS[part](get_qapp())

@@ -1,7 +1,7 @@
 """npe2 readers: NIfTI files and DICOM series -> ``[(data, kwargs, layer_type)]``.
 
 The reading itself is Qt-free in :mod:`napari_qlora_minisam.io`; here it becomes layer data: ``scale`` is
-the voxel spacing (z, y, x, mm), and ``metadata["affine"]`` keeps the voxel -> RAS affine so that the
+the voxel spacing (z, y, x) with ``units`` mm (napari's scale bar reads mm), and ``metadata["affine"]`` keeps the voxel -> RAS affine so that the
 labels writer can save a mask that overlays the source image in ITK-SNAP / 3D Slicer.
 """
 
@@ -15,7 +15,8 @@ from .io.nifti import NIFTI_SUFFIXES, Volume
 
 def _layer(volume: Volume, source: str) -> tuple:
     metadata = {AFFINE_KEY: volume.affine, "source_path": source, **volume.extra}
-    kwargs = {"name": volume.name, "scale": tuple(volume.spacing), "metadata": metadata}
+    kwargs = {"name": volume.name, "scale": tuple(volume.spacing), "units": ("mm",) * len(volume.spacing),
+              "metadata": metadata}
     return (volume.data, kwargs, "labels" if volume.is_labels else "image")
 
 

@@ -68,6 +68,7 @@ def test_napari_opens_nifti_and_writes_labels_back(tmp_path):
     [labels] = viewer.open(str(tmp_path / "ct_seg.nii.gz"), plugin="napari-qlora-minisam")
     assert image._type_string == "image" and labels._type_string == "labels"
     np.testing.assert_allclose(image.scale, (2.5, 0.8, 0.7))
+    assert [str(u) for u in image.units] == ["millimeter"] * 3  # the scale bar and object volumes read mm
     np.testing.assert_allclose(image.metadata["affine"], AFFINE)
     [out] = labels.save(str(tmp_path / "saved_seg.nii.gz"), plugin="napari-qlora-minisam")
     back = nib.load(out)

@@ -48,8 +48,9 @@ def spatial_shape(image_layer) -> tuple:
 
 def _common(image_layer, role: str) -> dict:
     # Helper layers share the image's world transform so their data coordinates are the image's pixels.
-    return {"name": helper_name(image_layer.name, role), "scale": image_layer.scale[-len(spatial_shape(image_layer)):],
-            "translate": image_layer.translate[-len(spatial_shape(image_layer)):],
+    n = len(spatial_shape(image_layer))
+    return {"name": helper_name(image_layer.name, role), "scale": image_layer.scale[-n:],
+            "translate": image_layer.translate[-n:], "units": tuple(image_layer.units)[-n:],
             "metadata": {ROLE: role, IMAGE_ID: image_id(image_layer)}}
 
 

@@ -22,6 +22,8 @@ SHORTCUTS = (
     ("G", "propagate", "propagate the object through the stack (3D)"),
     ("Control-Z", "undo", "undo (napari's labels history: commits and brush strokes)"),
     ("Control-Shift-Z", "redo", "redo"),
+    ("Control-Right", "series.next_case", "next case of the image series (this one's objects saved)"),
+    ("Control-Left", "series.previous_case", "previous case of the image series"),
 )
 IMAGE_KEYS = ("C",)  # keys napari's image layers bind themselves
 

@@ -26,6 +26,7 @@ from .napari_compat import unwrap
 from .objects_panel import ObjectsPanel
 from .precompute_panel import PrecomputePanel
 from .prompt_tools import PromptTools
+from .series_panel import SeriesPanel
 from .propagation import PropagationRun
 from .shortcuts import Shortcuts, help_html
 from .status import StatusLine, guidance
@@ -56,8 +57,8 @@ class MiniSamWidget(QWidget):
         self.training = AdapterTraining(self)
         self.lifecycle = CloseWatcher(self, self.close_widget)
         self.intensity = IntensityControl(ui.intensity, self)
-        # a 3D image's embeddings to disk; segment everything into a new labels layer: both in workers
-        self.precompute, self.everything = PrecomputePanel(self), EverythingPanel(self)
+        # a 3D image's embeddings to disk and segment everything (workers); a folder of cases (series_panel.py)
+        self.precompute, self.everything, self.series = PrecomputePanel(self), EverythingPanel(self), SeriesPanel(self)
         self._suspended = False
 
         self.images.layer_made.connect(self._on_layer_made)
@@ -291,7 +292,7 @@ class MiniSamWidget(QWidget):
             emitter.disconnect(callback)
         self.images.close()
         self.intensity.close()
-        for job in (self.propagation, self.training, self.precompute, self.everything):
+        for job in (self.propagation, self.training, self.precompute, self.everything, self.series):  # series: saves
             job.cancel()
         self.live.binding = None
         workers.stop_all(self.running)
