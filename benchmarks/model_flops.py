@@ -1,6 +1,6 @@
 """Multiply-accumulates (MACs) and parameters of one image-encoder forward, per model.
 
-    python benchmarks/model_flops.py [--models litemedsam minisam_student_256_global random_vit_b random_vit_h]
+    python benchmarks/model_flops.py [--models litemedsam random_student_256_global random_vit_b random_vit_h]
 
 Counts with ``torch.utils.flop_counter`` and reports MACs in the convention of the SAM-distillation
 literature (a multiply-add counts once: torch's figure / 2). torch counts nothing for attention that runs
@@ -22,7 +22,7 @@ import doc_sections  # noqa: E402 - the shared section writer
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- flops:start -->", "<!-- flops:end -->"
-DEFAULT = ["litemedsam", "minisam_student_256", "minisam_student_256_global", "random_vit_b", "random_vit_h"]
+DEFAULT = ["litemedsam", "random_student_256", "random_student_256_global", "random_vit_b", "random_vit_h"]
 
 
 def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:

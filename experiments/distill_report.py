@@ -100,7 +100,7 @@ def plot_loss(rows, path):
         a.set_xlabel("optimizer step")
         a.legend()
         a.grid(alpha=0.3)
-    fig.suptitle("LiteMedSAM -> minisam_student_256 on this CPU")
+    fig.suptitle("LiteMedSAM -> random_student_256 on this CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

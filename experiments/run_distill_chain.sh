@@ -2,8 +2,8 @@
 # The CPU distillation recipe of docs/distillation.md, stage by stage (each stage = run_distill_experiment.sh:
 # distil, evaluate teacher and student in one `minisam-train eval` run, report). All stages share one teacher
 # cache, so the teacher labels every slice (and every view) once. On the idle 2-core CPU: ~32 + 36 + 30 + 27 min.
-#   1. window-attention student from scratch  (minisam_student_256, 700 steps, lr 1e-3)
-#   2. + global attention in blocks 3 and 6    (minisam_student_256_global, warm start from 1, 450 steps, lr 1e-3)
+#   1. window-attention student from scratch  (random_student_256, 700 steps, lr 1e-3)
+#   2. + global attention in blocks 3 and 6    (random_student_256_global, warm start from 1, 450 steps, lr 1e-3)
 #   3. + three augmented views of every slice  (warm start from 2, data.views=[hflip,rot90,gamma0.7], 400 steps, lr 5e-4)
 #   4. + the decoder learns too, mask-weighted (from 3, train_decoder=true, alpha 0.2, all prompts, 300 steps, lr 1e-4)
 # With STAGE5=1 (a CUDA GPU; ~6 min of training on an H100):
@@ -20,9 +20,9 @@ for stage in 1_window 2_global 3_views 4_decoder; do ln -sfn "$CACHE" "$ROOT/$st
 
 STEPS=700 LR=1e-3 bash experiments/run_distill_experiment.sh "$ROOT/1_window"
 STEPS=450 LR=1e-3 bash experiments/run_distill_experiment.sh "$ROOT/2_global" \
-  student.source=minisam_student_256_global student.init_encoder="$ROOT/1_window/student"
+  student.source=random_student_256_global student.init_encoder="$ROOT/1_window/student"
 STEPS=400 LR=5e-4 bash experiments/run_distill_experiment.sh "$ROOT/3_views" \
-  student.source=minisam_student_256_global student.init_encoder="$ROOT/2_global/student" \
+  student.source=random_student_256_global student.init_encoder="$ROOT/2_global/student" \
   "data.views=[hflip,rot90,gamma0.7]"
 STEPS=300 LR=1e-4 bash experiments/run_distill_experiment.sh "$ROOT/4_decoder" \
   student.source="$ROOT/3_views/student" student.train_decoder=true train.alpha=0.2 train.prompts_per_slice=null \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU distillation experiment of docs/distillation.md: LiteMedSAM teacher -> minisam_student_256.
+# The CPU distillation experiment of docs/distillation.md: LiteMedSAM teacher -> random_student_256.
 #   1. distil on the unlabelled slices (volumes, COSMOS non-test images, ultrasound frames; test patients out)
 #   2. evaluate teacher and student in one `minisam-train eval` run, box prompts, on the COSMOS test split
 #   3. measure encoder latency and memory of both, and draw the figures
@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 uptime | tee "$OUT/uptime_start.txt"
 
 /usr/bin/time -v minisam-train distill \
-  teacher.source=litemedsam student.source=minisam_student_256 student.train_decoder=false \
+  teacher.source=litemedsam student.source=random_student_256 student.train_decoder=false \
   cache.dir="$OUT/teacher_cache" output_dir="$OUT/student" \
   train.device=${DEVICE:-cpu} train.steps=${STEPS:-700} train.batch_size=${BATCH:-4} train.lr=${LR:-1e-3} train.alpha=0.5 \
   train.temperature=2.0 train.checkpoint_every=50 train.log_every=5 train.prompts_per_slice=1 \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,7 +36,9 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
     Args:
         source: ``"litemedsam"`` (bundled, offline default); an HF hub id (``facebook/sam-vit-base``) or a
             local directory written by ``save_pretrained``; an original segment-anything / MedSAM ``.pth``
-            checkpoint; or a named random spec (``tiny_hf_sam``, ``random_vit_b``, ``random_vit_h``...).
+            checkpoint; or a named random spec (``tiny_hf_sam``, ``random_vit_b``, ``random_student_256``...:
+            every one is named ``random_*`` or ``tiny_*``, and building one warns with
+            :class:`~.models.registry.RandomWeightsWarning`, since its masks mean nothing).
         adapters: one adapter directory or a list of them (peft format + ``minisam_adapter.json``); the
             first is made active. Each must have been trained on this base.
         quantize: ``None`` (fp32) or ``"nf4"`` (bitsandbytes 4-bit NF4, double quantization; CPU or CUDA).
@@ -45,7 +48,7 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
         ModelLoadError: the source is unknown, missing, corrupt or of the wrong kind.
         AdapterError: an adapter is malformed or was made for another base.
     """
-    from .models.registry import HF_SPECS, available_sources
+    from .models.registry import HF_SPECS, available_sources, renamed_spec_message
 
     quantize = check_quantize(quantize)
     dev = resolve_device(device)
@@ -56,6 +59,8 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
         backend = _litemedsam(dev, quantize)
     elif src in HF_SPECS:
         backend = _random_hf(src, dev, quantize)
+    elif renamed_spec_message(src) and not path.exists():
+        raise ModelLoadError(renamed_spec_message(src))
     elif path.is_dir():
         backend = _hf_pretrained(src, path, dev, quantize)
     elif path.suffix in CHECKPOINT_SUFFIXES or path.is_file():
@@ -97,8 +102,10 @@ def _litemedsam(dev, quantize):
 
 def _random_hf(name, dev, quantize):
     from .models.hf_sam import HfSamBackend
-    from .models.registry import build_random_hf_sam
+    from .models.registry import RandomWeightsWarning, build_random_hf_sam, random_weights_message
 
+    # stacklevel 3: the warning points at the caller of load_model, where the name was chosen.
+    warnings.warn(random_weights_message(name), RandomWeightsWarning, stacklevel=3)
     net = build_random_hf_sam(name)
     backend = HfSamBackend(net, name)
     if quantize:

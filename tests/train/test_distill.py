@@ -166,7 +166,7 @@ def test_litemedsam_decoder_maps_into_the_student(litemedsam):
     """The student's HF decoder, started from LiteMedSAM's, gives LiteMedSAM's masks on the same embedding."""
     from minisam_train.training.student import build_student_net, init_decoder_from_teacher
 
-    student = build_student_net("minisam_student_256").eval()
+    student = build_student_net("random_student_256").eval()
     assert init_decoder_from_teacher(student, litemedsam) > 100
     emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
     box = torch.tensor([[40.0, 50.0, 150.0, 170.0]])

@@ -166,20 +166,25 @@ def folder_slices(root, *, volume_stride: int = 1, exclude: Sequence[str] = (), 
     return out
 
 
-def cosmos_slices(root, *, split: str = "test_data", exclude_split_file=None, exclude_split_key: str = "test",
-                  use_labels: bool = True) -> list[DistillSlice]:
+def cosmos_slices(root, *, split: str = "test_data", exclude_split_file=None,
+                  exclude_split_key: str | Sequence[str] = "test", use_labels: bool = True) -> list[DistillSlice]:
     """Slices of a COSMOS-layout root; images listed under ``exclude_split_key`` are dropped entirely.
 
     Args:
         root: COSMOS root (``data/<split>/<DATASET>/{images,labels}``).
         exclude_split_file: ``splits.json``; its ``exclude_split_key`` images (pixels and labels) are skipped.
+        exclude_split_key: one key or several (``["test", "val"]``: choosing on ``val`` needs it unseen too).
         use_labels: keep the label path so prompts can come from the masks.
     """
     from .cosmos import CosmosDataset
     from .splits import split_images
 
     ds = CosmosDataset(root, split=split)
-    dropped = split_images(exclude_split_file, exclude_split_key) if exclude_split_file else {}
+    keys = [exclude_split_key] if isinstance(exclude_split_key, str) else list(exclude_split_key)
+    dropped: dict[str, set] = {}
+    for key in keys if exclude_split_file else ():
+        for name, images in split_images(exclude_split_file, key).items():
+            dropped.setdefault(name, set()).update(images)
     out = []
     for e in ds.entries:
         if e.image_name in dropped.get(e.dataset, set()):
@@ -252,7 +257,8 @@ class SliceReader:
 
 
 def gather_slices(folders: Iterable = (), cosmos_roots: Iterable = (), *, volume_stride: int = 1,
-                  exclude: Sequence[str] = (), exclude_split_file=None, exclude_split_key: str = "test",
+                  exclude: Sequence[str] = (), exclude_split_file=None,
+                  exclude_split_key: str | Sequence[str] = "test",
                   use_labels: bool = True, max_slices: int | None = None,
                   views: Sequence[str] = ()) -> list[DistillSlice]:
     """All slices of the configured folders and COSMOS roots, without duplicates, in a stable order.

@@ -90,9 +90,11 @@ def build_items(cfg):
     from ..data.unlabelled import gather_slices
 
     d = cfg.data
+    key = d.exclude_split_key
+    keys = str(key) if isinstance(key, str) else [str(k) for k in key]  # one key or a list ([test, val])
     return gather_slices(list(d.folders or []), list(d.cosmos_roots or []), volume_stride=int(d.volume_stride),
                          exclude=list(d.exclude or []), exclude_split_file=d.exclude_split_file,
-                         exclude_split_key=str(d.exclude_split_key), use_labels=bool(d.use_labels),
+                         exclude_split_key=keys, use_labels=bool(d.use_labels),
                          max_slices=d.max_slices, views=list(d.get("views") or []))
 
 

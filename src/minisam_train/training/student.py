@@ -6,8 +6,9 @@ reproduce the teacher's embedding space for the masks to come out right, which i
 teaches; the mask loss then lets the decoder absorb what the encoder still gets wrong.
 
 Sources for the student:
-    * a named spec of ``napari_qlora_minisam.models.registry`` (random, seeded): ``minisam_student_256``,
-      ``random_vit_b``, tiny test shapes...;
+    * a named spec of ``napari_qlora_minisam.models.registry`` (random, seeded): ``random_student_256``,
+      ``random_vit_b``, tiny test shapes... A student is random until it is trained, so building one here
+      does not warn (``load_model`` does, where a random network would be used to segment);
     * an HF hub id or ``save_pretrained`` folder (``facebook/sam-vit-base``): starts from those weights;
     * an inline shape (``student.config``: the fields of ``HfSamSpec``).
 """
@@ -32,7 +33,13 @@ def build_student_net(source: str | None = None, config: dict | None = None, see
     """The student ``SamModel`` (fp32, CPU, train mode), from a spec name, a pretrained source or a shape."""
     from transformers import SamModel
 
-    from napari_qlora_minisam.models.registry import HF_SPECS, HfSamSpec, build_hf_sam, build_random_hf_sam
+    from napari_qlora_minisam.models.registry import (
+        HF_SPECS,
+        HfSamSpec,
+        build_hf_sam,
+        build_random_hf_sam,
+        renamed_spec_message,
+    )
 
     if config:
         spec = HfSamSpec(**{k: (tuple(v) if k == "global_attn_indexes" else v) for k, v in dict(config).items()})
@@ -41,6 +48,8 @@ def build_student_net(source: str | None = None, config: dict | None = None, see
     elif source in HF_SPECS:
         net = build_random_hf_sam(source, seed=seed)
         init_vision_encoder(net, seed)
+    elif source and renamed_spec_message(source) and not Path(source).exists():
+        raise ModelLoadError(f"student.source: {renamed_spec_message(source)}")
     elif source:
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
             raise ModelLoadError(f"student.source={source!r} has no config.json (not a save_pretrained folder).")

@@ -2,6 +2,8 @@
 
 Random full-size shapes cost what the real models cost, so speed and memory can be measured without hub
 weights. Random weights are seeded, so a spec always builds the same network (and the same identity).
+Every spec here is named ``random_*`` or ``tiny_*`` (a test pins it), so no name can pass for a trained
+model: a random network segments nothing (box Dice ~0.02), and ``load_model`` warns when it builds one.
 """
 
 from __future__ import annotations
@@ -9,6 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+RANDOM_PREFIXES = ("random_", "tiny_")
+# Specs that once had a name a trained model could have: loading the old name says where it went.
+RENAMED_SPECS = {
+    "minisam_student_256": "random_student_256",
+    "minisam_student_256_global": "random_student_256_global",
+}
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model was built with random weights: it runs, but its masks mean nothing."""
 
 
 @dataclass(frozen=True)
@@ -59,15 +72,15 @@ HF_SPECS: dict[str, HfSamSpec] = {
                                    description="smaller tiny random HF SAM (distillation student in tests)"),
     # Distillation (minisam-train distill). The CPU student: 256² input like LiteMedSAM, patch 4 so the
     # embedding grid is LiteMedSAM's 64x64 (its decoder is reused as is), windowed attention only.
-    "minisam_student_256": HfSamSpec(128, 6, 4, (), image_size=256, patch_size=4, window_size=8, mlp_dim=512,
-                                     description="distillation student for LiteMedSAM (256², 64x64 grid, 2.4 M)"),
+    "random_student_256": HfSamSpec(128, 6, 4, (), image_size=256, patch_size=4, window_size=8, mlp_dim=512,
+                                    description="distillation student for LiteMedSAM (256², 64x64 grid, 2.4 M)"),
     # The same student with global attention in blocks 3 and 6. Relative position biases are off: with them,
     # SDPA needs a dense 4096x4096 bias per head and a global block costs 4x more to train on the CPU;
     # without, it runs PyTorch's fused attention kernel, and the absolute position embedding still gives the position.
-    "minisam_student_256_global": HfSamSpec(128, 6, 4, (2, 5), image_size=256, patch_size=4, window_size=8,
-                                            mlp_dim=512, extra={"use_rel_pos": False},
-                                            description="distillation student with 2 global-attention blocks "
-                                                        "(256², 64x64 grid)"),
+    "random_student_256_global": HfSamSpec(128, 6, 4, (2, 5), image_size=256, patch_size=4, window_size=8,
+                                           mlp_dim=512, extra={"use_rel_pos": False},
+                                           description="distillation student with 2 global-attention blocks "
+                                                       "(256², 64x64 grid)"),
     # Tiny random models with the input size, grid and window layout of ViT-H / ViT-B (1024², 64x64, window
     # 14): the ViT-H -> ViT-B distillation recipe runs end to end on them in tests.
     "tiny_vit_h_shape": HfSamSpec(64, 4, 2, (1, 3), window_size=14, mlp_dim=128,
@@ -82,6 +95,21 @@ HF_SPECS: dict[str, HfSamSpec] = {
 
 # Hub ids users load with weights (not reachable offline: tests use local directories instead).
 HUB_IDS = ("facebook/sam-vit-base", "facebook/sam-vit-large", "facebook/sam-vit-huge")
+
+
+def renamed_spec_message(name: str) -> str | None:
+    """Why an old spec name no longer loads, naming the new one; ``None`` for any other name."""
+    new = RENAMED_SPECS.get(str(name).strip())
+    if new is None:
+        return None
+    return (f"Model spec {name!r} was renamed {new}; it holds random weights (a shape for distillation and "
+            f"benchmarks, not a trained model). Use {new!r} for the shape, or a trained student's folder.")
+
+
+def random_weights_message(name: str) -> str:
+    return (f"{name!r} holds random weights: a network shape for tests, benchmarks or as a distillation "
+            "student to train, not for segmentation (its masks mean nothing). Use 'litemedsam' or a "
+            "trained model's folder to segment.")
 
 
 def build_random_hf_sam(name: str, seed: int = 0):
