@@ -138,6 +138,21 @@ def intensity_match(image: np.ndarray, mask: np.ndarray, bounds: tuple[float, fl
     return float(((values >= bounds[0]) & (values <= bounds[1])).mean())
 
 
+def trim_to_intensity(image: np.ndarray, mask: np.ndarray, bounds: tuple[float, float],
+                      keep: float = 0.3) -> np.ndarray:
+    """``mask`` less its pixels outside ``bounds`` (holes this leaves inside are filled again).
+
+    A box prompt on a lung tumour takes in a rim of the air around it, which lies far outside the tumour's
+    intensity range. ``mask`` itself is returned when trimming would keep less than ``keep`` of it: then the
+    range does not describe this slice's object, and a mask cut to shreds is worse than the model's own.
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    values = np.asarray(image, np.float32)
+    trimmed = binary_fill_holes(mask & (values >= bounds[0]) & (values <= bounds[1]))
+    return trimmed if trimmed.sum() >= keep * mask.sum() else mask
+
+
 SegmentSlice = Callable[..., tuple]  # (z, box xyxy, **neighbour prompts) -> (mask (H, W) bool, score)
 
 # What the neighbour slice gives the next one: always the box of its mask (plus the margin); "mask" adds that
@@ -184,6 +199,7 @@ def propagate(
     stack=None,
     directions=(1, -1),
     prompt: str = "box",
+    trim: bool = False,
 ) -> Iterator[PropagationStep]:
     """Segment one object slice by slice away from ``start_z`` (up, then down).
 
@@ -204,6 +220,11 @@ def propagate(
         directions: ``(1, -1)`` both ways (up first), ``(1,)`` up only, ``(-1,)`` down only.
         prompt: one of :data:`NEIGHBOUR_PROMPTS`; ``"box"`` here (any ``(z, box)`` callable works), the
             session and the widget use :data:`DEFAULT_NEIGHBOUR_PROMPT`.
+        trim: yield each mask less its pixels outside the committed object's intensity range
+            (:func:`trim_to_intensity`; needs ``stack``). Only the yielded mask is trimmed: the next slice's
+            prompts and the stop rules see the model's mask, so where a run stops does not change. Off by
+            default: it lifts the CT lung tumours and costs the MRI brain tumours a little
+            (benchmarks/propagation_quality.py).
 
     Yields:
         :class:`PropagationStep` per accepted slice. The generator's return value is a
@@ -218,6 +239,8 @@ def propagate(
         raise InputError(f"There is no object on slice {start_z} to propagate; commit one there first.")
     if not 0 <= start_z < depth:
         raise InputError(f"Slice {start_z} is outside the stack of {depth} slices.")
+    if trim and stack is None:
+        raise InputError("Trimming masks to the object's intensities needs the image stack; pass stack=.")
     result = PropagationResult()
     bounds = intensity_range(plane(stack, start_z), start_mask) if stack is not None else None
     total = sum(
@@ -246,7 +269,8 @@ def propagate(
                 result.stopped[direction] = f"{reason} at slice {z}"
                 break
             result.slices.append(z)
-            yield PropagationStep(z, mask, float(score), done, total)
+            written = trim_to_intensity(plane(stack, z), mask, bounds) if trim else mask
+            yield PropagationStep(z, written, float(score), done, total)
             previous = mask
             z += direction
     return result

@@ -73,3 +73,24 @@ def test_advanced_stop_rules_default_to_today_and_are_used(corrected_volume, qtb
     np.testing.assert_array_equal(labels.data[:5], before[:5])
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
+
+
+@pytest.mark.parametrize("checked", [False, True])
+def test_advanced_trim_reaches_the_propagation(corrected_volume, qtbot, monkeypatch, checked):
+    from napari_qlora_minisam._qt import tasks
+
+    widget, _ = corrected_volume
+    seen = {}
+    real = tasks.propagate_task
+
+    def spy(session, start_mask, max_slices, **options):
+        seen.update(options)
+        return (yield from real(session, start_mask, max_slices, **options))
+
+    monkeypatch.setattr(tasks, "propagate_task", spy)
+    options = widget.propagation.options
+    assert not options.trim.isChecked()  # off by default: it hurts the brain volumes
+    options.trim.setChecked(checked)
+    qtbot.mouseClick(options.buttons[1], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
+    assert seen.get("trim") is checked

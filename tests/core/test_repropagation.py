@@ -1,6 +1,7 @@
-"""Re-propagation from a corrected slice (one direction, one undo step), settable stop rules, and the
-neighbour prompts beyond the box (mask_input, interior click). A box-filling mock engine stands in for the
-model: these test the propagation logic and the label writes, not the model."""
+"""Re-propagation from a corrected slice (one direction, one undo step), settable stop rules, the
+neighbour prompts beyond the box (mask_input, interior click) and the opt-in trim of written masks to the object's
+intensities. A box-filling mock engine stands in for the model: these test the propagation logic and the label
+writes, not the model."""
 
 from __future__ import annotations
 
@@ -207,3 +208,52 @@ def test_a_cancelled_repropagation_replaces_only_the_slices_it_reached():
     assert (after[3, 21:29, 21:29] == 1).all() and not (after[3, 5:15, 5:15] == 1).any()
     np.testing.assert_array_equal(after[:3], before[:3])  # not reached: the old object stays
     np.testing.assert_array_equal(after[4:], before[4:])
+
+
+def rimmed_volume():
+    """A bright 10x10 object on slices 1-7 of a dark stack; the segmenter returns it with a 2 px dark rim."""
+    stack = np.zeros((9, 40, 40), np.float32)
+    stack[1:8, 12:22, 12:22] = 100.0
+    stack[5:8, 15:18, 15:18] = 0.0  # a dark core past the committed slice: cut by the range, filled back
+    calls = []
+
+    def segment(z, box, **_):
+        calls.append(np.asarray(box).tolist())
+        mask = np.zeros((40, 40), bool)
+        if stack[z].max() > 0:
+            mask[10:24, 10:24] = True  # object + rim
+        return mask, 1.0
+
+    return stack, segment, calls
+
+
+def test_trim_writes_the_masks_less_what_lies_outside_the_object_intensities_and_keeps_the_run():
+    stack, segment, calls = rimmed_volume()
+    start = stack[4] > 0
+    plain, plain_result = run_propagation(propagate(segment, 4, start, 9, stack=stack, rules=StopRules(min_area=1)))
+    plain_boxes = list(calls)
+    calls.clear()
+    trimmed, trimmed_result = run_propagation(propagate(segment, 4, start, 9, stack=stack, trim=True,
+                                                        rules=StopRules(min_area=1)))
+    # the rim is gone from what is written; the dark core, a hole once cut, is filled back
+    assert [s.z for s in trimmed] == [s.z for s in plain] == [5, 6, 7, 3, 2, 1]
+    for step in trimmed:
+        np.testing.assert_array_equal(step.mask, stack[4] > 0)
+    assert all(s.mask.sum() == 14 * 14 for s in plain)
+    # the next slice is prompted from the model's own mask, so the boxes and where it stops do not change
+    assert calls == plain_boxes
+    assert trimmed_result.stopped == plain_result.stopped
+
+
+def test_trim_keeps_the_model_mask_where_the_range_misses_most_of_it_and_needs_the_stack():
+    from napari_qlora_minisam.volume import trim_to_intensity
+
+    image = np.zeros((20, 20), np.float32)
+    image[5:15, 5:15] = 50.0
+    mask = np.zeros((20, 20), bool)
+    mask[4:16, 4:16] = True
+    np.testing.assert_array_equal(trim_to_intensity(image, mask, (40.0, 60.0)), image > 0)
+    # a range that keeps under 30 % of the mask says nothing about this slice: the mask stays as it was
+    np.testing.assert_array_equal(trim_to_intensity(image, mask, (200.0, 300.0)), mask)
+    with pytest.raises(InputError, match="needs the image stack"):
+        next(propagate(lambda z, box: (mask, 1.0), 1, mask, 3, trim=True))

@@ -172,6 +172,8 @@ class Controls:
         tf.addRow(self.train_others)
         self.train_summary = QLabel()
         self.train_summary.setWordWrap(True)
+        # a wrapped label in a form row gets one line's height when the form is squeezed: keep room for three
+        self.train_summary.setMinimumHeight(3 * self.train_summary.fontMetrics().lineSpacing())
         tf.addRow(self.train_summary)
         self.train = QPushButton("Train")
         self.train.setToolTip("QLoRA adapter trained on the committed objects, some held back to score it; "

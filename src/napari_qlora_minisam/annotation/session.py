@@ -277,10 +277,11 @@ class AnnotationSession:
                          "label in the objects layer when there are several.")
 
     def propagate(self, start_mask: np.ndarray, max_slices: int | None = None, rules: StopRules = StopRules(), *,
-                  directions=(1, -1), prompt: str = DEFAULT_NEIGHBOUR_PROMPT):
+                  directions=(1, -1), prompt: str = DEFAULT_NEIGHBOUR_PROMPT, trim: bool = False):
         """Generator of :class:`PropagationStep` away from the slice in view (a worker runs it).
 
         ``directions``: ``(1, -1)`` both ways, ``(1,)`` up only, ``(-1,)`` down only (re-propagation).
+        ``trim``: drop mask pixels outside the committed object's intensity range (``volume.propagate``).
         """
         z0, intensity, engine, image = self.z, self.intensity, self.engine, self.image
 
@@ -288,7 +289,7 @@ class AnnotationSession:
             return engine.segment_box(plane(image, z), intensity, box, **neighbour)
 
         return (yield from propagate(segment, z0, start_mask, self.shape[0], rules=rules, max_slices=max_slices,
-                                     stack=image, directions=directions, prompt=prompt))
+                                     stack=image, directions=directions, prompt=prompt, trim=trim))
 
     def commit_propagation(self, label_id: int, steps: list[PropagationStep], overwrite: bool = False) -> int:
         """Write the propagated slices of object ``label_id`` in one undo step; pixels written."""
