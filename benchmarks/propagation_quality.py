@@ -14,7 +14,8 @@ trim of each written mask to the committed object's intensity range (``propagate
 LiteMedSAM fp32 without adapter (today's recipe) and on the NF4 base with the shipped adapter of the modality
 (``ct`` / ``mri``). The default is chosen on the volumes outside the test split (lung1, brain1: their slices
 are ``adapt_train`` in ``splits.json``); lung2 and brain2 (``test``) are reported once. Note that the shipped
-adapters were trained on a few slices of lung1 / brain1, so their figures on those two volumes are optimistic.
+CT adapter was trained on a few slices of lung1, so its figures there are optimistic (the MRI adapter saw
+only cardiac slices: ``pretrained_adapters/*/minisam_adapter.json`` list the data).
 
 Two ceilings use the ground truth of every slice: **oracle box**, each object slice prompted with the tight
 box of its own true mask (what the model gives when the box is right: a recipe that ends in the model's mask

@@ -47,7 +47,9 @@ def recipe_from_config(cfg):
             mix=dict(pc.mix), box_jitter=float(pc.box_jitter), max_pos_points=int(pc.max_pos_points),
             max_neg_points=int(pc.max_neg_points), neg_prob=float(pc.neg_prob),
             centroid_prob=float(pc.centroid_prob),
-            point_multimask=bool(pc.get("point_multimask", True))),  # older configs: SAM's 3 masks
+            point_multimask=bool(pc.get("point_multimask", True)),  # older configs: SAM's 3 masks
+            neighbour=float(pc.get("neighbour", 0.0)),
+            neighbour_prompt=str(pc.get("neighbour_prompt", "box+mask+point"))),
         augment=AugmentConfig(**OmegaConf.to_container(data.augment, resolve=True)),
         loss=LossWeights(float(tr.loss.bce_weight), float(tr.loss.dice_weight), float(tr.loss.iou_weight)),
         early_stopping=EarlyStopping(enabled=bool(es.enabled), patience=int(es.patience),
@@ -63,12 +65,18 @@ def recipe_from_config(cfg):
 
 
 def _training_slices(cfg, modality: str, seed: int):
-    from ..training.adapt_data import load_modality_slices, load_pair_slices
+    from ..training.adapt_data import load_modality_slices, load_neighbour_volume_slices, load_pair_slices
 
     data = cfg.data
     if data.get("pairs") or data.get("pairs_dir"):
-        return load_pair_slices(data, modality, int(data.min_object_pixels), seed)
-    return load_modality_slices(data, modality, seed)
+        train, val, summary = load_pair_slices(data, modality, int(data.min_object_pixels), seed)
+    else:
+        train, val, summary = load_modality_slices(data, modality, seed)
+    if data.get("neighbour_volumes"):  # slices of 3D volumes for neighbour prompts, on top of either
+        extra, extra_summary = load_neighbour_volume_slices(data.neighbour_volumes, int(data.min_object_pixels),
+                                                            data.get("split_file"))
+        train, summary = train + extra, {**summary, **extra_summary}
+    return train, val, summary
 
 
 def _peak_memory_bytes(device) -> int:

@@ -3,10 +3,14 @@
 Both become :class:`~napari_qlora_minisam.adapter_training.views.AnnotatedSlice` lists split into training and
 validation, which the core trainer (``adapter_training.fit``) turns into augmented network-frame views.
 COSMOS folders hold out whole slices (each dataset has many); pairs saved from napari hold out objects, as
-``train_adapter`` does, because a user may have annotated a single image.
+``train_adapter`` does, because a user may have annotated a single image. ``data.neighbour_volumes`` adds the
+labelled slices of 3D image/label pairs to the training slices with each object's masks on the adjacent
+slices, for neighbour prompts (``train.prompts.neighbour``: how 3D propagation prompts a slice).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +20,7 @@ from napari_qlora_minisam.embedding_cache import image_digest
 
 from ..data import CosmosDataset, DataError, read_modalities, split_images
 from ..data.pairs import read_label_pairs
+from ..data.splits import patient_id
 
 # Modalities for which no labelled data exists here; asking for one gets a specific explanation.
 NO_LABELLED_DATA = {"us": "ultrasound", "ultrasound": "ultrasound"}
@@ -133,3 +138,48 @@ def _has_any(root, split, names) -> bool:
     from pathlib import Path
 
     return any((Path(root) / "data" / split / n).is_dir() for n in names)
+
+
+def load_neighbour_volume_slices(pairs, min_object_pixels: int, split_file=None) -> tuple[list, dict]:
+    """Training slices of 3D ``[[IMAGE.tif, LABELS.tif], ...]`` pairs, each object with its adjacent-slice masks.
+
+    Every labelled slice trains (none is held back: validation stays on the modality's held-out slices).
+    A volume whose name (``NAME_image.tif`` -> ``NAME``) is a patient of the ``test`` split of ``split_file``
+    is refused, like ``data.split_key=test``.
+    """
+    import tifffile
+
+    from napari_qlora_minisam.adapter_training.labelled_samples import slices_from_sample
+
+    test_patients = set()
+    if split_file:
+        for ds, names in split_images(split_file, "test").items():
+            test_patients |= {patient_id(ds, n) for n in names}
+    slices, summary = [], []
+    for pair in pairs or []:
+        if len(pair) != 2:
+            raise DataError(f"data.neighbour_volumes entry {list(pair)} must be [IMAGE.tif, LABELS.tif].")
+        image_path, label_path = (str(x) for x in pair)
+        name = Path(image_path).stem.removesuffix("_image")
+        if name in test_patients:
+            raise DataError(f"data.neighbour_volumes: {name} is in the test split of {split_file}; adapters must "
+                            "never be trained on it. Use a volume of the adapt_train split.")
+        for path in (image_path, label_path):
+            if not Path(path).is_file():
+                raise DataError(f"data.neighbour_volumes: {path} does not exist.")
+        image, labels = tifffile.imread(image_path), np.asarray(tifffile.imread(label_path))
+        if image.ndim != 3 or labels.shape != image.shape:
+            raise DataError(f"data.neighbour_volumes: {image_path} {image.shape} and {label_path} {labels.shape} "
+                            "must be 3D (Z, Y, X) volumes of the same shape.")
+        used = []
+        for z in range(labels.shape[0]):
+            for sl in slices_from_sample(image[z], labels[z], f"{name}#z{z}", min_object_pixels):
+                for obj in sl.objects:
+                    near = [labels[k] == obj for k in (z - 1, z + 1) if 0 <= k < labels.shape[0]]
+                    near = [m for m in near if m.any()]
+                    if near:
+                        sl.neighbours[obj] = near
+                slices.append(sl)
+                used.append(z)
+        summary.append({"image": image_path, "labels": label_path, "slices": used})
+    return slices, {"neighbour_volumes": summary}

@@ -253,7 +253,7 @@ def run_adapt_loop(model, optimizer, scheduler, train_views, val_views, sampler,
             else:  # the global batch; fewer views than that: some repeat, every process still gets its share
                 size = settings.batch_size * world
                 picks = rng.rng.choice(n, size=size, replace=n < size)
-            drawn = [(train_views[int(i)], sampler.sample(train_views[int(i)].masks.numpy(), rng.rng))
+            drawn = [(train_views[int(i)], sampler.sample_view(train_views[int(i)], rng.rng))
                      for i in picks]
             mine = drawn if world == 1 else drawn[rank * settings.batch_size:(rank + 1) * settings.batch_size]
             optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,12 @@ start at the object's centroid some of the time (what the COSMOS protocol clicks
 pixels otherwise (what users click); negative points come from the background around the object, as in
 the protocol's 2x expanded box.
 
+A view cut from a volume may also carry each object's masks on the adjacent slices; with
+``neighbour > 0`` such a view is sometimes prompted the way 3D propagation prompts a slice (the box of the
+neighbour's mask plus a margin, and per ``neighbour_prompt`` that mask as ``mask_input`` and a click at its
+most interior pixel: ``volume.box_from_mask`` / ``volume.neighbour_prompt``) while the target stays this
+slice's mask. An adapter trained on each slice's own prompts only never learns to correct a neighbour's.
+
 All coordinates are (x, y) in the network's input frame; masks are ``(K, S, S)`` bool in that frame.
 """
 
@@ -18,9 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..masks import centroid, tight_box
+from ..transforms import mask_to_logits, scale_boxes, scale_coords
+from ..volume import box_from_mask, check_neighbour_prompt, neighbour_prompt
 
 MODES = ("box", "points", "box_points")
+NEIGHBOUR = "neighbour"  # the mode of prompts taken from an adjacent slice's mask
 
 
 @dataclass
@@ -28,6 +38,8 @@ class PromptBatch:
     """Prompts for the ``P`` objects of one view, ready for ``SamBackend.decode``.
 
     ``points`` is ``(P, N, 2)`` with label ``-1`` padding where an object has fewer than ``N`` points.
+    ``mask_prompts`` is ``(P, H, W)`` bool at the slice's original resolution (neighbour prompts with a
+    mask); :meth:`mask_input` turns it into the decoder's low-res logits once the embedding's grid is known.
     """
 
     mode: str
@@ -35,12 +47,21 @@ class PromptBatch:
     points: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     point_multimask: bool = True
+    mask_prompts: np.ndarray | None = None
 
     @property
     def multimask(self) -> bool:
         # A lone box is unambiguous (one mask, as LiteMedSAM was trained); points are ambiguous (3 masks)
         # unless the adapter is taught to answer them through the single-mask output (point_multimask=False).
-        return self.mode != "box" and self.point_multimask
+        # Propagation decodes neighbour prompts through the single output, so training does too.
+        return self.mode not in ("box", NEIGHBOUR) and self.point_multimask
+
+    def mask_input(self, image_size: int, low_hw: tuple) -> torch.Tensor | None:
+        """``(P, 1, *low_hw)`` ``mask_input`` logits of ``mask_prompts``, as ``MiniSamPredictor.mask_prompt``."""
+        if self.mask_prompts is None:
+            return None
+        logits = [mask_to_logits(m, image_size, tuple(low_hw)) for m in self.mask_prompts]
+        return torch.from_numpy(np.stack(logits))
 
 
 @dataclass
@@ -57,6 +78,10 @@ class PromptSamplingConfig:
         point_multimask: decode point prompts with SAM's 3 candidate masks (True) or with the single
             mask output that box prompts use (False). LiteMedSAM's candidate outputs never saw medical
             training; its single output did.
+        neighbour: chance that a view whose objects all have a neighbour-slice mask is prompted from the
+            neighbour (module docstring) instead of by ``mix``; 0 (the default) never does.
+        neighbour_prompt: what the neighbour gives, one of ``volume.NEIGHBOUR_PROMPTS``.
+        neighbour_margin: the neighbour box's margin (``volume.box_from_mask``), as propagation uses it.
     """
 
     mix: dict
@@ -66,6 +91,9 @@ class PromptSamplingConfig:
     neg_prob: float = 0.5
     centroid_prob: float = 0.5
     point_multimask: bool = True
+    neighbour: float = 0.0
+    neighbour_prompt: str = "box+mask+point"
+    neighbour_margin: float = 0.1
 
     def __post_init__(self):
         unknown = set(self.mix) - set(MODES)
@@ -75,6 +103,12 @@ class PromptSamplingConfig:
             raise ValueError("train.prompts.mix: at least one mode needs a positive weight.")
         if self.max_pos_points < 1 or self.max_neg_points < 0:
             raise ValueError("train.prompts: max_pos_points >= 1 and max_neg_points >= 0 are required.")
+        if not 0.0 <= float(self.neighbour) <= 1.0:
+            raise ValueError(f"train.prompts.neighbour={self.neighbour}: a probability in [0, 1] is required.")
+        try:
+            check_neighbour_prompt(self.neighbour_prompt)
+        except InputError as exc:
+            raise ValueError(f"train.prompts.neighbour_prompt: {exc}") from None
 
 
 def jitter_box(box: np.ndarray, frac: float, rng: np.random.Generator, limit: int) -> np.ndarray:
@@ -94,6 +128,32 @@ class PromptSampler:
         names = [m for m in MODES if float(config.mix.get(m, 0)) > 0]
         weights = np.array([float(config.mix[m]) for m in names])
         self._modes, self._probs = names, weights / weights.sum()
+
+    def sample_view(self, view, rng: np.random.Generator) -> PromptBatch:
+        """Prompts for the objects of an ``AdaptView``: from a neighbour slice (sometimes, when it has one)
+        or by :meth:`sample`. Views without neighbours draw nothing extra, so their prompts do not change."""
+        neighbours = getattr(view, "neighbours", None) or {}
+        if (self.config.neighbour > 0 and view.names and all(neighbours.get(n) for n in view.names)
+                and rng.random() < self.config.neighbour):
+            picks = [neighbours[n][int(rng.integers(len(neighbours[n])))] for n in view.names]
+            return self.neighbour_batch(picks, view.original_hw, int(view.masks.shape[-1]))
+        return self.sample(view.masks.numpy(), rng)
+
+    def neighbour_batch(self, neighbour_masks, original_hw: tuple, size: int) -> PromptBatch:
+        """Propagation's prompts from one ``(H, W)`` neighbour mask per object, in the network frame."""
+        cfg = self.config
+        kind = cfg.neighbour_prompt
+        boxes = np.stack([box_from_mask(np.asarray(m, bool), cfg.neighbour_margin) for m in neighbour_masks])
+        batch = PromptBatch(NEIGHBOUR, boxes=torch.from_numpy(scale_boxes(boxes, original_hw, size)),
+                            point_multimask=cfg.point_multimask)
+        extras = [neighbour_prompt(np.asarray(m, bool), kind) for m in neighbour_masks]
+        if "point" in kind:
+            pts = np.stack([e["points"] for e in extras])  # (P, 1, 2)
+            batch.points = torch.from_numpy(scale_coords(pts, original_hw, size).astype(np.float32))
+            batch.labels = torch.from_numpy(np.stack([e["point_labels"] for e in extras]))
+        if "mask" in kind:
+            batch.mask_prompts = np.stack([e["mask"] for e in extras])
+        return batch
 
     def sample(self, masks: np.ndarray, rng: np.random.Generator) -> PromptBatch:
         """Prompts for ``masks`` ``(P, S, S)`` (each non-empty)."""

@@ -116,6 +116,10 @@ class QLoRAMiniSAM(nn.Module):
     def decode(self, embedding: torch.Tensor, prompts, mask_input=None):
         dev = self.backend.device
         to = (lambda t: None if t is None else t.to(dev))
+        if mask_input is None and getattr(prompts, "mask_prompts", None) is not None:
+            # the decoder's low-res grid is 4x the embedding's (as MiniSamPredictor.mask_prompt)
+            low = tuple(4 * s for s in embedding.shape[-2:])
+            mask_input = prompts.mask_input(self.backend.spec.image_size, low).to(dev)
         return self.backend.decode(embedding.to(dev), points=to(prompts.points), labels=to(prompts.labels),
                                    boxes=to(prompts.boxes), mask_input=mask_input,
                                    multimask=prompts.multimask)

@@ -27,11 +27,14 @@ class AnnotatedSlice:
         image: ``(H, W)`` or ``(H, W, 3)`` pixels, any numeric dtype.
         objects: object name (class name or label id) -> ``(H, W)`` bool mask, each non-empty.
         source: a readable name (``dataset/image``, ``scan.tif#z12``) for logs and metadata.
+        neighbours: object name -> ``(H, W)`` bool masks of the same object on the adjacent slices of its
+            volume (for neighbour prompts, ``PromptSamplingConfig.neighbour``); empty for a lone slice.
     """
 
     image: np.ndarray
     objects: dict
     source: str
+    neighbours: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class AdaptView:
         source: the slice's source (+ ``#augN`` for augmented copies).
         embedding: the frozen encoder's output, when cached.
         original: the untouched :class:`AnnotatedSlice` (validation scores masks at the original resolution).
+        neighbours: object name -> adjacent-slice masks at the original resolution, moved with this view.
     """
 
     pixels: torch.Tensor
@@ -57,6 +61,7 @@ class AdaptView:
     input_hw: tuple
     embedding: torch.Tensor | None = None
     original: object = field(default=None, repr=False)
+    neighbours: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -72,7 +77,8 @@ class AugmentConfig:
     hflip: bool = False           # off by default: left/right carries anatomy (heart, liver sides)
 
 
-def make_view(image: np.ndarray, objects: dict, spec, intensity: str, source: str, original=None) -> AdaptView | None:
+def make_view(image: np.ndarray, objects: dict, spec, intensity: str, source: str, original=None,
+              neighbours: dict | None = None) -> AdaptView | None:
     """Preprocess one slice and map its masks into the network frame (``None`` if no object survives)."""
     pixels, original_hw, input_hw = prepare_image(image, spec, intensity)
     size = spec.image_size
@@ -85,13 +91,19 @@ def make_view(image: np.ndarray, objects: dict, spec, intensity: str, source: st
         return None
     valid = torch.zeros(size, size, dtype=torch.bool)
     valid[: input_hw[0], : input_hw[1]] = True
-    return AdaptView(pixels, masks[keep], valid, [names[i] for i in keep], source, tuple(original_hw),
-                     tuple(input_hw), original=original)
+    kept = [names[i] for i in keep]
+    near = {n: list((neighbours or {})[n]) for n in kept if (neighbours or {}).get(n)}
+    return AdaptView(pixels, masks[keep], valid, kept, source, tuple(original_hw),
+                     tuple(input_hw), original=original, neighbours=near)
 
 
 def augment(image: np.ndarray, objects: dict, rng: np.random.Generator, cfg: AugmentConfig,
-            min_pixels: int) -> tuple[np.ndarray, dict]:
-    """A randomly moved and re-contrasted copy of a slice and its masks (same size)."""
+            min_pixels: int, neighbours: dict | None = None):
+    """A randomly moved and re-contrasted copy of a slice and its masks (same size).
+
+    With ``neighbours`` (object name -> adjacent-slice masks) it returns ``(image, objects, neighbours)``,
+    the neighbour masks moved the same way (a prompt from them must fit the moved slice).
+    """
     img = torch.from_numpy(np.asarray(image, dtype=np.float32))
     grey = img.ndim == 2
     img = img[None, None] if grey else img.permute(2, 0, 1)[None]
@@ -110,13 +122,23 @@ def augment(image: np.ndarray, objects: dict, rng: np.random.Generator, cfg: Aug
     gamma = rng.uniform(1 - cfg.gamma, 1 + cfg.gamma)
     out = (unit ** gamma) * (hi - lo) + lo
     out = out[0, 0] if grey else out[0].permute(1, 2, 0)
+    def move(mask):
+        m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
+        return (F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0] > 0.5).numpy()
+
     new_objects = {}
     for name, mask in objects.items():
-        m = torch.from_numpy(mask.astype(np.float32))[None, None]
-        moved_m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0] > 0.5
+        moved_m = move(mask)
         if int(moved_m.sum()) >= min_pixels:
-            new_objects[name] = moved_m.numpy()
-    return out.numpy(), new_objects
+            new_objects[name] = moved_m
+    if neighbours is None:
+        return out.numpy(), new_objects
+    new_neighbours = {}
+    for name, masks in neighbours.items():
+        moved_n = [mv for mv in (move(m) for m in masks) if mv.any()]
+        if name in new_objects and moved_n:
+            new_neighbours[name] = moved_n
+    return out.numpy(), new_objects, new_neighbours
 
 
 def build_views(slices: list[AnnotatedSlice], spec, intensity: str, aug: AugmentConfig, rng: np.random.Generator,
@@ -126,14 +148,19 @@ def build_views(slices: list[AnnotatedSlice], spec, intensity: str, aug: Augment
     copies = max(1, int(aug.views_per_image)) if (augmented and aug.enabled) else 1
     for sl in slices:
         for k in range(copies):
+            near = getattr(sl, "neighbours", None) or {}
             if k == 0:
                 image, objects, name = sl.image, sl.objects, sl.source
+            elif near:
+                image, objects, near = augment(sl.image, sl.objects, rng, aug, min_pixels, near)
+                name = f"{sl.source}#aug{k}"
             else:
                 image, objects = augment(sl.image, sl.objects, rng, aug, min_pixels)
                 name = f"{sl.source}#aug{k}"
-                if not objects:
-                    continue
-            view = make_view(image, objects, spec, intensity, name, original=sl if k == 0 else None)
+            if not objects:
+                continue
+            view = make_view(image, objects, spec, intensity, name, original=sl if k == 0 else None,
+                             neighbours=near)
             if view is not None:
                 views.append(view)
     return views
