@@ -8,10 +8,10 @@ from it (``volume.propagate`` with the stack, so every stop rule applies) and ea
 * **Dice (all)**: mean over those and every slice the propagation wrongly continued into (a leak scores 0);
 * **leaks**: slices given a mask where the ground truth has none; **lost**: object slices left empty.
 
-Variants: the neighbour prompt (``box``: today's, box of the neighbour mask + 10 %; ``+mask``: that mask as
+Variants: the neighbour prompt (``box``: the generic ``volume.propagate``'s, box of the neighbour mask + 10 %; ``+mask``: that mask as
 ``mask_input``; ``+point``: a click at its most interior pixel), the opt-in fade stop rule, and the opt-in
 trim of each written mask to the committed object's intensity range (``propagate(trim=True)``), on
-LiteMedSAM fp32 without adapter (today's recipe) and on the NF4 base with the shipped adapter of the modality
+LiteMedSAM fp32 without adapter and on the NF4 base with the shipped adapter of the modality
 (``ct`` / ``mri``). The default is chosen on the volumes outside the test split (lung1, brain1: their slices
 are ``adapt_train`` in ``splits.json``); lung2 and brain2 (``test``) are reported once. Note that the shipped
 CT adapter was trained on a few slices of lung1, so its figures there are optimistic (the MRI adapter saw
@@ -26,7 +26,7 @@ in the propagation rows.
 
 ``sample`` is the plugin's bundled chest CT (``lung_ct_volume``, a crop of lung2 around the tumour), committed
 as a user of the widget would: the model's mask of the reference box on the middle tumour slice (scored like
-any other slice), then the default prompt with today's rules and with the fade rule; it checks whether the
+any other slice), then the default prompt with the default stop rules and with the fade rule; it checks whether the
 propagation shown in docs/images/plugin_propagation.png leaks.
 
     python benchmarks/propagation_quality.py            # prints the table, writes docs/plugin.md's section
@@ -161,8 +161,8 @@ def default_prompt() -> str:
 
 
 def is_default(r: dict, trim: bool = False) -> bool:
-    """The session's and widget's recipe: default neighbour prompt, today's stop rules (``trim``: with trim)."""
-    return r["prompt"] == default_prompt() and r["rules"] == "today's" and bool(r.get("trim")) == trim
+    """The session's and widget's recipe: default neighbour prompt, default stop rules (``trim``: with trim)."""
+    return r["prompt"] == default_prompt() and r["rules"] == "default" and bool(r.get("trim")) == trim
 
 
 def summary(rows: list[dict]) -> str:
@@ -196,7 +196,7 @@ def table(rows: list[dict]) -> str:
 
 
 def report(rows: list[dict]) -> str:
-    return (f"Dice (object) per volume and model (*default*: {default_prompt()}, today's stop rules):\n\n"
+    return (f"Dice (object) per volume and model (*default*: {default_prompt()}, default stop rules):\n\n"
             f"{summary(rows)}\n\nEvery run:\n\n{table(rows)}")
 
 
@@ -206,9 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["fp32", "adapter"], choices=["fp32", "adapter"])
     ap.add_argument("--prompts", nargs="+", default=list(PROMPTS))
     ap.add_argument("--fade", nargs="+", type=float, default=[0.0, FADE],
-                    help="StopRules.min_start_fraction values (0: today's rules)")
+                    help="StopRules.min_start_fraction values (0: the default rules)")
     ap.add_argument("--trim-prompts", nargs="*", default=["box", "box+mask+point"],
-                    help="neighbour prompts also run with propagate(trim=True), today's stop rules")
+                    help="neighbour prompts also run with propagate(trim=True), default stop rules")
     ap.add_argument("--no-oracles", action="store_true", help="skip the two ground-truth ceilings")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "propagation_quality.json", help="also write every row (per-slice Dice, stop reasons)")
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
                 else:
                     r = run_one(predictor, image, gt, prompt, StopRules(min_start_fraction=fade), trim=trim,
                                 start=start)
-                    rules = "today's" if fade == 0 else f"+ fade < {fade:g}"
+                    rules = "default" if fade == 0 else f"+ fade < {fade:g}"
                 split = "test (lung2 crop)" if name == SAMPLE else "test" if name in TEST else "non-test"
                 r.update(volume=name, split=split, model=label, prompt=prompt,
                          rules=rules, trim=trim, seconds=round(time.time() - t, 1))

@@ -95,7 +95,7 @@ class StopRules:
             in the committed object's intensity range (its 2nd-98th percentiles). A box prompt past the
             end of a lung tumour returns a blob of air; this is what stops it.
         min_start_fraction: the object "faded out" when its mask falls below this fraction of the committed
-            slice's area (0: off, today's default). Past a tumour that touches the chest wall the box returns
+            slice's area (0: off, the default). Past a tumour that touches the chest wall the box returns
             small blobs of soft tissue the intensity rule cannot tell apart (lung2: 190 px, 7 % of the committed
             2795 px, one slice past the tumour's last at 469 px).
     """

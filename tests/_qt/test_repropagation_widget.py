@@ -57,7 +57,7 @@ def test_repropagate_button_replaces_the_slices_beyond_in_one_undo_step(correcte
     np.testing.assert_array_equal(labels.data, before)
 
 
-def test_advanced_stop_rules_default_to_today_and_are_used(corrected_volume, qtbot):
+def test_advanced_stop_rules_start_at_the_defaults_and_are_used(corrected_volume, qtbot):
     widget, labels = corrected_volume
     options = widget.propagation.options
     assert options.advanced.isHidden()

@@ -113,12 +113,12 @@ def test_settable_stop_rules_change_where_propagation_stops():
     _, start = s.propagation_seed(1)
     default, result = run_propagation(s.propagate(start, directions=(1,)))
     tight, tight_result = run_propagation(s.propagate(start, directions=(1,), rules=StopRules(max_growth=1.5)))
-    assert len(default) > len(tight)  # today's 2.5x allows the growth, 1.5x stops it early
+    assert len(default) > len(tight)  # the default 2.5x allows the growth, 1.5x stops it early
     assert "leaked" in tight_result.stopped[1]
     vanish, vanish_result = run_propagation(s.propagate(start, directions=(1,), rules=StopRules(min_area=10_000)))
     assert vanish == [] and "vanished" in vanish_result.stopped[1]
     assert StopRules() == StopRules(min_area=20, collapse_ratio=0.25, max_growth=2.5, min_score=0.0,
-                                    min_intensity_match=0.2, min_start_fraction=0.0)  # today's: the defaults
+                                    min_intensity_match=0.2, min_start_fraction=0.0)  # the defaults
 
 
 def test_the_fade_rule_stops_where_the_object_tapers_below_a_fraction_of_the_committed_slice():
@@ -131,7 +131,7 @@ def test_the_fade_rule_stops_where_the_object_tapers_below_a_fraction_of_the_com
         return vol[z], 1.0
 
     steps, _ = run_propagation(propagate(segment, 4, vol[4], 9, directions=(1,), rules=StopRules(min_area=1)))
-    assert [s.z for s in steps] == [5, 6, 7, 8]  # today's rules follow it to the end
+    assert [s.z for s in steps] == [5, 6, 7, 8]  # the default rules follow it to the end
     steps, result = run_propagation(propagate(segment, 4, vol[4], 9, directions=(1,),
                                               rules=StopRules(min_area=1, min_start_fraction=0.2)))
     assert [s.z for s in steps] == [5, 6] and "faded out" in result.stopped[1] and "slice 7" in result.stopped[1]
@@ -147,7 +147,7 @@ def test_neighbour_prompts_reach_the_segmenter():
         return vol[z], 1.0
 
     run_propagation(propagate(segment, 2, vol[2], 5))
-    assert calls and all(c == {} for c in calls)  # today's box prompt: called as segment(z, box)
+    assert calls and all(c == {} for c in calls)  # the generic box prompt: called as segment(z, box)
     calls.clear()
     run_propagation(propagate(segment, 2, vol[2], 5, prompt="box+mask+point"))
     assert len(calls) == 4

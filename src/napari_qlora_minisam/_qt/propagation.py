@@ -3,7 +3,7 @@ into the objects layer in one undo step when it ends (or is cancelled: the slice
 
 Besides *Propagate* (both ways) the 3D group gets *Re-propagate ↑ / ↓* (from a corrected slice, one direction,
 replacing the object's slices beyond it) and an *Advanced* section: the neighbour prompt and the stop rules
-(``volume.StopRules``, today's values as defaults)."""
+(``volume.StopRules``, ``StopRules()`` as the defaults)."""
 
 from __future__ import annotations
 
