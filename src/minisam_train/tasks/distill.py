@@ -119,6 +119,7 @@ def run(cfg) -> dict:
     from ..training.accelerate_runtime import describe_process
     from ..training.checkpointing import atomic_torch_save, atomic_write_text
     from ..training.interrupts import StopOnSignal
+    from ..training.prompt_loop import PromptLoop
     from ..training.student import (StudentForDistillation, build_student_net, load_decoder_state, set_trainable,
                                     teacher_decoder_state, warm_start_encoder)
     from ..training.teacher_cache import TeacherCache, fill_cache
@@ -192,9 +193,11 @@ def run(cfg) -> dict:
         keep_checkpoints=int(t.get("keep_checkpoints", 2)), log_every=int(t.log_every), seed=int(cfg.seed),
         resume=bool(t.resume), stop_after=t.stop_after, prompts_per_slice=t.get("prompts_per_slice"),
         num_workers=int(t.num_workers), progress=progress)
+    rounds = int(t.get("loop_rounds") or 0)
+    prompt_loop = PromptLoop(student, torch.load(decoder_file, weights_only=True), rounds) if rounds else None
     with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint it, stop
         result = train_student(accelerator, StudentForDistillation(student), samples, settings, out / "checkpoints",
-                               should_stop=stop)
+                               should_stop=stop, prompt_loop=prompt_loop)
 
     # 4. the output: a plain save_pretrained folder (config.json + model.safetensors)
     summary = {
@@ -209,7 +212,7 @@ def run(cfg) -> dict:
         "cache_read_seconds_per_slice": result["cache_read_seconds"] / max(1, result["cache_reads"]),
         "cache_reads": result["cache_reads"], "peak_gpu_memory_bytes": result["peak_gpu_memory_bytes"],
         "teacher_pass_peak_gpu_memory_bytes": teacher_peak,
-        "num_workers": settings.num_workers,
+        "num_workers": settings.num_workers, "loop_rounds": rounds,
         "steps": result["step"], "steps_planned": steps, "steps_per_epoch": steps_per_epoch,
         "resumed_from_step": result["resumed_from"], "stopped_early": result["stopped_early"],
         "interrupted": result["interrupted"],

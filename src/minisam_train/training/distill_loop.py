@@ -27,6 +27,7 @@ from accelerate.tracking import GeneralTracker
 from napari_qlora_minisam.transforms import PreprocessSpec, prepare_image, scale_boxes
 
 from .distill_losses import distillation_loss
+from .prompt_loop import LoopInputs
 from .run_log import write_csv
 
 
@@ -190,12 +191,13 @@ def _stop_requested(accelerator, should_stop) -> bool:
 
 
 def train_student(accelerator, model, samples: DistillSamples, settings: LoopSettings, checkpoint_dir,
-                  should_stop=None) -> dict:
+                  should_stop=None, prompt_loop=None) -> dict:
     """Optimise ``model`` (a :class:`~.student.StudentForDistillation`) on ``samples``.
 
     Args:
         should_stop: a zero-argument callable polled before every step (e.g. a ``StopOnSignal``); once it
             returns True the loop writes a checkpoint at the current step and stops (``interrupted``).
+        prompt_loop: a :class:`~.prompt_loop.PromptLoop` (EdgeSAM's corrective clicks), or None.
 
     Returns:
         ``{"history": [logged rows], "step": final step, "resumed_from": step or 0, "stopped_early": bool,
@@ -229,6 +231,8 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
     epochs_seen = set()
     plan = PlannedBatches(len(samples), per_epoch, settings.batch_size, settings.seed, micro, rank, world)
     cuda = accelerator.device.type == "cuda"
+    if prompt_loop is not None:
+        prompt_loop.to(accelerator.device)
     batches = _batches(samples, plan, settings.num_workers, cuda)
     reads, read_seconds = 0, 0.0
     if cuda:
@@ -252,7 +256,14 @@ def train_student(accelerator, model, samples: DistillSamples, settings: LoopSet
             sync = k == settings.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
             with ctx, accelerator.autocast():
-                s_emb, s_logits = model(batch["pixels"], batch["boxes"])
+                if prompt_loop is None:
+                    s_emb, s_logits = model(batch["pixels"], batch["boxes"])
+                else:
+                    # seeded by the micro-batch, so a resumed run samples the clicks an uninterrupted one does
+                    clicks = torch.Generator().manual_seed(settings.seed * 1_000_003 + micro * world + rank)
+                    s_emb, s_logits, t_extra = model(batch["pixels"], batch["boxes"], LoopInputs(
+                        prompt_loop, batch["teacher_embedding"], batch["teacher_logits"], clicks))
+                    batch["teacher_logits"] = [torch.cat([t, e]) for t, e in zip(batch["teacher_logits"], t_extra)]
                 loss, parts = distillation_loss(s_emb, batch["teacher_embedding"], s_logits,
                                                 batch["teacher_logits"], settings.alpha, settings.temperature)
                 accelerator.backward(loss / settings.grad_accum)

@@ -197,11 +197,18 @@ class StudentForDistillation(torch.nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, pixels, boxes):
+    def forward(self, pixels, boxes, loop=None):
+        """``loop``: a :class:`~.prompt_loop.LoopInputs`; then the logits of its corrective prompts follow each
+        slice's box logits, and the teacher's logits for them come back as a third value (inside one forward,
+        so DDP sees every decoder call)."""
         # Not get_image_embeddings(): transformers runs it under no_grad, the encoder would never learn.
         emb = self.student.vision_encoder(pixels)[0]
         logits = []
         for i, b in enumerate(boxes):
             out = self.student(image_embeddings=emb[i: i + 1], input_boxes=b[None], multimask_output=False)
             logits.append(out.pred_masks[0])
-        return emb, logits
+        if loop is None:
+            return emb, logits
+        s_extra, t_extra = loop.prompts.extra_masks(self.student, emb, boxes, logits, loop.teacher_embedding,
+                                                    loop.teacher_logits, loop.generator)
+        return emb, [torch.cat([a, b]) for a, b in zip(logits, s_extra)], t_extra
