@@ -163,6 +163,13 @@ def test_model_and_adapter_switches_keep_committed_labels(open_widget, qtbot, tm
     widget.models.refresh_adapters()
     names = [widget.ui.adapter.itemText(i) for i in range(widget.ui.adapter.count())]
     assert names[0] == "none" and any(good.name in n for n in names)
+    assert not any(n.startswith("tiny_hf_sam") for n in names)  # only the loaded base's adapters are listed
+    # one made for another base that gets listed anyway (e.g. a stale list) is refused, the active one kept
+    from napari_qlora_minisam.adapters import list_adapters
+
+    other = next(e for e in list_adapters() if e.path.name.startswith("tiny_hf_sam"))
+    widget.ui.adapter.addItem("tiny_hf_sam-tiny (test)", other)
+    names = [widget.ui.adapter.itemText(i) for i in range(widget.ui.adapter.count())]
     widget.ui.adapter.setCurrentIndex(next(i for i, n in enumerate(names) if n.startswith(good.name)))
     wait_idle(qtbot, widget)
     assert widget.model is base and widget.model.active_adapter == good.name  # base not reloaded
@@ -187,6 +194,8 @@ def test_model_and_adapter_switches_keep_committed_labels(open_widget, qtbot, tm
     widget.load_model("tiny_hf_sam")
     wait_idle(qtbot, widget, MODEL_TIMEOUT_MS)
     assert widget.model.source == "tiny_hf_sam"
+    names = [widget.ui.adapter.itemText(i) for i in range(widget.ui.adapter.count())]
+    assert any(n.startswith("tiny_hf_sam") for n in names) and not any(good.name in n for n in names)
     assert "does not exist" not in widget.message  # the model error is gone once a model loads
     np.testing.assert_array_equal(widget.layers["objects"].data, committed)
     draw_boxes(qtbot, widget, tight_box(reference.data == 3))

@@ -78,7 +78,7 @@ class ModelControl(QObject):
         backend, warning = result
         self.engine = SegmentationEngine(backend, cache=SHARED_CACHE, store=default_store())  # on disk too
         self._apply_decoder_precision()
-        self.show_in_use()
+        self.refresh_adapters()  # the new base's adapters (and show_in_use)
         text = f"Model {backend.name} ready ({backend.num_parameters() / 1e6:.1f} M parameters)"
         if backend.active_adapter:
             text += f", adapter {backend.active_adapter}"
@@ -119,8 +119,11 @@ class ModelControl(QObject):
         combo.blockSignals(True)
         combo.clear()
         combo.addItem(NO_ADAPTER, None)
+        backend = self.backend
         for entry in list_adapters():
-            combo.addItem(f"{entry.name} ({entry.modality})", entry)
+            # an adapter loads only onto the base it was trained on: list the loaded base's own
+            if backend is None or entry.metadata.get("base_identity") == backend.identity:
+                combo.addItem(f"{entry.name} ({entry.modality})", entry)
         combo.blockSignals(False)
         self.show_in_use()
 
