@@ -93,7 +93,7 @@ def cost_table(out: Path) -> list[str]:
 def eval_tables(by_mod, by_class) -> list[str]:
     if by_mod is None:
         return ["(eval missing)"]
-    models = [m for m in MODELS if any(k[0] == m for k in by_mod)]
+    models = [m for m in _models(by_mod)]
     lines = []
     for sel in ("deployable", "oracle"):
         head = ["modality", "prompt"] + [f"Dice {m}" for m in models]
@@ -118,12 +118,12 @@ def eval_tables(by_mod, by_class) -> list[str]:
     return lines
 
 
-def scores_for(by_mod, adapter_model: str) -> dict:
+def scores_for(by_mod, adapter_model: str, base: str = "litemedsam") -> dict:
     """What the adapter scored (on the NF4 base it was trained on, and on the fp32 base the plugin loads by
     default) and the zero-shot references, per modality / prompt / selection."""
     out = {}
     fp32_model = adapter_model.replace("nf4 + ", "fp32 + ")
-    names = {"litemedsam": "zero_shot_fp32", "nf4 adapters off": "zero_shot_nf4", adapter_model: "adapter",
+    names = {base: "zero_shot_fp32", "nf4 adapters off": "zero_shot_nf4", adapter_model: "adapter",
              fp32_model: "adapter_on_fp32_base"}
     for (m, p, sel, mod), v in sorted(by_mod.items()):
         if m in names:
@@ -133,6 +133,13 @@ def scores_for(by_mod, adapter_model: str) -> dict:
                       "class-mean Dice per modality", "dice": out}
 
 
+def _models(by_mod) -> list[str]:
+    """The evaluated models in MODELS order; the zero-shot base under its own name (litemedsam, minisam...)."""
+    names = {k[0] for k in by_mod}
+    base = [m for m in names if m not in MODELS[1:]]
+    return base + [m for m in MODELS[1:] if m in names]
+
+
 def plot_eval(by_mod, path: Path) -> None:
     import matplotlib
 
@@ -140,7 +147,7 @@ def plot_eval(by_mod, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    models = [m for m in MODELS if any(k[0] == m for k in by_mod)]
+    models = _models(by_mod)
     mods = sorted({k[3] for k in by_mod})
     prompts = [p for p in PROMPTS if any(k[1] == p for k in by_mod)]
     fig, axes = plt.subplots(1, len(mods), figsize=(4.2 * len(mods), 3.4), sharey=True, squeeze=False)
@@ -163,16 +170,19 @@ def plot_eval(by_mod, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
+    ap.add_argument("--base", default="litemedsam", help="the base the adapters were trained on (its eval name)")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "adapters.md", help="doc with the result markers")
+    ap.add_argument("--image-prefix", default="adapt_", help="file-name prefix of the figures in docs/images")
     args = ap.parse_args(argv)
     out = args.out
     images = REPO / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
     for mod in ("mri", "ct"):
         if (out / mod / "curves.png").exists():
-            shutil.copy(out / mod / "curves.png", images / f"adapt_curves_{mod}.png")
+            shutil.copy(out / mod / "curves.png", images / f"{args.image_prefix}curves_{mod}.png")
     by_mod, by_class = eval_means(out)
     if by_mod:
-        plot_eval(by_mod, images / "adapt_eval_dice.png")
+        plot_eval(by_mod, images / f"{args.image_prefix}eval_dice.png")
     log = (out / "experiment.log").read_text() if (out / "experiment.log").exists() else ""
     report = ["### Training runs", "", *training_table(out), "", "### Training cost: full fine-tuning vs QLoRA", "",
               *cost_table(out), "", "### Test-split Dice (`minisam-train eval`, one run)", "",
@@ -180,14 +190,14 @@ def main(argv=None) -> int:
               log.strip(), "```"]
     text = "\n".join(report) + "\n"
     (out / "report.md").write_text(text)
-    doc = REPO / "docs" / "adapters.md"
+    doc = args.doc
     if doc.exists() and START in doc.read_text():
         doc_sections.write_section(doc, text, START, END)
     for mod, model in (("ct", "nf4 + CT adapter"), ("mri", "nf4 + MRI adapter")):
         meta_path = out / "adapters" / mod / "minisam_adapter.json"
         if by_mod and meta_path.exists():
             meta = json.loads(meta_path.read_text())
-            meta["scores"] = scores_for(by_mod, model)
+            meta["scores"] = scores_for(by_mod, model, args.base)
             meta_path.write_text(json.dumps(meta, indent=2, default=str))
     print(text)
     return 0

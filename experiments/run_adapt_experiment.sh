@@ -11,9 +11,13 @@
 #      adapters copied into src/napari_qlora_minisam/pretrained_adapters/{ct,mri}.
 # Usage: bash experiments/run_adapt_experiment.sh [OUT=runs/adapt_experiment]   (run from the repo root)
 # Stages can be skipped (SKIP_TRAIN=1, SKIP_COST=1, SKIP_EVAL=1) to run them in another order.
+# Another base: BASE=minisam NAME_PREFIX=minisam- REPORT_ARGS="--base minisam --doc docs/minisam.md
+# --image-prefix minisam_adapt_" (the adapters are then named minisam-ct / minisam-mri).
 set -euo pipefail
 OUT=${1:-runs/adapt_experiment}
 DATA=../shared/data
+BASE=${BASE:-litemedsam}
+P=${NAME_PREFIX:-}
 mkdir -p "$OUT"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/experiment.log"; echo "load: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/experiment.log"; }
 
@@ -25,7 +29,7 @@ COMMON=(train.lora.parts=[decoder] "train.lora.target_modules=[q_proj,k_proj,v_p
         train.lr=${LR:-1e-3} train.batch_size=2 train.steps=${STEPS:-400} train.max_minutes=${MAX_MIN:-10}
         train.warmup_steps=10 train.val_every=25 train.checkpoint_every=50 train.early_stopping.patience=6
         "train.prompts.mix={box: 0.35, points: 0.45, box_points: 0.2}" train.prompts.point_multimask=false
-        data.augment.views_per_image=${VIEWS:-3} logging.progress=false seed=0)
+        data.augment.views_per_image=${VIEWS:-3} logging.progress=false seed=0 base=$BASE)
 # CT also gets LoRA (r=4, to stay under 1 % of the parameters) in the encoder's attention (`qkv`): NF4 costs
 # CT box Dice 6 points in the *encoder* (the pancreatic mass most), which a decoder-only adapter cannot undo.
 # No embedding cache then, so a step costs ~4.4 s instead of ~0.5 s; 130 steps fit the 10 minutes.
@@ -35,10 +39,10 @@ CT_EXTRA=("train.lora.parts=[encoder,decoder]" "train.lora.target_modules=[qkv,q
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   log "adapt mri"
   minisam-train adapt --modality mri "data.datasets=[22_Heart]" "${COMMON[@]}" \
-      output_dir="$OUT/mri" adapter.out_dir="$OUT/adapters/mri" 2>&1 | grep -v Warning | tee "$OUT/adapt_mri.log"
+      output_dir="$OUT/mri" adapter.out_dir="$OUT/adapters/mri" adapter.name=${P}mri 2>&1 | grep -v Warning | tee "$OUT/adapt_mri.log"
   log "adapt ct"
   minisam-train adapt --modality ct "${COMMON[@]}" "${CT_EXTRA[@]}" \
-      output_dir="$OUT/ct" adapter.out_dir="$OUT/adapters/ct" 2>&1 | grep -v Warning | tee "$OUT/adapt_ct.log"
+      output_dir="$OUT/ct" adapter.out_dir="$OUT/adapters/ct" adapter.name=${P}ct 2>&1 | grep -v Warning | tee "$OUT/adapt_ct.log"
 fi
 
 if [ "${SKIP_COST:-0}" != 1 ]; then
@@ -61,9 +65,9 @@ if [ "${SKIP_EVAL:-0}" != 1 ]; then
   CT="$OUT/adapters/ct"; MRI="$OUT/adapters/mri"
   minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" data.split_file=$DATA/splits.json \
       data.split_key=test "prompts=[${PROMPTS:-box,point1}]" plots=false device=cpu output_dir="$OUT/eval" \
-      "models=[litemedsam,{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: null, name: nf4 adapters off},{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: ct, name: nf4 + CT adapter},{source: litemedsam, quantize: nf4, adapters: [$CT, $MRI], adapter: mri, name: nf4 + MRI adapter},{source: litemedsam, adapters: [$CT, $MRI], adapter: ct, name: fp32 + CT adapter},{source: litemedsam, adapters: [$CT, $MRI], adapter: mri, name: fp32 + MRI adapter}]" \
+      "models=[{source: $BASE, name: $BASE},{source: $BASE, quantize: nf4, adapters: [$CT, $MRI], adapter: null, name: nf4 adapters off},{source: $BASE, quantize: nf4, adapters: [$CT, $MRI], adapter: ${P}ct, name: nf4 + CT adapter},{source: $BASE, quantize: nf4, adapters: [$CT, $MRI], adapter: ${P}mri, name: nf4 + MRI adapter},{source: $BASE, adapters: [$CT, $MRI], adapter: ${P}ct, name: fp32 + CT adapter},{source: $BASE, adapters: [$CT, $MRI], adapter: ${P}mri, name: fp32 + MRI adapter}]" \
       2>&1 | grep -v Warning | tail -5
 fi
 log "report"
-python experiments/adapt_report.py "$OUT"
+python experiments/adapt_report.py "$OUT" ${REPORT_ARGS:-}
 log "done"

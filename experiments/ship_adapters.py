@@ -52,12 +52,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="the experiment folder (holds adapters/<modality>/)")
     ap.add_argument("--modalities", nargs="+", default=["ct", "mri"])
+    ap.add_argument("--prefix", default="", help="folder-name prefix in the package (minisam- for MiniSAM's)")
     args = ap.parse_args(argv)
     for mod in args.modalities:
         check(args.out / "adapters" / mod)
     for mod in args.modalities:
-        ship(args.out / "adapters" / mod, PACKAGE_ADAPTERS / mod)
-        print(f"shipped {args.out / 'adapters' / mod} -> {PACKAGE_ADAPTERS / mod}")
+        dst = PACKAGE_ADAPTERS / f"{args.prefix}{mod}"
+        ship(args.out / "adapters" / mod, dst)
+        print(f"shipped {args.out / 'adapters' / mod} -> {dst}")
     return 0
 
 
