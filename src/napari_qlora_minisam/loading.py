@@ -34,7 +34,8 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
     """Load a SAM-family model behind the common :class:`~.models.SamBackend` interface.
 
     Args:
-        source: ``"litemedsam"`` (bundled, offline default); an HF hub id (``facebook/sam-vit-base``) or a
+        source: ``"litemedsam"`` (bundled, offline default); ``"minisam"`` (our distilled student, shipped
+            inside the package; docs/minisam.md); an HF hub id (``facebook/sam-vit-base``) or a
             local directory written by ``save_pretrained``; an original segment-anything / MedSAM ``.pth``
             checkpoint; or a named random spec (``tiny_hf_sam``, ``random_vit_b``, ``random_student_256``...:
             every one is named ``random_*`` or ``tiny_*``, and building one warns with
@@ -48,15 +49,17 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
         ModelLoadError: the source is unknown, missing, corrupt or of the wrong kind.
         AdapterError: an adapter is malformed or was made for another base.
     """
-    from .models.registry import HF_SPECS, available_sources, renamed_spec_message
+    from .models.registry import HF_SPECS, available_sources, named_model, renamed_spec_message
 
     quantize = check_quantize(quantize)
     dev = resolve_device(device)
     src = str(source).strip()
     path = Path(src).expanduser()
 
-    if src.lower() in ("litemedsam", "lite_medsam", "lite-medsam"):
+    if named_model(src) == "litemedsam":
         backend = _litemedsam(dev, quantize)
+    elif named_model(src) == "minisam":
+        backend = _minisam(dev, quantize)
     elif src in HF_SPECS:
         backend = _random_hf(src, dev, quantize)
     elif renamed_spec_message(src) and not path.exists():
@@ -100,6 +103,32 @@ def _litemedsam(dev, quantize):
     return backend
 
 
+# Layers MiniSAM keeps in fp32 under quantize="nf4" (patterns, as LITEMEDSAM_FP32_LAYERS; benchmarks/minisam_nf4.py).
+MINISAM_FP32_LAYERS: tuple = ()
+
+
+def minisam_dir() -> Path:
+    """The MiniSAM student's ``save_pretrained`` folder inside the installed package."""
+    return Path(__file__).parent / "pretrained_models" / "minisam"
+
+
+def _minisam(dev, quantize):
+    where = minisam_dir()
+    if not (where / "config.json").is_file() or not (where / "model.safetensors").is_file():
+        raise ModelLoadError(
+            f"The MiniSAM weights are missing from this installation ({where}); reinstall "
+            "napari-qlora-minisam, or use source='litemedsam'."
+        )
+    backend = _hf_pretrained("minisam", where, dev, None)
+    if quantize:
+        quantize_linear_layers(backend.net, dev, skip=MINISAM_FP32_LAYERS)
+        # bitsandbytes' packed AVX512-BF16 CPU kernel runs the decoder in bf16, and MiniSAM's masks do not survive
+        # it (27 of 32 box masks empty, benchmarks/minisam_nf4.py): its decoder uses the generic 4-bit kernel.
+        fix_cpu_packing(backend.net.mask_decoder, every_layer=True)
+    backend.quantization = quantize
+    return backend
+
+
 def _random_hf(name, dev, quantize):
     from .models.hf_sam import HfSamBackend
     from .models.registry import RandomWeightsWarning, build_random_hf_sam, random_weights_message
@@ -127,10 +156,12 @@ def _hf_pretrained(src, where, dev, quantize):
             "SamModel.save_pretrained (e.g. a minisam-train distill output)."
         )
     try:
-        kwargs = {}
+        # float32 whatever the stored precision: transformers would otherwise keep fp16 weights (MiniSAM ships
+        # them in fp16) in fp16, which the CPU runs slowly and the fast paths do not expect.
+        kwargs = {"dtype": torch.float32}
         if quantize:
             skip = _misaligned_for(where, dev)
-            kwargs = {"quantization_config": nf4_config(dev, skip), "device_map": {"": str(dev)}}
+            kwargs.update(quantization_config=nf4_config(dev, skip), device_map={"": str(dev)})
         net = SamModel.from_pretrained(str(where), **kwargs)
     except OSError as exc:
         raise ModelLoadError(

@@ -69,9 +69,3 @@ def test_building_a_distillation_student_does_not_warn():
         warnings.simplefilter("error", RandomWeightsWarning)
         net = build_student_net("tiny_hf_sam_small")
     assert net.training
-
-
-def test_minisam_is_not_a_model_yet():
-    # The distilled student will ship under this name; until then it is unknown, with the usual help.
-    with pytest.raises(ModelLoadError, match=r"Unknown model source 'minisam'.*litemedsam"):
-        load_model("minisam", device="cpu")

@@ -108,11 +108,11 @@ class EvalOutcome:
 
 def check_model_sources(entries: Sequence[ModelEntry]) -> None:
     """Fail before any work if a source or adapter folder cannot exist (``load_model`` would fail later)."""
-    from napari_qlora_minisam.models.registry import HF_SPECS, available_sources, renamed_spec_message
+    from napari_qlora_minisam.models.registry import HF_SPECS, available_sources, named_model, renamed_spec_message
 
     for e in entries:
         src = e.source.strip()
-        known = src.lower() in ("litemedsam", "lite_medsam", "lite-medsam") or src in HF_SPECS
+        known = named_model(src) is not None or src in HF_SPECS
         if not known and renamed_spec_message(src) and not Path(src).expanduser().exists():
             raise ModelLoadError(f"Model {e.name!r}: {renamed_spec_message(src)}")
         if not (known or Path(src).expanduser().exists() or _HUB_ID.match(src)):

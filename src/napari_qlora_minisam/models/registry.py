@@ -81,6 +81,13 @@ HF_SPECS: dict[str, HfSamSpec] = {
                                            mlp_dim=512, extra={"use_rel_pos": False},
                                            description="distillation student with 2 global-attention blocks "
                                                        "(256², 64x64 grid)"),
+    # The MiniSAM shape: within 10 G multiply-accumulates per 256² forward. Two global blocks at width 128
+    # cost ~16 G (each global block is ~4.3 G of attention over 4,096 tokens); width 96 with one global
+    # block, as the last block, is ~8.6 G.
+    "random_student_256_g1": HfSamSpec(96, 6, 3, (5,), image_size=256, patch_size=4, window_size=8,
+                                       mlp_dim=384, extra={"use_rel_pos": False},
+                                       description="distillation student with 1 global-attention block, "
+                                                   "width 96 (256², 64x64 grid, <= 10 GMACs)"),
     # Tiny random models with the input size, grid and window layout of ViT-H / ViT-B (1024², 64x64, window
     # 14): the ViT-H -> ViT-B distillation recipe runs end to end on them in tests.
     "tiny_vit_h_shape": HfSamSpec(64, 4, 2, (1, 3), window_size=14, mlp_dim=128,
@@ -130,6 +137,16 @@ def build_hf_sam(spec: HfSamSpec, seed: int = 0):
     return model.eval()
 
 
+# Trained models that load by name, without a path (each name -> the aliases load_model accepts for it).
+NAMED_MODELS = {"litemedsam": ("litemedsam", "lite_medsam", "lite-medsam"), "minisam": ("minisam",)}
+
+
+def named_model(source: str) -> str | None:
+    """The trained model a source string names (``litemedsam``, ``minisam``), or ``None``."""
+    low = str(source).strip().lower()
+    return next((name for name, aliases in NAMED_MODELS.items() if low in aliases), None)
+
+
 def available_sources() -> list[str]:
     """Every named source ``load_model`` knows without a path."""
-    return ["litemedsam", *HF_SPECS, *HUB_IDS]
+    return [*NAMED_MODELS, *HF_SPECS, *HUB_IDS]

@@ -1,0 +1,137 @@
+"""docs/minisam.md figures from a MiniSAM chain folder (experiments/run_minisam_chain.sh).
+
+    python experiments/minisam_report.py runs/minisam [--chosen B_decoder_loop]
+
+Reads ``ROOT/val_eval`` and ``ROOT/test_eval`` (``per_object.csv``), measures the encoder latency of the
+teacher and of each stage interleaved in this process (each stage after the teacher, 5 rounds, medians),
+and writes the val table, the test table (per object, per class, one-click), and the plot of Dice ratio
+against encoder speed-up (``docs/images/minisam_dice_vs_speed.png``) into docs/minisam.md (section
+``minisam-results``). Only the figures of the ``test`` split of stages chosen on ``val`` belong in the
+README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
+import doc_sections  # noqa: E402 - the shared section writer
+from ship_minisam import scores  # noqa: E402 - one definition of the per-object and class means
+
+DOC = REPO / "docs" / "minisam.md"
+START, END = "<!-- minisam-results:start -->", "<!-- minisam-results:end -->"
+TEACHER = "teacher_litemedsam"
+
+
+def latencies(sources: dict, rounds: int = 5) -> dict:
+    """Encoder seconds per 256² slice, the models interleaved round by round (medians)."""
+    import torch
+
+    from napari_qlora_minisam import load_model
+
+    warnings.simplefilter("ignore")
+    models = {name: load_model(src, device="cpu") for name, src in sources.items()}
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for r in range(rounds + 1):
+            for name, backend in models.items():
+                x = torch.rand(1, 3, 256, 256)
+                t0 = time.perf_counter()
+                backend.encode(x)
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _f(x, d=3):
+    return "–" if x is None else f"{x:.{d}f}"
+
+
+def split_table(s: dict, prompts=("box", "point1")) -> list[str]:
+    models = [TEACHER] + [m for m in s if m != TEACHER]
+    head = ["model"] + [f"{p} Dice per object" for p in prompts] + [f"{p} ratio" for p in prompts] + \
+        ["box class mean", "objects"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        cells = [f"`{m}`"]
+        cells += [_f(s[m].get(p, {}).get("dice_per_object")) for p in prompts]
+        cells += [_f(s[m][p]["dice_per_object"] / s[TEACHER][p]["dice_per_object"]) if p in s[m] else "–"
+                  for p in prompts]
+        cells += [_f(s[m]["box"]["class_mean"]), str(s[m]["box"]["objects"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def class_table(s: dict) -> list[str]:
+    models = [TEACHER] + [m for m in s if m != TEACHER]
+    lines = ["| class | " + " | ".join(f"`{m}`" for m in models) + " |", "|---|" + "---|" * len(models)]
+    for c in s[TEACHER]["box"]["per_class"]:
+        lines.append(f"| {c.split('/')[-1]} | " + " | ".join(_f(s[m]["box"]["per_class"].get(c)) for m in models)
+                     + " |")
+    return lines
+
+
+def plot(test: dict, speed: dict, chosen: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for m in test:
+        x = speed[TEACHER] / speed[m]
+        y = test[m]["box"]["dice_per_object"] / test[TEACHER]["box"]["dice_per_object"]
+        ax.scatter([x], [y], s=70 if m == chosen else 40, marker="*" if m == chosen else "o",
+                   label=m + (" (chosen on val)" if m == chosen else ""))
+    ax.axhline(0.95, color="grey", ls="--", lw=0.8)
+    ax.axvline(2.5, color="grey", ls=":", lw=0.8)
+    ax.text(1.02, 0.952, "Dice target 0.95×", fontsize=7, color="grey")
+    ax.text(2.52, ax.get_ylim()[0] + 0.01, "speed target 2.5×", fontsize=7, color="grey", rotation=90)
+    ax.set_xlabel("encoder speed-up over LiteMedSAM (same run)")
+    ax.set_ylabel("box Dice ratio per object (test)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--chosen", default=None)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    val = scores(args.root / "val_eval" / "per_object.csv")
+    text = ["### Validation (choosing the stage)", "",
+            f"`val` of `conf/splits_val.json`: {val[TEACHER]['box']['objects']} objects. "
+            "Command: `bash experiments/run_minisam_chain.sh` (its val step).", "", *split_table(val), ""]
+    test_csv = args.root / "test_eval" / "per_object.csv"
+    if test_csv.exists():
+        test = scores(test_csv)
+        sources = {TEACHER: "litemedsam", **{m: str(args.root / m / "student") for m in test if m != TEACHER}}
+        speed = latencies(sources)
+        text += ["### Test (once, after the choice)", "",
+                 f"COSMOS `test` split of both roots: {test[TEACHER]['box']['objects']} objects. Command: "
+                 "`CHOSEN=... SKIP_TRAIN=1 bash experiments/run_minisam_chain.sh` (its test step); speed: "
+                 "`python experiments/minisam_report.py ROOT` (encoders interleaved in one process, 5 rounds).",
+                 "", *split_table(test), "", "Encoder seconds per 256² slice in that run: " + ", ".join(
+                     f"`{m}` {speed[m]:.3f} s" for m in speed) + ".", "",
+                 "Box Dice per class (deployable):", "", *class_table(test), "",
+                 "![Dice ratio against encoder speed-up](images/minisam_dice_vs_speed.png)", ""]
+        if not args.no_write:
+            plot(test, speed, args.chosen, REPO / "docs" / "images" / "minisam_dice_vs_speed.png")
+    out = "\n".join(text)
+    print(out)
+    if not args.no_write:
+        doc_sections.write_section(DOC, out, START, END, title="# MiniSAM")
+
+
+if __name__ == "__main__":
+    main()
