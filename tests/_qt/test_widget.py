@@ -197,6 +197,8 @@ def test_model_and_adapter_switches_keep_committed_labels(open_widget, qtbot, tm
     names = [widget.ui.adapter.itemText(i) for i in range(widget.ui.adapter.count())]
     assert any(n.startswith("tiny_hf_sam") for n in names) and not any(good.name in n for n in names)
     assert "does not exist" not in widget.message  # the model error is gone once a model loads
+    # the LiteMedSAM adapter that was active is not carried over to another model (nor complained about)
+    assert widget.model.active_adapter is None and "without its adapter" not in widget.message
     np.testing.assert_array_equal(widget.layers["objects"].data, committed)
     draw_boxes(qtbot, widget, tight_box(reference.data == 3))
     assert widget.preview is not None

@@ -65,7 +65,8 @@ class ModelControl(QObject):
         backend = self.backend
         active = None if backend is None else backend.active_adapter
         path = None if active is None else backend.adapter_info.get(active, {}).get("_path")
-        adapter = None if path is None else (path, active)  # kept across a 4-bit or device reload
+        # kept across a 4-bit or device reload of the same model; another model has adapters of its own
+        adapter = None if path is None or source != backend.source else (path, active)
         self.busy = True
         self.ui.load.setEnabled(False)
         workers.start(tasks.load_model_task, source, "nf4" if self.ui.quantize.isChecked() else None,
