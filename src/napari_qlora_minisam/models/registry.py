@@ -83,7 +83,7 @@ HF_SPECS: dict[str, HfSamSpec] = {
                                                        "(256², 64x64 grid)"),
     # The MiniSAM shape: within 10 G multiply-accumulates per 256² forward. Two global blocks at width 128
     # cost ~16 G (each global block is ~4.3 G of attention over 4,096 tokens); width 96 with one global
-    # block, as the last block, is ~8.6 G.
+    # block, as the last block, is 8.7 G (benchmarks/model_flops.py).
     "random_student_256_g1": HfSamSpec(96, 6, 3, (5,), image_size=256, patch_size=4, window_size=8,
                                        mlp_dim=384, extra={"use_rel_pos": False},
                                        description="distillation student with 1 global-attention block, "
