@@ -106,7 +106,8 @@ class ModelControl(QObject):
             self.load(path)
 
     def _apply_decoder_precision(self, announce: bool = False) -> None:
-        """Backends with a bf16 fast decoder (LiteMedSAM) follow the checkbox; others ignore it."""
+        """Backends whose decoder runs the fast path (LiteMedSAM, fp32 HF SAMs such as MiniSAM) follow the
+        checkbox; NF4 bases and half-precision HF models ignore it."""
         backend = self.backend
         if backend is None or not hasattr(backend, "decoder_precision"):
             return

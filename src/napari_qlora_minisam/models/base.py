@@ -41,6 +41,9 @@ class SamBackend:
         self.active_adapter: str | None = None
         self.trainable_adapters: set[str] = set()  # made here by add_lora (loaded ones stay frozen)
         self.identity = fingerprint(self.fingerprint_tensors())
+        self.fast_paths = True  # False: always run the network's own modules (the reference path)
+        self.decoder_precision = "fp32"  # or "bf16" (opt-in, full-precision bases only)
+        self._fast_decoder: tuple | None = None  # (modules it was bound to, FastSamDecoder or None)
 
     # -- to implement -------------------------------------------------------------------------------
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -79,7 +82,47 @@ class SamBackend:
     def mask_decoder(self) -> nn.Module:
         raise NotImplementedError
 
+    def _decoder_modules(self) -> tuple:
+        """The modules a fast decoder is bound to (a merge or a new network replaces them)."""
+        return ()
+
+    def _sam_layout(self) -> tuple | None:
+        """``(prompt_encoder, mask_decoder)`` under segment-anything's names, or None: no fast decoder."""
+        return None
+
     # -- shared -------------------------------------------------------------------------------------
+    def _use_fast(self) -> bool:
+        # Training needs autograd through every op and may update weights between calls: reference path.
+        return self.fast_paths and not torch.is_grad_enabled() and not self.net.training
+
+    def fast_decoder(self):
+        """The decoder's inference path (``models/fast_decoder.py``) bound to the current modules, or None."""
+        from .fast_decoder import FastSamDecoder
+
+        key = (id(self.net),) + tuple(id(m) for m in self._decoder_modules())
+        if self._fast_decoder is None or self._fast_decoder[0] != key:
+            layout = self._sam_layout()
+            fd = FastSamDecoder(*layout) if layout is not None and FastSamDecoder.supports(*layout) else None
+            self._fast_decoder = (key, fd)
+        return self._fast_decoder[1]
+
+    def fast_decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True,
+                    window=None):
+        """:meth:`decode` through the fast decoder, or None where only the modules can run (gradients,
+        training mode, ``fast_paths=False``, a decoder of another structure)."""
+        if not self._use_fast():
+            return None
+        fd = self.fast_decoder()
+        if fd is None:
+            return None
+        if self.decoder_precision not in ("fp32", "bf16"):
+            raise ValueError(f"decoder_precision must be 'fp32' or 'bf16', not {self.decoder_precision!r}")
+        if self.decoder_precision == "bf16" and not self.quantization:
+            with torch.autocast(embeddings.device.type, dtype=torch.bfloat16):
+                masks, iou = fd(embeddings, points, labels, boxes, mask_input, multimask, window)
+            return masks.float(), iou.float()
+        return fd(embeddings, points, labels, boxes, mask_input, multimask, window)
+
     @property
     def point_multimask(self) -> bool:
         """Whether prompts made of points alone should be decoded as SAM's three candidate masks.

@@ -1,4 +1,9 @@
-"""Hugging Face ``SamModel`` backend (SAM ViT-B/L/H, MedSAM, distilled students)."""
+"""Hugging Face ``SamModel`` backend (SAM ViT-B/L/H, MedSAM, distilled students).
+
+At inference the prompt encoder and mask decoder run through ``fast_decoder.py`` (the path LiteMedSAM's
+decoder takes), over views that give HF's modules segment-anything's names (``hf_sam_layout.py``); with
+gradients, in training mode, in half precision or with ``fast_paths=False`` HF's own modules run.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,14 @@ class HfSamBackend(SamBackend):
             self.net.mask_decoder.iou_token.weight,
         ]
 
+    def _decoder_modules(self) -> tuple:
+        return (self.net.prompt_encoder, self.net.mask_decoder, self.net.shared_image_embedding)
+
+    def _sam_layout(self) -> tuple:
+        from .hf_sam_layout import MaskDecoderView, PromptEncoderView
+
+        return (PromptEncoderView(self.net), MaskDecoderView(self.net.mask_decoder))
+
     def encode(self, pixels):
         out = self.net.get_image_embeddings(pixels.to(self.compute_dtype))
         return out if isinstance(out, torch.Tensor) else out[0]
@@ -40,8 +53,12 @@ class HfSamBackend(SamBackend):
 
     def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True,
                window=None):
-        # ``window`` is a speed hint only (see SamBackend.decode); HF's decoder always does the whole grid.
         dtype = self.compute_dtype
+        if dtype == torch.float32:  # the fast decoder computes in the inputs' dtype
+            fast = self.fast_decode(embeddings, points, labels, boxes, mask_input, multimask, window)
+            if fast is not None:
+                return fast
+        # HF's modules: ``window`` is a speed hint only (see SamBackend.decode), they always do the whole grid.
         emb = embeddings[:1]
         if mask_input is None:
             # P prompts on one image: HF's "point batch" axis, so the embedding is not copied P times up front.

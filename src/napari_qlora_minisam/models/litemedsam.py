@@ -62,10 +62,7 @@ class LiteMedSamBackend(SamBackend):
 
     def __init__(self, net, source="litemedsam", quantization=None):
         super().__init__(net, source, LITEMEDSAM_SPEC, quantization)
-        self.fast_paths = True
         self.encoder_precision = "fp32"
-        self.decoder_precision = "fp32"
-        self._fast_decoder = None
 
     @property
     def cache_key(self) -> tuple:
@@ -101,33 +98,17 @@ class LiteMedSamBackend(SamBackend):
                 return encode_tinyvit(self.net.image_encoder, pixels)
         return self.net.image_encoder(pixels)
 
-    def _use_fast(self) -> bool:
-        # Training needs autograd through every op and may update weights between calls: reference path.
-        return self.fast_paths and not torch.is_grad_enabled() and not self.net.training
+    def _decoder_modules(self) -> tuple:
+        return (self.net.prompt_encoder, self.net.mask_decoder)
 
-    def fast_decoder(self):
-        """The decoder fast path bound to the current modules (``net`` may be replaced by a merge)."""
-        from .fast_decoder import FastSamDecoder
-
-        fd = self._fast_decoder
-        pe, md = self.net.prompt_encoder, self.net.mask_decoder
-        if fd is None or fd.prompt_encoder is not pe or fd.mask_decoder is not md:
-            fd = FastSamDecoder(pe, md) if FastSamDecoder.supports(pe, md) else None
-            self._fast_decoder = fd
-        return fd
+    def _sam_layout(self) -> tuple:
+        return (self.net.prompt_encoder, self.net.mask_decoder)
 
     def decode(self, embeddings, points=None, labels=None, boxes=None, mask_input=None, multimask=True,
                window=None):
-        if self._use_fast():
-            fd = self.fast_decoder()
-            if fd is not None:
-                if self.decoder_precision not in ("fp32", "bf16"):
-                    raise ValueError(f"decoder_precision must be 'fp32' or 'bf16', not {self.decoder_precision!r}")
-                if self.decoder_precision == "bf16" and not self.quantization:
-                    with torch.autocast(embeddings.device.type, dtype=torch.bfloat16):
-                        masks, iou = fd(embeddings, points, labels, boxes, mask_input, multimask, window)
-                    return masks.float(), iou.float()
-                return fd(embeddings, points, labels, boxes, mask_input, multimask, window)
+        fast = self.fast_decode(embeddings, points, labels, boxes, mask_input, multimask, window)
+        if fast is not None:
+            return fast
         pe = self.net.prompt_encoder
         sparse, dense = pe(
             points=None if points is None else (points, labels),
