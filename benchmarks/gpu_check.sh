@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of the docs, on any CUDA machine with the project installed (pip install -e ".[train]")
 # and the shared data beside the repository (DATA=../shared/data, or set DATA):
-#   1. inference: LiteMedSAM fp32 and NF4 on CUDA, peak GPU memory and prompts per second end to end
+#   1. inference: LiteMedSAM and MiniSAM, fp32 and NF4, on CUDA, peak GPU memory and prompts per second end to end
 #      (a new slice embedded, then box prompts decoded, as in the plugin)
 #   2. adapt: minisam-train adapt --modality mri on CUDA (QLoRA, NF4 base), 60 steps
 #   3. distill: the ViT-H -> ViT-B recipe on random weights of the real shapes, bf16, with the teacher in
@@ -25,37 +25,8 @@ stamp() { echo "[$(($(date +%s) - T0)) s] $*"; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 
 stamp "1: inference"
-$PY - "$DEV" "$PROMPTS" "$OUT/inference.json" <<'PYEOF'
-import json, sys, time
-import numpy as np
-import torch
-from napari_qlora_minisam import MiniSamPredictor, load_model
-from napari_qlora_minisam._sample_data import read_sample
-
-device, prompts, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-image = read_sample("heart_mri")[0].astype(np.float32)
-results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
-rng = np.random.default_rng(0)
-h, w = image.shape[:2]
-for quantize in (None, "nf4"):
-    if device == "cuda":
-        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-    predictor = MiniSamPredictor(load_model("litemedsam", quantize=quantize, device=device))
-    boxes = [(x, y, x + rng.integers(20, 60), y + rng.integers(20, 60))
-             for x, y in zip(rng.integers(0, w - 60, prompts), rng.integers(0, h - 60, prompts))]
-    predictor.set_image(image); predictor.predict(box=boxes[0], multimask=False)  # warm-up
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync(); t = time.perf_counter()
-    predictor.set_image(image + 1)  # a slice not in the cache
-    for box in boxes:
-        predictor.predict(box=box, multimask=False)
-    sync(); seconds = time.perf_counter() - t
-    key = quantize or "fp32"
-    results[key] = {"prompts": prompts, "seconds": seconds, "prompts_per_s": prompts / seconds,
-                    "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
-    print(key, json.dumps(results[key]))
-json.dump(results, open(out, "w"), indent=2)
-PYEOF
+$PY benchmarks/gpu_inference.py --models litemedsam minisam --quantize none nf4 --device "$DEV" \
+  --prompts "$PROMPTS" --rounds 3 --out "$OUT/inference.json"
 
 stamp "2: adapt --modality mri (QLoRA, NF4 base)"
 $PY -m minisam_train.cli adapt --modality mri "data.roots=[$DATA/cosmos_sample]" data.split_file="$DATA/splits.json" \
