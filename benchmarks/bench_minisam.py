@@ -3,7 +3,7 @@
     python benchmarks/bench_minisam.py [--student minisam] [--rounds 10] [--no-write]
 
 Both models load in this process with their default CPU paths (LiteMedSAM: the hand-written fast encoder
-and decoder; MiniSAM: the HF modules). Each round encodes the next real slice with one model, then the
+and decoder; MiniSAM: its encoder through HF's modules, its decoder through the same fast decoder). Each round encodes the next real slice with one model, then the
 other, then decodes its boxes one prompt at a time with each, so load from other processes slows both
 alike. Figures are medians over the rounds (after one warm-up round). MACs come from
 ``benchmarks/model_flops.py`` (multiply-accumulates, attention counted from its formula). Writes the table
@@ -92,7 +92,8 @@ def table(r: dict) -> str:
     note = (f"\nCommand: `python benchmarks/bench_minisam.py`. One process, {r['threads']} torch threads, the two "
             f"models interleaved slice by slice over {r['rounds']} real COSMOS slices (medians; "
             f"{t['decoder_calls']} box prompts each); 1-minute load average {r['load_before']:.2f} before the run. "
-            "LiteMedSAM runs its hand-written CPU encoder and decoder, MiniSAM the HF modules.")
+            "LiteMedSAM runs its hand-written CPU encoder; both decoders run `models/fast_decoder.py` (MiniSAM's "
+            "through `models/hf_sam_layout.py`).")
     return "\n".join(rows) + "\n" + note
 
 
