@@ -157,3 +157,21 @@ def test_training_and_autograd_use_hf_modules(tiny_hf, monkeypatch):
             tiny_hf.decode(emb.detach(), boxes=torch.tensor([[10.0, 10.0, size / 2, size / 2]]))
     finally:
         tiny_hf.net.eval()
+
+
+def test_a_deep_copy_decodes_with_its_own_modules(tiny_hf):
+    """The training panel trains a deep copy of the loaded backend: its fast decoder must copy along and
+    read the copy's modules, never the original's."""
+    import copy
+
+    emb = _embedding(tiny_hf)
+    prompts = _scaled(CASES["three_boxes"], tiny_hf.spec.image_size)
+    before, _ = _decode(tiny_hf, emb, True, multimask=False, **prompts)
+    twin = copy.deepcopy(tiny_hf)
+    with torch.no_grad():
+        twin.net.mask_decoder.iou_token.weight.add_(0.5)
+    changed, _ = _decode(twin, emb, True, multimask=False, **prompts)
+    torch.testing.assert_close(changed, _decode(twin, emb, False, multimask=False, **prompts)[0],
+                               atol=ATOL, rtol=RTOL)
+    assert (changed - before).abs().max() > 1e-3
+    torch.testing.assert_close(_decode(tiny_hf, emb, True, multimask=False, **prompts)[0], before)

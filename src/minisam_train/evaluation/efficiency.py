@@ -170,11 +170,14 @@ class ModelTimer:
 
 def throughput(slices: int, started: float | None, finished: float | None) -> dict:
     """``slices``, ``wall_s``, ``slices_per_s``, ``started_unix``, ``finished_unix`` of one loop."""
-    wall = None if started is None or finished is None else max(0.0, finished - started)
-    return {"slices": int(slices), "wall_s": None if wall is None else round(wall, 3),
+    # The wall time is taken from the rounded ends that are written, so the ``all`` row (latest end minus
+    # earliest start of those) is never shorter than a process's own.
+    started = None if started is None else round(started, 3)
+    finished = None if finished is None else round(finished, 3)
+    wall = None if started is None or finished is None else max(0.0, round(finished - started, 3))
+    return {"slices": int(slices), "wall_s": wall,
             "slices_per_s": round(slices / wall, 4) if wall else None,
-            "started_unix": None if started is None else round(started, 3),
-            "finished_unix": None if finished is None else round(finished, 3)}
+            "started_unix": started, "finished_unix": finished}
 
 
 def _num(r: dict, key: str):

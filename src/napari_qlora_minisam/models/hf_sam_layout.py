@@ -22,6 +22,8 @@ class _View:
         self._hf = hf
 
     def __getattr__(self, name):  # only called for names the view does not define itself
+        if name.startswith("__") or name == "_hf":  # copy/pickle probe an instance made without __init__
+            raise AttributeError(name)
         return getattr(self._hf, self.renamed.get(name, name))
 
     def modules(self):
