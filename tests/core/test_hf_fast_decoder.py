@@ -96,19 +96,15 @@ def test_tiny_random_model_fast_decoder_equals_hf_modules(tiny_hf):
 
 def test_fast_decoder_follows_lora_adapters_and_weight_updates(heart_slice):
     from napari_qlora_minisam import load_model
-    from napari_qlora_minisam.adapters import add_lora, set_adapter
+    from napari_qlora_minisam.adapters import set_adapter
+
+    from ._lora import add_probe_lora
 
     model = load_model("minisam", device="cpu")
     emb = _embedding(model, heart_slice[0])
     prompts = _scaled(CASES["three_boxes"], 256)
     before, _ = _decode(model, emb, True, multimask=False, **prompts)
-    add_lora(model, "probe", r=4)
-    with torch.no_grad():  # a fresh LoRA is a no-op (B = 0); make it change the output
-        gen = torch.Generator().manual_seed(0)
-        for name, p in model.net.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    model.net.eval()
+    add_probe_lora(model)
     emb = _embedding(model, heart_slice[0])  # the adapter may reach the encoder too
     with_adapter, _ = _decode(model, emb, True, multimask=False, **prompts)
     torch.testing.assert_close(with_adapter, _decode(model, emb, False, multimask=False, **prompts)[0],

@@ -167,16 +167,12 @@ def test_decoder_cache_follows_in_place_weight_updates(own_litemedsam, heart_pix
 
 
 def test_fast_paths_run_lora_adapters_and_follow_adapter_switches(own_litemedsam, heart_pixels, heart_embedding):
-    from napari_qlora_minisam.adapters import add_lora, set_adapter
+    from napari_qlora_minisam.adapters import set_adapter
+
+    from ._lora import add_probe_lora
 
     model = own_litemedsam
-    add_lora(model, "probe", r=4)
-    with torch.no_grad():  # a fresh LoRA is a no-op (B = 0); make it change the output
-        gen = torch.Generator().manual_seed(0)
-        for name, p in model.net.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    model.net.eval()
+    add_probe_lora(model)
     prompts = _prompts("three_boxes", heart_pixels[2], heart_pixels[1])
     pixels = heart_pixels[0]
     with torch.inference_mode():
