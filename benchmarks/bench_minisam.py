@@ -2,10 +2,11 @@
 
     python benchmarks/bench_minisam.py [--student minisam] [--rounds 10] [--no-write]
 
-Both models load in this process with their default CPU paths (LiteMedSAM: the hand-written fast encoder
-and decoder; MiniSAM: its encoder through HF's modules, its decoder through the same fast decoder). Each round encodes the next real slice with one model, then the
-other, then decodes its boxes one prompt at a time with each, so load from other processes slows both
-alike. Figures are medians over the rounds (after one warm-up round). MACs come from
+Both models load in this process with their default CPU paths (LiteMedSAM: the exported encoder graph
+under OpenVINO, ``models/onnx_engine.py``; MiniSAM: its encoder through HF's modules; both decoders through
+the fast decoder; the run records which encoder LiteMedSAM used). Each round encodes the next real slice
+with one model, then the other, then decodes its boxes one prompt at a time with each, so load from other
+processes slows both alike. Figures are medians over the rounds (after one warm-up round). MACs come from
 ``benchmarks/model_flops.py`` (multiply-accumulates, attention counted from its formula). Writes the table
 into docs/minisam.md and docs/benchmarks.md (section "MiniSAM"), unless ``--no-write``.
 """
@@ -63,6 +64,9 @@ def measure(teacher_name: str, student_name: str, rounds: int) -> dict:
         out[name] = {"encoder_s": statistics.median(enc[name]), "decoder_ms": 1000 * statistics.median(dec[name]),
                      "decoder_calls": len(dec[name]), "parameters": backend.num_parameters(),
                      "footprint_bytes": backend.memory_footprint()}
+    engine = getattr(models["teacher"], "encoder_engine", None)
+    out["teacher_encoder"] = (f"exported graph under {models['teacher'].encoder_runtime}"
+                              if engine is not None and engine() is not None else "hand-written PyTorch")
     out["encoder_speedup"] = out["teacher"]["encoder_s"] / out["student"]["encoder_s"]
     out["footprint_ratio"] = out["student"]["footprint_bytes"] / out["teacher"]["footprint_bytes"]
     return out
@@ -92,8 +96,8 @@ def table(r: dict) -> str:
     note = (f"\nCommand: `python benchmarks/bench_minisam.py`. One process, {r['threads']} torch threads, the two "
             f"models interleaved slice by slice over {r['rounds']} real COSMOS slices (medians; "
             f"{t['decoder_calls']} box prompts each); 1-minute load average {r['load_before']:.2f} before the run. "
-            "LiteMedSAM runs its hand-written CPU encoder; both decoders run `models/fast_decoder.py` (MiniSAM's "
-            "through `models/hf_sam_layout.py`).")
+            f"LiteMedSAM's encoder: {r.get('teacher_encoder', 'hand-written PyTorch')}; both decoders run "
+            "`models/fast_decoder.py` (MiniSAM's through `models/hf_sam_layout.py`).")
     return "\n".join(rows) + "\n" + note
 
 

@@ -13,6 +13,7 @@ Markers (CI runs everything; the markers only let a developer skip):
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MINISAM_SHARED_DATA", REPO.parent / "shared" / "data"))
 TEST_DATA = Path(__file__).parent / "data"
 QT_TESTS = Path(__file__).resolve().parent / "_qt"
+
+
+def _absl_logs_to_the_process_stderr() -> None:
+    """absl's logging handler (absl comes in with openvino, the CPU encoder's runtime) binds ``sys.stderr`` when
+    absl is imported, and closes that stream in ``logging.shutdown`` unless it is the *current* stderr/stdout.
+    Under pytest it binds pytest's capture file, and the in-process ``minisam-train`` tests reconfigure
+    logging through Hydra (which shuts the old handlers down): pytest's capture file was closed and the run
+    crashed. Bound to the process's own stderr, absl never closes it."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_absl_logs_to_the_process_stderr()
 
 # Fixtures (here and in test modules) that give a test the real LiteMedSAM.
 LITEMEDSAM_FIXTURES = frozenset({"litemedsam", "litemedsam_fresh", "own_litemedsam", "nf4_with_shipped_adapters"})
@@ -70,6 +87,17 @@ def _litemedsam_requires_slow(_guard_litemedsam_builds):
     yield
     if _running["unmarked"]:
         pytest.fail(f"{_running['unmarked'][0]} builds the real LiteMedSAM without @pytest.mark.slow")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_graphs_in_a_temporary_folder(tmp_path_factory):
+    """LiteMedSAM's CPU encoder exports its graph on first use (models/onnx_engine.py): into a folder of this
+    session, never the user's cache. Set in ``os.environ``, so the CLI runs in subprocesses use it too."""
+    from napari_qlora_minisam.models.onnx_engine import ONNX_DIR_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ONNX_DIR_ENV, str(tmp_path_factory.mktemp("onnx-graphs")))
+        yield
 
 
 @pytest.fixture(scope="session")
