@@ -237,7 +237,7 @@ def table(results, command):
         "## Inference core",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores ({_cpu_name()}), torch {torch.__version__}, "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores ({doc_sections.cpu_name()}), torch {torch.__version__}, "
         f"{results[0]['threads'] if results else '?'} torch threads; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
@@ -314,16 +314,6 @@ def verdict(results) -> str:
     lines.append(f"- Load average during the run: {min(loads):.1f}–{max(loads):.1f} (above ~2, other work "
                  "inflates the figures: re-run on an idle machine).")
     return "\n".join(["", "### Targets, judged from this run", "", *lines, ""])
-
-
-def _cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def write_doc(text):

@@ -223,7 +223,7 @@ def report(res, command: str) -> str:
         "## CPU inference engine",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores ({_cpu_name()}), {res['versions']}, "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores ({doc_sections.cpu_name()}), {res['versions']}, "
         f"{res['threads']} threads per engine; native bf16: {'yes' if res['bf16_native'] else 'no'}; "
         f"load average {res['load'][0]:.1f} before the timed rounds, up to {max(res['load']):.1f} during them "
         f"(this process's own threads count about 2 of it); "
@@ -336,16 +336,6 @@ path (`models/fast_decoder.py`):
   memory, and the next Python signal handler (Ctrl-C, the SIGCHLD of a DataLoader worker) crashed the
   process. tests/core/test_onnx_engine.py checks signal handling after graphs were compiled and released.
 """
-
-
-def _cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main(argv=None):

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for the "Machine:" line every benchmark writes)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
 
 
 def write_section(doc: Path, text: str, start: str, end: str, *, after: str | None = None,

@@ -64,16 +64,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
-
-
 def eval_overrides(args, out: Path, threads: int) -> list[str]:
     roots = ",".join(str(DATA / r) for r in args.roots)
     over = [f"data.roots=[{roots}]", f"models=[{args.model}]", f"prompts=[{','.join(args.prompts)}]",
@@ -131,7 +121,7 @@ def measure(args) -> dict:
     same = compare(one_out / "per_object.csv", many_out / "per_object.csv")
     if not (same["same_keys_and_order"] and same["max_abs_diff"] <= 1e-6):
         print(f"[eval_scaling] the merged rows differ from the single process's: {same}", file=sys.stderr)
-    return {"cores": total, "processes": n, "threads_one": total, "threads_each": per, "cpu": cpu_name(),
+    return {"cores": total, "processes": n, "threads_one": total, "threads_each": per, "cpu": doc_sections.cpu_name(),
             "model": args.model, "prompts": args.prompts, "roots": args.roots, "split_key": args.split_key,
             "one": one, "many": many, "control": control, "same": same,
             "date": time.strftime("%Y-%m-%d %H:%M"),

