@@ -146,7 +146,7 @@ def plot_eval(by_mod, path: Path) -> None:
     models = _models(by_mod)
     mods = sorted({k[3] for k in by_mod})
     prompts = [p for p in PROMPTS if any(k[1] == p for k in by_mod)]
-    fig, axes = plt.subplots(1, len(mods), figsize=(4.2 * len(mods), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(mods), figsize=(4.2 * len(mods), 3.9), sharey=True, squeeze=False)
     x, w = np.arange(len(prompts)), 0.8 / len(models)
     for j, mod in enumerate(mods):
         ax = axes[0][j]
@@ -157,8 +157,10 @@ def plot_eval(by_mod, path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.set_title(f"{mod} test objects (deployable)", fontsize=9)
     axes[0][0].set_ylabel("Dice (class mean)")
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    # Below the panels: inside one, the legend hides the bars of its first group.
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, loc="lower center", ncol=min(len(names), 3), frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
