@@ -1,13 +1,15 @@
 """docs/minisam.md figures from a MiniSAM chain folder (experiments/run_minisam_chain.sh).
 
     python experiments/minisam_report.py runs/minisam [--chosen B_decoder_loop]
+    python experiments/minisam_report.py runs/minisam_refine --refine   # experiments/run_minisam_refine.sh
 
 Reads ``ROOT/val_eval`` and ``ROOT/test_eval`` (``per_object.csv``), measures the encoder latency of the
 teacher and of each stage interleaved in this process (each stage after the teacher, 5 rounds, medians),
 and writes the val table, the test table (per object, per class, one-click), and the plot of Dice ratio
 against encoder speed-up (``docs/images/minisam_dice_vs_speed.png``) into docs/minisam.md (section
 ``minisam-results``). Only the figures of the ``test`` split of stages chosen on ``val`` belong in the
-README.
+README. With ``--refine`` the folder is a refinement run's and its val (and, once run, test) tables go into
+the section ``minisam-refine`` (same architecture, so no speed column).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ship_minisam import scores  # noqa: E402 - one definition of the per-object
 
 DOC = REPO / "docs" / "minisam.md"
 START, END = "<!-- minisam-results:start -->", "<!-- minisam-results:end -->"
+REFINE_START, REFINE_END = "<!-- minisam-refine:start -->", "<!-- minisam-refine:end -->"
 TEACHER = "teacher_litemedsam"
 
 
@@ -102,12 +105,44 @@ def plot(test: dict, speed: dict, chosen: str, path: Path) -> None:
     plt.close(fig)
 
 
+def refine_report(root: Path) -> str:
+    """The refinement run's val table and, when its test step has run, its test tables."""
+    text = []
+    fit_csv = root / "fit_eval" / "per_object.csv"
+    if fit_csv.exists():
+        fit = scores(fit_csv)
+        text += ["### Fit: the training images", "",
+                 f"The COSMOS `adapt_train` images of `conf/splits_val.json` (seen in distillation): "
+                 f"{fit[TEACHER]['box']['objects']} objects. Command: `bash experiments/run_minisam_refine.sh` "
+                 "(its fit step).", "", *split_table(fit, prompts=("box",)), "", "Box Dice per class:", "",
+                 *class_table(fit), ""]
+    val = scores(root / "val_eval" / "per_object.csv")
+    text += ["### Refinement: validation", "",
+            f"`val` of `conf/splits_val.json`: {val[TEACHER]['box']['objects']} objects. "
+            "Command: `bash experiments/run_minisam_refine.sh` (its val step).", "", *split_table(val), ""]
+    test_csv = root / "test_eval" / "per_object.csv"
+    if test_csv.exists():
+        test = scores(test_csv)
+        text += ["### Refinement: test (once, after the choice)", "",
+                 f"COSMOS `test` split of both roots: {test[TEACHER]['box']['objects']} objects. Command: "
+                 "`CHOSEN=... SKIP_TRAIN=1 bash experiments/run_minisam_refine.sh` (its test step).", "",
+                 *split_table(test), "", "Box Dice per class (deployable):", "", *class_table(test), ""]
+    return "\n".join(text)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
     ap.add_argument("--chosen", default=None)
+    ap.add_argument("--refine", action="store_true", help="ROOT is a run of experiments/run_minisam_refine.sh")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.refine:
+        out = refine_report(args.root)
+        print(out)
+        if not args.no_write:
+            doc_sections.write_section(DOC, out, REFINE_START, REFINE_END, title="# MiniSAM")
+        return
     val = scores(args.root / "val_eval" / "per_object.csv")
     text = ["### Validation (choosing the stage)", "",
             f"`val` of `conf/splits_val.json`: {val[TEACHER]['box']['objects']} objects. "

@@ -2,7 +2,8 @@
 
     python experiments/ship_minisam.py ROOT --stage B_decoder_loop
 
-``ROOT`` is the folder of experiments/run_minisam_chain.sh. The stage is the one chosen on ``ROOT/val_eval``
+``ROOT`` is the folder of experiments/run_minisam_chain.sh (or, with ``--refined``, of
+experiments/run_minisam_refine.sh). The stage is the one chosen on ``ROOT/val_eval``
 (this script prints the val table and refuses a stage that is not the best there unless ``--force``);
 ``ROOT/test_eval`` (the last step of experiments/run_minisam_chain.sh, run once the stage is chosen) gives
 the test figures. Writes
@@ -55,6 +56,9 @@ def main(argv=None) -> None:
     ap.add_argument("--stage", required=True)
     ap.add_argument("--teacher", default="teacher_litemedsam")
     ap.add_argument("--force", action="store_true", help="ship a stage that is not the best on val")
+    ap.add_argument("--refined", action="store_true",
+                    help="ROOT is a run of experiments/run_minisam_refine.sh: the new card keeps the shipped "
+                         "card's training stages, which the refined student descends from")
     args = ap.parse_args(argv)
     import torch
     from transformers import SamModel
@@ -77,6 +81,11 @@ def main(argv=None) -> None:
         summary = json.loads(f.read_text())
         training[f.parent.parent.name] = {k: summary.get(k) for k in (
             "slices_used", "steps", "train_seconds", "global_batch_size", "loop_rounds", "teacher_pass_seconds")}
+    recipe = "experiments/run_minisam_chain.sh; docs/minisam.md"
+    if args.refined:
+        shipped = json.loads((DEST / "minisam_card.json").read_text())
+        training = {**shipped["training"], **training}
+        recipe = f"{shipped['recipe'].split(';')[0]}, then experiments/run_minisam_refine.sh; docs/minisam.md"
 
     DEST.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".minisam-", dir=DEST.parent))  # same file system: the rename is atomic
@@ -108,7 +117,7 @@ def main(argv=None) -> None:
                 / test[args.teacher]["box"]["dice_per_object"],
                 "by_model": test,
             },
-            "recipe": "experiments/run_minisam_chain.sh; docs/minisam.md",
+            "recipe": recipe,
         }
         (tmp / "minisam_card.json").write_text(json.dumps(card, indent=1) + "\n")
         for f in tmp.iterdir():  # mkdtemp's 0700 / 0600 would keep other users of an install out

@@ -129,3 +129,29 @@ def test_ship_minisam_refuses_a_stage_that_is_not_the_best_on_val(tmp_path):
     with pytest.raises(SystemExit, match="B_decoder_loop is not the best stage on val .A_encoder is."):
         ship_minisam.main([str(tmp_path), "--stage", "B_decoder_loop"])
 
+
+
+def test_refine_report_writes_fit_val_and_test_tables_into_its_own_section(tmp_path, monkeypatch):
+    import minisam_report
+
+    rows = {"fit_eval": [("teacher_litemedsam", 0.8), ("shipped_AB", 0.6), ("C_refine", 0.7)],
+            "val_eval": [("teacher_litemedsam", 0.5), ("shipped_AB", 0.6), ("C_refine", 0.4)]}
+    for folder, scores in rows.items():
+        (tmp_path / folder).mkdir()
+        _per_object(tmp_path / folder / "per_object.csv",
+                    [(m, "1_A", "x", "a.png", "box", "deployable", d) for m, d in scores])
+    doc = tmp_path / "minisam.md"
+    doc.write_text(f"# MiniSAM\n\nkept\n\n{minisam_report.REFINE_START}\nold\n{minisam_report.REFINE_END}\n\ntail\n")
+    monkeypatch.setattr(minisam_report, "DOC", doc)
+    minisam_report.main([str(tmp_path), "--refine"])
+    text = doc.read_text()
+    assert "old" not in text and "kept" in text and text.rstrip().endswith("tail")
+    assert "### Fit: the training images" in text and "### Refinement: validation" in text
+    assert "| `C_refine` | 0.700 | 0.875 |" in text  # fit: box Dice, ratio to the teacher's 0.8
+    assert "| `C_refine` | 0.400 | – | 0.800 |" in text  # val: no point1 rows
+    assert "test (once" not in text  # no test step has run
+    (tmp_path / "test_eval").mkdir()
+    _per_object(tmp_path / "test_eval" / "per_object.csv",
+                [("teacher_litemedsam", "1_A", "x", "a.png", "box", "deployable", 0.9),
+                 ("C_refine", "1_A", "x", "a.png", "box", "deployable", 0.45)])
+    assert "| `C_refine` | 0.450 | – | 0.500 |" in minisam_report.refine_report(tmp_path)

@@ -254,6 +254,29 @@ def test_views_are_cached_copies_whose_masks_follow_the_pixels(shared_data):
         gather_slices([], [shared_data / "cosmos_sample"], views=["spin"])
 
 
+def test_views_on_cosmos_augments_only_the_cosmos_slices(shared_data):
+    from minisam_train.data.errors import DataError
+    from minisam_train.data.unlabelled import gather_slices
+
+    kw = dict(exclude_split_file=shared_data / "splits.json")
+    folders = [shared_data / "ultrasound_unlabelled"]
+    roots = [shared_data / "cosmos_sample"]
+    base = gather_slices(folders, roots, **kw)
+    cosmos = gather_slices([], roots, **kw)
+    frames = gather_slices(folders, [], **kw)
+    assert frames and cosmos and len(base) == len(frames) + len(cosmos)
+    items = gather_slices(folders, roots, views=["hflip", "gamma1.5"], views_on="cosmos", **kw)
+    assert items[:len(base)] == base
+    viewed = items[len(base):]
+    assert len(viewed) == 2 * len(cosmos)
+    assert {it.key.split("@")[0] for it in viewed} == {it.key for it in cosmos}  # no ultrasound frame
+    assert {it.view for it in viewed} == {"hflip", "gamma1.5"}
+    everywhere = gather_slices(folders, roots, views=["hflip"], **kw)
+    assert len(everywhere) == 2 * len(base)
+    with pytest.raises(DataError, match="views_on"):
+        gather_slices(folders, roots, views=["hflip"], views_on="volumes", **kw)
+
+
 def test_warm_start_grows_a_trained_student(tmp_path):
     """student.init_encoder: a student with global-attention blocks starts from a windowed one's weights."""
     from napari_qlora_minisam.errors import ModelLoadError

@@ -42,6 +42,7 @@ GEOMETRIC_VIEWS = {
 }
 GAMMA_VIEWS = {"gamma0.7": 0.7, "gamma1.5": 1.5}
 VIEWS = tuple(GEOMETRIC_VIEWS) + tuple(GAMMA_VIEWS)
+VIEWS_ON = ("all", "cosmos")  # which slices get the views: every one, or those of the COSMOS roots
 
 
 def _check_view(view: str) -> str:
@@ -260,18 +261,25 @@ def gather_slices(folders: Iterable = (), cosmos_roots: Iterable = (), *, volume
                   exclude: Sequence[str] = (), exclude_split_file=None,
                   exclude_split_key: str | Sequence[str] = "test",
                   use_labels: bool = True, max_slices: int | None = None,
-                  views: Sequence[str] = ()) -> list[DistillSlice]:
+                  views: Sequence[str] = (), views_on: str = "all") -> list[DistillSlice]:
     """All slices of the configured folders and COSMOS roots, without duplicates, in a stable order.
 
-    ``views`` adds one augmented copy of every (capped) slice per view, after the slices as stored.
+    ``views`` adds one augmented copy of every (capped) slice per view, after the slices as stored;
+    ``views_on="cosmos"`` adds them to the COSMOS slices only: those are the few images of the evaluated
+    anatomy, and views of them cost a handful of teacher passes where views of every slice cost hundreds.
     """
+    if views_on not in VIEWS_ON:
+        raise DataError(f"data.views_on is {views_on!r}; choose one of: {', '.join(VIEWS_ON)}.")
     items: list[DistillSlice] = []
     for f in folders or ():
         items.extend(folder_slices(f, volume_stride=volume_stride, exclude=exclude))
+    cosmos_keys = set()
     for r in cosmos_roots or ():
-        items.extend(s for s in cosmos_slices(r, exclude_split_file=exclude_split_file,
-                                              exclude_split_key=exclude_split_key, use_labels=use_labels)
-                     if not any(x in s.path.name for x in exclude))
+        listed = [s for s in cosmos_slices(r, exclude_split_file=exclude_split_file,
+                                           exclude_split_key=exclude_split_key, use_labels=use_labels)
+                  if not any(x in s.path.name for x in exclude)]
+        cosmos_keys.update(s.key for s in listed)
+        items.extend(listed)
     seen, unique = set(), []
     for it in items:
         if it.key not in seen:
@@ -284,4 +292,5 @@ def gather_slices(folders: Iterable = (), cosmos_roots: Iterable = (), *, volume
         # Spread a cap over the whole list rather than keeping the first folder only.
         idx = np.linspace(0, len(unique) - 1, num=min(int(max_slices), len(unique))).round().astype(int)
         unique = [unique[i] for i in sorted(set(idx.tolist()))]
-    return unique + [it.with_view(v) for v in dict.fromkeys(views) for it in unique]
+    viewed = unique if views_on == "all" else [it for it in unique if it.key in cosmos_keys]
+    return unique + [it.with_view(v) for v in dict.fromkeys(views) for it in viewed]

@@ -95,7 +95,8 @@ def build_items(cfg):
     return gather_slices(list(d.folders or []), list(d.cosmos_roots or []), volume_stride=int(d.volume_stride),
                          exclude=list(d.exclude or []), exclude_split_file=d.exclude_split_file,
                          exclude_split_key=keys, use_labels=bool(d.use_labels),
-                         max_slices=d.max_slices, views=list(d.get("views") or []))
+                         max_slices=d.max_slices, views=list(d.get("views") or []),
+                         views_on=str(d.get("views_on") or "all"))
 
 
 def prompt_settings(cfg):
