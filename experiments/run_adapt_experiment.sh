@@ -11,6 +11,8 @@
 #      adapters copied into src/napari_qlora_minisam/pretrained_adapters/{ct,mri}.
 # Usage: bash experiments/run_adapt_experiment.sh [OUT=runs/adapt_experiment]   (run from the repo root)
 # Stages can be skipped (SKIP_TRAIN=1, SKIP_COST=1, SKIP_EVAL=1) to run them in another order.
+# MRI_DATASETS=22_Heart,91_BrainTumour trains the MRI adapter on both MRI datasets (default: the heart only);
+# MRI_EXTRA adds overrides to the MRI run (data.split_file=src/minisam_train/conf/splits_val.json keeps `val` out).
 # Another base: BASE=minisam NAME_PREFIX=minisam- REPORT_ARGS="--base minisam --doc docs/minisam.md
 # --image-prefix minisam_adapt_" (the adapters are then named minisam-ct / minisam-mri).
 set -euo pipefail
@@ -38,7 +40,7 @@ CT_EXTRA=("train.lora.parts=[encoder,decoder]" "train.lora.target_modules=[qkv,q
 
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   log "adapt mri"
-  minisam-train adapt --modality mri "data.datasets=[22_Heart]" "${COMMON[@]}" \
+  minisam-train adapt --modality mri "data.datasets=[${MRI_DATASETS:-22_Heart}]" "${COMMON[@]}" ${MRI_EXTRA:-} \
       output_dir="$OUT/mri" adapter.out_dir="$OUT/adapters/mri" adapter.name=${P}mri 2>&1 | grep -v Warning | tee "$OUT/adapt_mri.log"
   log "adapt ct"
   minisam-train adapt --modality ct "${COMMON[@]}" "${CT_EXTRA[@]}" \
