@@ -12,8 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-runs/mri_adapter_choice}")
-DATA=../shared/data
-VAL_SPLITS=src/minisam_train/conf/splits_val.json
+source experiments/minisam_paths.sh
 COMMON=(train.lora.parts=[decoder] "train.lora.target_modules=[q_proj,k_proj,v_proj,out_proj]"
         train.lr=1e-3 train.batch_size=2 train.steps=400 train.max_minutes=10
         train.warmup_steps=10 train.val_every=25 train.checkpoint_every=50 train.early_stopping.patience=6

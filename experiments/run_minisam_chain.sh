@@ -12,9 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(realpath -m "${1:-runs/minisam}")
-DATA=../shared/data
-SLICES=${MINISAM_UNLABELLED_DIR:-$HOME/.cache/napari-qlora-minisam/unlabelled_slices}
-VAL_SPLITS=src/minisam_train/conf/splits_val.json
+source experiments/minisam_paths.sh
 STAGES="{source: $ROOT/A_encoder/student, name: A_encoder}, {source: $ROOT/B_decoder_loop/student, name: B_decoder_loop}, {source: $ROOT/AB_average/student, name: AB_average}"
 mkdir -p "$ROOT/teacher_cache" "$ROOT/A_encoder" "$ROOT/B_decoder_loop" "$ROOT/AB_average"
 COMMON=(teacher.source=litemedsam cache.dir="$ROOT/teacher_cache"

@@ -12,9 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(realpath -m "${1:-runs/minisam_refine}")
-DATA=../shared/data
-SLICES=${MINISAM_UNLABELLED_DIR:-$HOME/.cache/napari-qlora-minisam/unlabelled_slices}
-VAL_SPLITS=src/minisam_train/conf/splits_val.json
+source experiments/minisam_paths.sh
 SHIPPED=src/napari_qlora_minisam/pretrained_models/minisam
 MODELS="{source: litemedsam, name: teacher_litemedsam}, {source: $SHIPPED, name: shipped_AB}, {source: $ROOT/C_refine/student, name: C_refine}, {source: $ROOT/CA_average/student, name: CA_average}"
 mkdir -p "$ROOT/teacher_cache" "$ROOT/C_refine" "$ROOT/CA_average"
