@@ -39,5 +39,6 @@ if [ "${LIKE_FOR_LIKE:-0}" = 1 ]; then
     data.split_key=test "prompts=[box,point1]" plots=false device=cpu output_dir="$OUT/like_for_like_test" \
     "models=[{source: litemedsam, quantize: nf4, adapters: [src/napari_qlora_minisam/pretrained_adapters/mri], adapter: mri, name: litemedsam + shipped mri heart only},{source: litemedsam, quantize: nf4, adapters: [$OUT/adapters/litemedsam_heart_brain], adapter: mri, name: litemedsam + mri heart and brain},{source: minisam, quantize: nf4, adapters: [src/napari_qlora_minisam/pretrained_adapters/minisam-mri], adapter: minisam-mri, name: minisam + shipped minisam-mri}]" \
     2>&1 | tail -1
-  sed -n '/^### deployable/,/^$/p' "$OUT/like_for_like_test/summary.md" | grep -E "^\| (mri|modality|---)"
+  awk '/^### deployable/ {on = 1} on && /^\| (modality|mri) |^\|---/ {print} on && /^\| \*\*all/ {exit}' \
+    "$OUT/like_for_like_test/summary.md"
 fi
