@@ -8,13 +8,13 @@ trained on, and whatever the trainer measured. An adapter is refused on any othe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache_paths import user_cache_dir
 from .errors import AdapterError
 
 METADATA_FILE = "minisam_adapter.json"
@@ -44,8 +44,7 @@ def user_adapters_dir() -> Path:
 
     ``$MINISAM_ADAPTERS_DIR`` if set, else ``~/.cache/napari-qlora-minisam/adapters``.
     """
-    env = os.environ.get("MINISAM_ADAPTERS_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "napari-qlora-minisam" / "adapters"
+    return user_cache_dir("adapters", "MINISAM_ADAPTERS_DIR")
 
 
 def pretrained_adapters_dir() -> Path:

@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .cache_paths import user_cache_dir
 from .embedding_cache import CachedEmbedding
 
 STORE_ENV = "MINISAM_EMBEDDINGS_DIR"
@@ -51,10 +52,7 @@ class EmbeddingStoreWarning(UserWarning):
 
 
 def default_store_dir() -> Path:
-    env = os.environ.get(STORE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "napari-qlora-minisam" / "embeddings"
+    return user_cache_dir("embeddings", STORE_ENV)
 
 
 def adapter_digest(backend) -> str | None:

@@ -24,12 +24,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from napari_qlora_minisam.cache_paths import user_cache_dir
 
 from .errors import DataError
 from .image_files import NotAnImage, Stack, read_stack
@@ -55,8 +55,7 @@ ISOTROPIC_RATIO = 2.0  # a volume is sliced along all three axes only if its vox
 
 def default_cache_dir() -> Path:
     """``$MINISAM_UNLABELLED_DIR`` if set, else ``~/.cache/napari-qlora-minisam/unlabelled_slices``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "napari-qlora-minisam" / "unlabelled_slices"
+    return user_cache_dir("unlabelled_slices", CACHE_ENV)
 
 
 def _unit(stack: Stack) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cache_paths import user_cache_dir
 from .fast_decoder import module_state_signature
 
 ONNX_DIR_ENV = "MINISAM_ONNX_DIR"
@@ -56,10 +57,7 @@ class OnnxCacheWarning(OnnxEngineWarning):
 
 def onnx_dir() -> Path:
     """Where exported graphs are kept: ``$MINISAM_ONNX_DIR``, else the user's cache folder."""
-    env = os.environ.get(ONNX_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "napari-qlora-minisam" / "onnx"
+    return user_cache_dir("onnx", ONNX_DIR_ENV)
 
 
 def runtime_available(runtime: str) -> bool:
