@@ -10,12 +10,15 @@ from it (``volume.propagate`` with the stack, so every stop rule applies) and ea
 
 Variants: the neighbour prompt (``box``: the generic ``volume.propagate``'s, box of the neighbour mask + 10 %; ``+mask``: that mask as
 ``mask_input``; ``+point``: a click at its most interior pixel), the opt-in fade stop rule, and the opt-in
-trim of each written mask to the committed object's intensity range (``propagate(trim=True)``), on
-LiteMedSAM fp32 without adapter and on the NF4 base with the shipped adapter of the modality
-(``ct`` / ``mri``). The default is chosen on the volumes outside the test split (lung1, brain1: their slices
+trim of each written mask to the committed object's intensity range (``propagate(trim=True)``), on four
+models (``--models``): LiteMedSAM fp32 without adapter, its NF4 base with the shipped adapter of the
+modality (``ct`` / ``mri``), and the same two for MiniSAM (``minisam``, ``minisam-adapter``: its NF4 base with
+``minisam-ct`` / ``minisam-mri``). Each model's default neighbour prompt is ``volume.default_neighbour_prompt``;
+the defaults are chosen on the volumes outside the test split (lung1, brain1: their slices
 are ``adapt_train`` in ``splits.json``); lung2 and brain2 (``test``) are reported once. Note that the shipped
-CT adapter was trained on a few slices of lung1, so its figures there are optimistic (the MRI adapter saw
-only cardiac slices: ``pretrained_adapters/*/minisam_adapter.json`` list the data).
+CT adapters were trained on a few slices of lung1 and MiniSAM's MRI adapter on brain1's, so their figures
+there are optimistic (LiteMedSAM's MRI adapter saw only cardiac slices: ``pretrained_adapters/*/minisam_adapter.json``
+list the data).
 
 Two ceilings use the ground truth of every slice: **oracle box**, each object slice prompted with the tight
 box of its own true mask (what the model gives when the box is right: a recipe that ends in the model's mask
@@ -124,8 +127,7 @@ def run_one(predictor, image, gt, prompt: str, rules=None, trim: bool = False, s
 def run_oracle(predictor, image, gt, oracle: str) -> dict:
     """A ceiling: every object slice but the committed one prompted from the ground truth (module docstring)."""
     from napari_qlora_minisam.masks import tight_box
-    from napari_qlora_minisam.volume import (DEFAULT_NEIGHBOUR_PROMPT, SliceSegmenter, box_from_mask,
-                                             neighbour_prompt)
+    from napari_qlora_minisam.volume import SliceSegmenter, box_from_mask, neighbour_prompt
 
     mid = start_slice(gt)
     pred = np.zeros_like(gt)
@@ -139,30 +141,52 @@ def run_oracle(predictor, image, gt, oracle: str) -> dict:
         else:  # true neighbour: the neighbour towards the committed slice, as propagation would reach z
             neighbour = gt[z - 1] if z > mid else gt[z + 1]
             pred[z] = segmenter(int(z), box_from_mask(neighbour),
-                                **neighbour_prompt(neighbour, DEFAULT_NEIGHBOUR_PROMPT))[0]
+                                **neighbour_prompt(neighbour, default_prompt(predictor.model)))[0]
     out = score(pred, gt)
     out["start"] = mid
     return out
+
+
+MODELS = {  # --models name -> (load_model source, 4-bit with the modality's shipped adapter, label prefix)
+    "fp32": ("litemedsam", False, "LiteMedSAM"),
+    "adapter": ("litemedsam", True, ""),
+    "minisam": ("minisam", False, "MiniSAM"),
+    "minisam-adapter": ("minisam", True, "MiniSAM"),
+}
 
 
 def load(kind: str, modality: str):
     from napari_qlora_minisam import load_model
     from napari_qlora_minisam.adapters import pretrained_adapters_dir
 
-    if kind == "fp32":
-        return load_model("litemedsam", device="cpu")
-    return load_model("litemedsam", quantize="nf4", device="cpu", adapters=[pretrained_adapters_dir() / modality])
+    source, adapted, _ = MODELS[kind]
+    if not adapted:
+        return load_model(source, device="cpu")
+    prefix = "" if source == "litemedsam" else f"{source}-"  # each base's adapters (adapters.md)
+    adapter = pretrained_adapters_dir() / f"{prefix}{modality}"
+    return load_model(source, quantize="nf4", device="cpu", adapters=[adapter])
 
 
-def default_prompt() -> str:
-    from napari_qlora_minisam.volume import DEFAULT_NEIGHBOUR_PROMPT
+def model_label(kind: str, modality: str) -> str:
+    """The table's model column: ``LiteMedSAM fp32``, ``NF4 + ct adapter``, ``MiniSAM NF4 + minisam-ct adapter``."""
+    source, adapted, name = MODELS[kind]
+    if not adapted:
+        return f"{name} fp32"
+    adapter = modality if source == "litemedsam" else f"{source}-{modality}"
+    return f"{name + ' ' if name else ''}NF4 + {adapter} adapter"
 
-    return DEFAULT_NEIGHBOUR_PROMPT
+
+def default_prompt(backend=None) -> str:
+    from napari_qlora_minisam.volume import default_neighbour_prompt
+
+    return default_neighbour_prompt(backend)
 
 
 def is_default(r: dict, trim: bool = False) -> bool:
-    """The session's and widget's recipe: default neighbour prompt, default stop rules (``trim``: with trim)."""
-    return r["prompt"] == default_prompt() and r["rules"] == "default" and bool(r.get("trim")) == trim
+    """The session's and widget's recipe for the row's model: its default neighbour prompt, default stop rules
+    (``trim``: with trim)."""
+    return (r["prompt"] == r.get("default_prompt", default_prompt()) and r["rules"] == "default"
+            and bool(r.get("trim")) == trim)
 
 
 def summary(rows: list[dict]) -> str:
@@ -196,14 +220,17 @@ def table(rows: list[dict]) -> str:
 
 
 def report(rows: list[dict]) -> str:
-    return (f"Dice (object) per volume and model (*default*: {default_prompt()}, default stop rules):\n\n"
+    defaults = ", ".join(f"{m}: {d}" for m, d in dict.fromkeys((r["model"], r.get("default_prompt", default_prompt()))
+                                                                 for r in rows))
+    return (f"Dice (object) per volume and model (*default*: the model's default neighbour prompt ({defaults}), "
+            "default stop rules):\n\n"
             f"{summary(rows)}\n\nEvery run:\n\n{table(rows)}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--volumes", nargs="+", default=list(VOLUMES))
-    ap.add_argument("--models", nargs="+", default=["fp32", "adapter"], choices=["fp32", "adapter"])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--prompts", nargs="+", default=list(PROMPTS))
     ap.add_argument("--fade", nargs="+", type=float, default=[0.0, FADE],
                     help="StopRules.min_start_fraction values (0: the default rules)")
@@ -232,18 +259,18 @@ def main(argv=None) -> int:
     for kind in args.models:
         for name in args.volumes:
             image, gt, modality = read_volume(name)
-            key = (kind, None if kind == "fp32" else modality)
+            key = (kind, modality if MODELS[kind][1] else None)
             if key not in models:
                 models.clear()  # one model (and its embeddings) at a time: memory
                 models[key] = MiniSamPredictor(load(kind, modality))
             predictor = models[key]
-            label = "LiteMedSAM fp32" if kind == "fp32" else f"NF4 + {modality} adapter"
+            label = model_label(kind, modality)
             runs = [(p, f, False) for f in args.fade for p in args.prompts]
             runs += [(p, 0.0, True) for p in args.trim_prompts]
             runs += [] if args.no_oracles else [(o, None, False) for o in ORACLES]
             start = None
             if name == SAMPLE:  # what the widget does, not a variant sweep
-                runs = [(default_prompt(), f, False) for f in (0.0, FADE)]
+                runs = [(default_prompt(predictor.model), f, False) for f in (0.0, FADE)]
                 start = committed_by_box(predictor, image, gt)
             for prompt, fade, trim in runs:
                 t = time.time()
@@ -256,6 +283,7 @@ def main(argv=None) -> int:
                     rules = "default" if fade == 0 else f"+ fade < {fade:g}"
                 split = "test (lung2 crop)" if name == SAMPLE else "test" if name in TEST else "non-test"
                 r.update(volume=name, split=split, model=label, prompt=prompt,
+                         default_prompt=default_prompt(predictor.model),
                          rules=rules, trim=trim, seconds=round(time.time() - t, 1))
                 rows.append(r)
                 print(f"{name:7s} {label:18s} {prompt:15s} {r['rules']:12s} trim {trim:d} "

@@ -159,6 +159,16 @@ SegmentSlice = Callable[..., tuple]  # (z, box xyxy, **neighbour prompts) -> (ma
 # mask as SAM's ``mask_input`` prompt, "point" a positive click at its most interior pixel.
 NEIGHBOUR_PROMPTS = ("box", "box+mask", "box+point", "box+mask+point")
 DEFAULT_NEIGHBOUR_PROMPT = "box+mask+point"  # chosen on lung1 + brain1 (benchmarks/propagation_quality.py)
+# Where a model's own choice on those volumes differs: MiniSAM's adapters never saw a ``mask_input`` prompt in
+# training and answer one with a worse mask than the box and click alone (lung1 0.75 against 0.93).
+ADAPTED_NEIGHBOUR_PROMPTS = {"minisam": "box+point"}
+
+
+def default_neighbour_prompt(backend=None) -> str:
+    """The neighbour prompt propagation uses for ``backend`` (its base and whether an adapter is active)."""
+    if backend is not None and getattr(backend, "active_adapter", None):
+        return ADAPTED_NEIGHBOUR_PROMPTS.get(getattr(backend, "source", None), DEFAULT_NEIGHBOUR_PROMPT)
+    return DEFAULT_NEIGHBOUR_PROMPT
 
 
 def check_neighbour_prompt(prompt: str) -> str:
@@ -219,7 +229,7 @@ def propagate(
             (``StopRules.min_intensity_match``).
         directions: ``(1, -1)`` both ways (up first), ``(1,)`` up only, ``(-1,)`` down only.
         prompt: one of :data:`NEIGHBOUR_PROMPTS`; ``"box"`` here (any ``(z, box)`` callable works), the
-            session and the widget use :data:`DEFAULT_NEIGHBOUR_PROMPT`.
+            session and the widget use the model's :func:`default_neighbour_prompt`.
         trim: yield each mask less its pixels outside the committed object's intensity range
             (:func:`trim_to_intensity`; needs ``stack``). Only the yielded mask is trimmed: the next slice's
             prompts and the stop rules see the model's mask, so where a run stops does not change. Off by

@@ -3,6 +3,8 @@ replaced by a box-filling stand-in (the masks are then known; the model is teste
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
@@ -94,3 +96,22 @@ def test_advanced_trim_reaches_the_propagation(corrected_volume, qtbot, monkeypa
     qtbot.mouseClick(options.buttons[1], Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
     assert seen.get("trim") is checked
+
+
+def test_the_neighbour_prompt_follows_the_model_until_the_user_picks_one(corrected_volume, monkeypatch):
+    widget, _ = corrected_volume
+    options = widget.propagation.options
+    seen = []
+    monkeypatch.setattr(options, "follow_model", seen.append)
+    widget.models.engine_changed.emit(widget.session.engine)  # a load or an adapter switch
+    assert seen == [widget.session.engine.backend]
+    monkeypatch.undo()
+    minisam_ct = SimpleNamespace(source="minisam", active_adapter="minisam-ct")
+    options.follow_model(minisam_ct)
+    assert options.neighbour_prompt() == "box+point"  # what that model propagates best with
+    options.follow_model(SimpleNamespace(source="minisam", active_adapter=None))
+    assert options.neighbour_prompt() == DEFAULT_NEIGHBOUR_PROMPT
+    options.prompt.setCurrentText("box")
+    options.prompt.activated.emit(options.prompt.currentIndex())  # what a user's pick emits
+    options.follow_model(minisam_ct)
+    assert options.neighbour_prompt() == "box"  # the user's choice stays

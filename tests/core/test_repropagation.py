@@ -5,6 +5,8 @@ writes, not the model."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from napari.layers import Labels
@@ -12,7 +14,8 @@ from napari.layers import Labels
 from napari_qlora_minisam.annotation import AnnotationSession
 from napari_qlora_minisam.errors import InputError
 from napari_qlora_minisam.transforms import mask_to_logits, postprocess_logits
-from napari_qlora_minisam.volume import StopRules, interior_point, propagate, run_propagation
+from napari_qlora_minisam.volume import (DEFAULT_NEIGHBOUR_PROMPT, StopRules, default_neighbour_prompt, interior_point,
+                                         propagate, run_propagation)
 
 
 class BoxEngine:
@@ -157,6 +160,38 @@ def test_neighbour_prompts_reach_the_segmenter():
         assert vol[2][int(y), int(x)] and c["point_labels"].tolist() == [1]
     with pytest.raises(InputError, match="neighbour prompt"):
         next(propagate(segment, 2, vol[2], 5, prompt="lasso"))
+
+
+class RecordingEngine(BoxEngine):
+    """A box engine on a stated base (``source``, active adapter) that records the neighbour prompts it gets."""
+
+    def __init__(self, source: str, adapter: str | None):
+        super().__init__()
+        self.backend = SimpleNamespace(source=source, active_adapter=adapter)
+        self.prompts = []
+
+    def segment_box(self, plane, intensity, box, **neighbour):
+        self.prompts.append(sorted(neighbour))
+        return super().segment_box(plane, intensity, box)
+
+
+@pytest.mark.parametrize("source, adapter, expected", [
+    ("litemedsam", None, DEFAULT_NEIGHBOUR_PROMPT), ("litemedsam", "ct", DEFAULT_NEIGHBOUR_PROMPT),
+    ("minisam", None, DEFAULT_NEIGHBOUR_PROMPT), ("minisam", "minisam-ct", "box+point")])
+def test_the_session_prompts_each_slice_as_its_model_propagates_best(source, adapter, expected):
+    engine = RecordingEngine(source, adapter)
+    assert default_neighbour_prompt(engine.backend) == expected
+    s = volume_session(engine)
+    fill(s, 4, 1, 10, 20, 10, 20)
+    assert s.set_slice(4)
+    run_propagation(s.propagate(s.propagation_seed(1)[1], max_slices=1))
+    want = sorted(key for part, keys in (("mask", ["mask"]), ("point", ["points", "point_labels"]))
+                  if part in expected.split("+") for key in keys)
+    assert engine.prompts == [want, want]  # one slice each way
+    engine.prompts.clear()
+    run_propagation(s.propagate(s.propagation_seed(1)[1], max_slices=1, prompt="box"))  # a stated prompt wins
+    assert engine.prompts == [[], []]
+    assert default_neighbour_prompt(None) == DEFAULT_NEIGHBOUR_PROMPT
 
 
 def test_interior_point_lies_inside_a_ring():

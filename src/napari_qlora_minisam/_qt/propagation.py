@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import MiniSamError
-from ..volume import DEFAULT_NEIGHBOUR_PROMPT, NEIGHBOUR_PROMPTS, StopRules
+from ..volume import DEFAULT_NEIGHBOUR_PROMPT, NEIGHBOUR_PROMPTS, StopRules, default_neighbour_prompt
 from . import tasks, workers
 
 ARROWS = {1: "↑", -1: "↓"}
@@ -59,7 +59,10 @@ class PropagationOptions(QWidget):
         self.prompt.addItems(NEIGHBOUR_PROMPTS)
         self.prompt.setCurrentText(DEFAULT_NEIGHBOUR_PROMPT)
         self.prompt.setToolTip("What each slice is prompted with: the box of its neighbour's mask (+10 %), and "
-                               "optionally that mask (mask_input) and a click inside it.")
+                               "optionally that mask (mask_input) and a click inside it. Follows the loaded "
+                               "model until you pick one.")
+        self.prompt_picked = False  # by the user: from then on a model change leaves the choice alone
+        self.prompt.activated.connect(self._prompt_picked)
         form.addRow("Neighbour prompt", self.prompt)
         self.trim = QCheckBox("trim masks to the object's intensities")
         self.trim.setToolTip("Drop mask pixels outside the committed object's intensity range (2nd–98th "
@@ -86,6 +89,14 @@ class PropagationOptions(QWidget):
             form.addRow(text, spin)
         self.advanced.setVisible(False)
         outer.addWidget(self.advanced)
+
+    def _prompt_picked(self, _index: int) -> None:
+        self.prompt_picked = True
+
+    def follow_model(self, backend) -> None:
+        """Show ``backend``'s default neighbour prompt (``volume.default_neighbour_prompt``), unless picked."""
+        if not self.prompt_picked:
+            self.prompt.setCurrentText(default_neighbour_prompt(backend))
 
     def _fold(self, shown: bool) -> None:
         self.advanced.setVisible(shown)
@@ -140,6 +151,7 @@ class PropagationRun(QObject):
         run.install(ui.propagate_progress.parentWidget().layout(),
                     lambda: (widget.binding, ui.max_slices.value() or None, ui.overwrite.isChecked()),
                     lambda: widget._update())
+        widget.models.engine_changed.connect(lambda engine: run.options.follow_model(getattr(engine, "backend", None)))
         return run
 
     def install(self, layout, form_values, after=None) -> PropagationOptions:

@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..intensity import check_policy, hounsfield_warning
 from ..labels_edit import erase_object, next_free_id, replace_slices, write_objects, write_slices
 from ..prompts import SlicePrompts
-from ..volume import DEFAULT_NEIGHBOUR_PROMPT, PropagationStep, StopRules, plane, propagate, stack_depth
+from ..volume import PropagationStep, StopRules, default_neighbour_prompt, plane, propagate, stack_depth
 from .objects import ObjectRecord, default_name, features_with_names, measure_objects, names_from_features
 from .preview import Preview, PreviewJob, PreviewState
 
@@ -277,13 +277,16 @@ class AnnotationSession:
                          "label in the objects layer when there are several.")
 
     def propagate(self, start_mask: np.ndarray, max_slices: int | None = None, rules: StopRules = StopRules(), *,
-                  directions=(1, -1), prompt: str = DEFAULT_NEIGHBOUR_PROMPT, trim: bool = False):
+                  directions=(1, -1), prompt: str | None = None, trim: bool = False):
         """Generator of :class:`PropagationStep` away from the slice in view (a worker runs it).
 
+        ``prompt``: the neighbour prompt (``volume.NEIGHBOUR_PROMPTS``); ``None``: the loaded model's
+        ``volume.default_neighbour_prompt``.
         ``directions``: ``(1, -1)`` both ways, ``(1,)`` up only, ``(-1,)`` down only (re-propagation).
         ``trim``: drop mask pixels outside the committed object's intensity range (``volume.propagate``).
         """
         z0, intensity, engine, image = self.z, self.intensity, self.engine, self.image
+        prompt = default_neighbour_prompt(getattr(engine, "backend", None)) if prompt is None else prompt
 
         def segment(z: int, box: np.ndarray, **neighbour):
             return engine.segment_box(plane(image, z), intensity, box, **neighbour)
