@@ -235,7 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fade", nargs="+", type=float, default=[0.0, FADE],
                     help="StopRules.min_start_fraction values (0: the default rules)")
     ap.add_argument("--trim-prompts", nargs="*", default=["box", "box+mask+point"],
-                    help="neighbour prompts also run with propagate(trim=True), default stop rules")
+                    help="neighbour prompts also run with propagate(trim=True), default stop rules; the "
+                         "model's default prompt is added (none given: no trim runs)")
     ap.add_argument("--no-oracles", action="store_true", help="skip the two ground-truth ceilings")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "propagation_quality.json", help="also write every row (per-slice Dice, stop reasons)")
@@ -266,7 +267,8 @@ def main(argv=None) -> int:
             predictor = models[key]
             label = model_label(kind, modality)
             runs = [(p, f, False) for f in args.fade for p in args.prompts]
-            runs += [(p, 0.0, True) for p in args.trim_prompts]
+            trimmed = [*args.trim_prompts, default_prompt(predictor.model)] if args.trim_prompts else []
+            runs += [(p, 0.0, True) for p in dict.fromkeys(trimmed)]  # the model's default always among them
             runs += [] if args.no_oracles else [(o, None, False) for o in ORACLES]
             start = None
             if name == SAMPLE:  # what the widget does, not a variant sweep
