@@ -39,25 +39,18 @@ VARIANTS = {
 
 
 def non_test_slices():
-    """(image, [object masks]) for every adapt_train / val image of the splits, both COSMOS roots."""
-    import imageio.v3 as iio
+    """(image, [object masks]) for every adapt_train / val image of the splits, both COSMOS roots (COSMOS's
+    objects: >= 50 px per class)."""
+    from minisam_train.data.cosmos import CosmosDataset
+    from minisam_train.data.splits import split_images
 
-    from minisam_train.data.splits import read_splits, split_images
-
-    roots = {ds: parts["root"] for ds, parts in read_splits(SPLITS).items()}
-    names = {}
+    include = {}
     for key in ("adapt_train", "val"):
         for ds, images in split_images(SPLITS, key).items():
-            names.setdefault(ds, set()).update(images)
-    out = []
-    for ds, images in sorted(names.items()):
-        folder = DATA / roots[ds] / "data" / "test_data" / ds
-        for name in sorted(images):
-            label = iio.imread(folder / "labels" / name)
-            masks = [label == v for v in np.unique(label)[1:] if (label == v).sum() >= 50]
-            if masks:
-                out.append((iio.imread(folder / "images" / name), masks))
-    return out
+            include.setdefault(ds, set()).update(images)
+    data = CosmosDataset([DATA / "cosmos_sample", DATA / "cosmos_extra"], include=include)
+    records = [data.read(entry) for entry in data.entries]
+    return [(r.image, list(r.objects.values())) for r in records if r.objects]
 
 
 def load_variant(variant):

@@ -114,23 +114,20 @@ def box_dice(backend, slices) -> float:
 
 
 def macs(encoder) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+    """GMACs of one 256² forward, counted as benchmarks/model_flops.py counts every encoder."""
+    import model_flops
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        encoder(torch.rand(1, 3, 256, 256))
-    return counter.get_total_flops() / 2e9
+    return model_flops.encoder_macs(encoder, torch.zeros(1, 3, 256, 256))["macs"] / 1e9
 
 
 def seconds(encoder, rounds: int = 7) -> float:
-    x = torch.rand(1, 3, 256, 256)
+    """Median seconds of one 256² forward, after one warm-up."""
+    from series_io import median_s
+
+    x = torch.zeros(1, 3, 256, 256)
     with torch.inference_mode():
         encoder(x)
-        times = []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            encoder(x)
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        return median_s(lambda: encoder(x), rounds)
 
 
 def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None = None) -> tuple[list[dict], dict]:
