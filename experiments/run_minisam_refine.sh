@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Stage C of MiniSAM (docs/minisam.md, "Refinement"): the shipped student refined against LiteMedSAM on the
+# Stage C of the from-scratch MiniSAM student (docs/minisam.md, "Refinement"): that student (SCRATCH=its
+# folder, run_minisam_chain.sh's AB_average/student, shipped as `minisam` before the teacher-initialised one) refined against LiteMedSAM on the
 # unlabelled slices plus seven augmented views of each COSMOS adapt_train image (data.views_on=cosmos), encoder
-# and decoder learning, feature MSE + mask KL on one cached box prompt per slice and step. The shipped student
+# and decoder learning, feature MSE + mask KL on one cached box prompt per slice and step. That student
 # fits even its own training images worst on the evaluated anatomy (heart, pancreas), so the views go there.
-#   C_refine: the refined student;  CA_average: the uniform weight average of the shipped student and C
+#   C_refine: the refined student;  CA_average: the uniform weight average of that student and C
 #   fit: all of them on the adapt_train images, which distillation saw: how well each fits its training data
-#   val: the teacher, the shipped student and both candidates on `val` -> choose there
-#   test (only with CHOSEN=<stage>): the same models on `test`, once, then experiments/ship_minisam.py ships CHOSEN
-# Usage: bash experiments/run_minisam_refine.sh [ROOT=runs/minisam_refine]
-#        env: STEPS_C=1000; SKIP_TRAIN=1 (only the evaluations); CHOSEN=C_refine (test + ship)
+#   val: the teacher, that student and both candidates on `val` -> choose there
+#   test (only with CHOSEN=<stage>): the same models on `test`, once
+# Usage: SCRATCH=runs/minisam/AB_average/student bash experiments/run_minisam_refine.sh [ROOT=runs/minisam_refine]
+#        env: STEPS_C=1000; SKIP_TRAIN=1 (only the evaluations); CHOSEN=C_refine (test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(realpath -m "${1:-runs/minisam_refine}")
 source experiments/minisam_paths.sh
-SHIPPED=src/napari_qlora_minisam/pretrained_models/minisam
+SHIPPED=${SCRATCH:?set SCRATCH to the from-scratch student folder (run_minisam_chain.sh: ROOT/AB_average/student)}
 MODELS="{source: litemedsam, name: teacher_litemedsam}, {source: $SHIPPED, name: shipped_AB}, {source: $ROOT/C_refine/student, name: C_refine}, {source: $ROOT/CA_average/student, name: CA_average}"
 mkdir -p "$ROOT/teacher_cache" "$ROOT/C_refine" "$ROOT/CA_average"
 
@@ -46,5 +47,4 @@ if [ -n "${CHOSEN:-}" ]; then
   minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" \
     data.split_file=$DATA/splits.json data.split_key=test \
     "models=[$MODELS]" "prompts=[box,point1]" device=cpu plots=false output_dir="$ROOT/test_eval"
-  python experiments/ship_minisam.py "$ROOT" --stage "$CHOSEN" --refined
 fi

@@ -119,16 +119,35 @@ def test_minisam_scores_are_per_object_and_class_means_of_deployable_rows(tmp_pa
     assert s["teacher"]["point1"]["objects"] == 1 and "box" not in s["teacher"]
 
 
-def test_ship_minisam_refuses_a_stage_that_is_not_the_best_on_val(tmp_path):
-    (tmp_path / "val_eval").mkdir()
-    _per_object(tmp_path / "val_eval" / "per_object.csv", [
-        ("teacher_litemedsam", "1_A", "x", "a.png", "box", "deployable", 0.9),
-        ("A_encoder", "1_A", "x", "a.png", "box", "deployable", 0.8),
-        ("B_decoder_loop", "1_A", "x", "a.png", "box", "deployable", 0.6),
-    ])
-    with pytest.raises(SystemExit, match="B_decoder_loop is not the best stage on val .A_encoder is."):
-        ship_minisam.main([str(tmp_path), "--stage", "B_decoder_loop"])
+def test_ship_minisam_chooses_on_the_pooled_validation_objects(tmp_path):
+    """The val split alone would pick the scratch student; pooled with adapt_train's objects it loses."""
+    for folder, rows in {"adapt_train_eval": [("teacher_litemedsam", 0.8), ("teacher_init_160_s3_half", 0.7),
+                                              ("scratch_AB_average", 0.5)],
+                         "val_eval": [("teacher_litemedsam", 0.5), ("teacher_init_160_s3_half", 0.5),
+                                      ("scratch_AB_average", 0.6)]}.items():
+        (tmp_path / folder).mkdir()
+        _per_object(tmp_path / folder / "per_object.csv", [
+            (m, "1_A", "x", f"{i}.png", "box", "deployable", d) for m, d in rows for i in range(3)])
+    pooled = ship_minisam.validation_scores(tmp_path)
+    assert pooled["scratch_AB_average"]["box"]["objects"] == 6
+    assert pooled["teacher_init_160_s3_half"]["box"]["dice_per_object"] == pytest.approx(0.6)
+    assert pooled["scratch_AB_average"]["box"]["dice_per_object"] == pytest.approx(0.55)
+    (tmp_path / "val_eval" / "per_object.csv").write_text("")  # an unfinished evaluation is no basis
+    with pytest.raises(SystemExit, match="no rows"):
+        ship_minisam.main([str(tmp_path)])
 
+
+def test_ship_minisam_refuses_a_candidate_that_is_not_the_best_on_validation(tmp_path, monkeypatch):
+    for folder in ("adapt_train_eval", "val_eval"):
+        (tmp_path / folder).mkdir()
+        _per_object(tmp_path / folder / "per_object.csv", [
+            ("teacher_litemedsam", "1_A", "x", "a.png", "box", "deployable", 0.9),
+            ("teacher_init_160_s3_half", "1_A", "x", "a.png", "box", "deployable", 0.6),
+            ("scratch_AB_average", "1_A", "x", "a.png", "box", "deployable", 0.8),
+        ])
+    with pytest.raises(SystemExit, match="teacher_init_160_s3_half is not the best on validation "
+                                         ".scratch_AB_average is."):
+        ship_minisam.main([str(tmp_path)])
 
 
 def test_refine_report_writes_fit_val_and_test_tables_into_its_own_section(tmp_path, monkeypatch):

@@ -35,8 +35,9 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
 
     Args:
         source: ``"litemedsam"`` (bundled, offline default); ``"minisam"`` (our distilled student, shipped
-            inside the package; docs/minisam.md); an HF hub id (``facebook/sam-vit-base``) or a
-            local directory written by ``save_pretrained``; an original segment-anything / MedSAM ``.pth``
+            inside the package; docs/minisam.md) or a folder holding another MiniSAM encoder
+            (``encoder.safetensors``, written by ``models.minisam_student.save_encoder``); an HF hub id
+            (``facebook/sam-vit-base``) or a local directory written by ``save_pretrained``; an original segment-anything / MedSAM ``.pth``
             checkpoint; or a named random spec (``tiny_hf_sam``, ``random_vit_b``, ``random_student_256``...:
             every one is named ``random_*`` or ``tiny_*``, and building one warns with
             :class:`~.models.registry.RandomWeightsWarning`, since its masks mean nothing).
@@ -60,11 +61,13 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
     if named == "litemedsam":
         backend = _litemedsam(dev, quantize)
     elif named == "minisam":
-        backend = _minisam(dev, quantize)
+        backend = _minisam(dev, quantize, minisam_dir(), "minisam")
     elif src in HF_SPECS:
         backend = _random_hf(src, dev, quantize)
     elif renamed_spec_message(src) and not path.exists():
         raise ModelLoadError(renamed_spec_message(src))
+    elif path.is_dir() and _is_minisam_folder(path):
+        backend = _minisam(dev, quantize, path, src)
     elif path.is_dir():
         backend = _hf_pretrained(src, path, dev, quantize)
     elif path.suffix in CHECKPOINT_SUFFIXES or path.is_file():
@@ -104,28 +107,37 @@ def _litemedsam(dev, quantize):
     return backend
 
 
-# Layers MiniSAM keeps in fp32 under quantize="nf4" (patterns, as LITEMEDSAM_FP32_LAYERS; benchmarks/minisam_nf4.py).
-MINISAM_FP32_LAYERS: tuple = ()
+# Layers MiniSAM keeps in fp32 under quantize="nf4": LiteMedSAM's, whose layers MiniSAM's are a subset of
+# (benchmarks/minisam_nf4.py measures the alternatives).
+MINISAM_FP32_LAYERS = LITEMEDSAM_FP32_LAYERS
 
 
 def minisam_dir() -> Path:
-    """The MiniSAM student's ``save_pretrained`` folder inside the installed package."""
+    """The MiniSAM student's folder inside the installed package (its encoder; the decoder is LiteMedSAM's)."""
     return Path(__file__).parent / "pretrained_models" / "minisam"
 
 
-def _minisam(dev, quantize):
-    where = minisam_dir()
-    if not (where / "config.json").is_file() or not (where / "model.safetensors").is_file():
+def _is_minisam_folder(path: Path) -> bool:
+    """A folder written by ``models.minisam_student.save_encoder`` (a MiniSAM encoder, not an HF model)."""
+    from .models.minisam_student import WEIGHTS_NAME
+
+    return (path / WEIGHTS_NAME).is_file()
+
+
+def _minisam(dev, quantize, where: Path, source: str):
+    from .models.minisam_student import CONFIG_NAME, WEIGHTS_NAME, MiniSamBackend, build_minisam_net
+
+    if not (where / CONFIG_NAME).is_file() or not (where / WEIGHTS_NAME).is_file():
         raise ModelLoadError(
-            f"The MiniSAM weights are missing from this installation ({where}); reinstall "
+            f"The MiniSAM weights are missing from {where} ({CONFIG_NAME} and {WEIGHTS_NAME}); reinstall "
             "napari-qlora-minisam, or use source='litemedsam'."
         )
-    backend = _hf_pretrained("minisam", where, dev, None)
+    net = build_minisam_net(where)
+    backend = MiniSamBackend(net, source)  # identity from fp32 weights, before quantization
     if quantize:
-        quantize_linear_layers(backend.net, dev, skip=MINISAM_FP32_LAYERS)
-        # bitsandbytes' packed AVX512-BF16 CPU kernel runs the decoder in bf16, and MiniSAM's masks do not survive
-        # it (27 of 32 box masks empty, benchmarks/minisam_nf4.py): its decoder uses the generic 4-bit kernel.
-        fix_cpu_packing(backend.net.mask_decoder, every_layer=True)
+        quantize_linear_layers(net, dev, skip=MINISAM_FP32_LAYERS)
+    else:
+        net.to(dev)
     backend.quantization = quantize
     return backend
 

@@ -132,20 +132,19 @@ def quantize_linear_layers(module: nn.Module, device="cpu", skip: tuple[str, ...
     return fix_cpu_packing(module)
 
 
-def fix_cpu_packing(module: nn.Module, every_layer: bool = False) -> nn.Module:
+def fix_cpu_packing(module: nn.Module) -> nn.Module:
     """Keep bitsandbytes off its AVX512-BF16 repacking path for layers it cannot repack.
 
     bitsandbytes 0.50 repacks 4-bit weights for a faster CPU kernel at the first inference call, but its
     repacking assumes ``in_features`` is a multiple of the quantization block size and ``out_features`` a
     multiple of 32, and fails otherwise (LiteMedSAM's 160-wide TinyViT stage, SAM's 4-output IoU head, tiny
-    test models). Those layers use the generic kernel instead; ``every_layer`` sends every 4-bit layer of
-    ``module`` there (the packed kernel computes in bf16, which some networks do not survive).
+    test models). Those layers use the generic kernel instead.
     """
     bnb = _require_bnb()
     for m in module.modules():
         if isinstance(m, bnb.nn.Linear4bit):
             block = getattr(m.weight.quant_state, "blocksize", 64) if m.weight.quant_state else 64
-            if every_layer or m.in_features % block or m.out_features % 32:
+            if m.in_features % block or m.out_features % 32:
                 m.support_avx512bf16_for_cpu = False
     return module
 

@@ -160,8 +160,8 @@ SegmentSlice = Callable[..., tuple]  # (z, box xyxy, **neighbour prompts) -> (ma
 NEIGHBOUR_PROMPTS = ("box", "box+mask", "box+point", "box+mask+point")
 DEFAULT_NEIGHBOUR_PROMPT = "box+mask+point"  # chosen on lung1 + brain1 (benchmarks/propagation_quality.py)
 # Where a model's own choice on those volumes differs: MiniSAM's adapters never saw a ``mask_input`` prompt in
-# training and answer one with a worse mask than the box and click alone (lung1 0.75 against 0.93).
-ADAPTED_NEIGHBOUR_PROMPTS = {"minisam": "box+point"}
+# training and answer one with a worse mask than the box alone (brain1 Dice (all) 0.14 against 0.38).
+ADAPTED_NEIGHBOUR_PROMPTS = {"minisam": "box"}
 
 
 def default_neighbour_prompt(backend=None) -> str:

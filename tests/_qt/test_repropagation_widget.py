@@ -108,10 +108,10 @@ def test_the_neighbour_prompt_follows_the_model_until_the_user_picks_one(correct
     monkeypatch.undo()
     minisam_ct = SimpleNamespace(source="minisam", active_adapter="minisam-ct")
     options.follow_model(minisam_ct)
-    assert options.neighbour_prompt() == "box+point"  # what that model propagates best with
+    assert options.neighbour_prompt() == "box"  # what that model propagates best with
     options.follow_model(SimpleNamespace(source="minisam", active_adapter=None))
     assert options.neighbour_prompt() == DEFAULT_NEIGHBOUR_PROMPT
-    options.prompt.setCurrentText("box")
+    options.prompt.setCurrentText("box+mask")
     options.prompt.activated.emit(options.prompt.currentIndex())  # what a user's pick emits
     options.follow_model(minisam_ct)
-    assert options.neighbour_prompt() == "box"  # the user's choice stays
+    assert options.neighbour_prompt() == "box+mask"  # the user's choice stays

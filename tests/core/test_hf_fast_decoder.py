@@ -1,4 +1,4 @@
-"""HF ``SamModel`` decoders (MiniSAM, hub SAMs, random specs) through ``fast_decoder.py`` via ``hf_sam_layout``.
+"""HF ``SamModel`` decoders (distilled students, hub SAMs, random specs) through ``fast_decoder.py`` via ``hf_sam_layout``.
 
 The reference is HF's own modules, called with ``fast_paths=False`` (the backend's module path), so these
 tests fail if the views compute something else than HF's prompt encoder and mask decoder, and also if the
@@ -49,6 +49,12 @@ def _decode(backend, emb, fast: bool, **prompts):
         backend.fast_paths = True
 
 
+def _same(got, ref, atol=ATOL, rtol=RTOL):
+    """Equal within ``atol`` of the reference's peak: random decoders give logits of ~1e-2, not SAM's ~10."""
+    scale = ref.abs().max().clamp_min(1e-6)
+    torch.testing.assert_close(got / scale, ref / scale, atol=atol, rtol=rtol)
+
+
 def _embedding(backend, image=None):
     """The embedding of a real slice (``image``) or of random pixels."""
     from napari_qlora_minisam.transforms import prepare_image
@@ -62,25 +68,35 @@ def _embedding(backend, image=None):
         return backend.encode(pixels)
 
 
-@pytest.fixture(scope="module")
-def minisam():
-    from napari_qlora_minisam import load_model
+# The shape of `minisam-train distill`'s CPU student (256² input, 64×64 grid, one global block): the HF layout
+# students are saved in. Random weights, so the warning is expected.
+STUDENT_SHAPE = "random_student_256_g1"
 
-    return load_model("minisam", device="cpu")
+
+def _student(quantize=None):
+    from napari_qlora_minisam import load_model
+    from napari_qlora_minisam.models.registry import RandomWeightsWarning
+
+    with pytest.warns(RandomWeightsWarning):
+        return load_model(STUDENT_SHAPE, quantize=quantize, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def student():
+    return _student()
 
 
 @pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_minisam_fast_decoder_equals_hf_modules(minisam, heart_slice, case, multimask):
-    emb = _embedding(minisam, heart_slice[0])
+def test_student_fast_decoder_equals_hf_modules(student, heart_slice, case, multimask):
+    emb = _embedding(student, heart_slice[0])
     prompts = _scaled(CASES[case], 256)
-    ref_masks, ref_iou = _decode(minisam, emb, False, multimask=multimask, **prompts)
-    masks, iou = _decode(minisam, emb, True, multimask=multimask, **prompts)
+    ref_masks, ref_iou = _decode(student, emb, False, multimask=multimask, **prompts)
+    masks, iou = _decode(student, emb, True, multimask=multimask, **prompts)
     assert masks.shape == ref_masks.shape and iou.shape == ref_iou.shape
-    if "boxes" in prompts and not multimask:  # the box-trained output on a real slice: not empty vs empty
-        assert (ref_masks > 0).any()
-    torch.testing.assert_close(masks, ref_masks, atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(iou, ref_iou, atol=ATOL, rtol=RTOL)
+    assert ref_masks.std() > 1e-2 * ref_masks.abs().max()  # logits that vary, so this is not of constants
+    _same(masks, ref_masks)
+    _same(iou, ref_iou)
 
 
 def test_tiny_random_model_fast_decoder_equals_hf_modules(tiny_hf):
@@ -100,34 +116,31 @@ def test_fast_decoder_follows_lora_adapters_and_weight_updates(heart_slice):
 
     from ._lora import add_probe_lora
 
-    model = load_model("minisam", device="cpu")
+    model = _student()
     emb = _embedding(model, heart_slice[0])
     prompts = _scaled(CASES["three_boxes"], 256)
     before, _ = _decode(model, emb, True, multimask=False, **prompts)
+    peak = before.abs().max()
     add_probe_lora(model)
     emb = _embedding(model, heart_slice[0])  # the adapter may reach the encoder too
     with_adapter, _ = _decode(model, emb, True, multimask=False, **prompts)
-    torch.testing.assert_close(with_adapter, _decode(model, emb, False, multimask=False, **prompts)[0],
-                               atol=ATOL, rtol=RTOL)
+    _same(with_adapter, _decode(model, emb, False, multimask=False, **prompts)[0])
     set_adapter(model, None)
     emb = _embedding(model, heart_slice[0])
     without, _ = _decode(model, emb, True, multimask=False, **prompts)
-    assert (with_adapter - without).abs().max() > 1e-3  # the switch reached the fast path
-    torch.testing.assert_close(without, before, atol=ATOL, rtol=RTOL)
-    proj = model.net.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj
+    assert (with_adapter - without).abs().max() > 1e-2 * peak  # the switch reached the fast path
+    _same(without, before)
+    proj = model.net.mask_decoder.transformer.layers[0].cross_attn_token_to_image.v_proj
     with torch.no_grad():
-        getattr(proj, "base_layer", proj).weight.mul_(1.5)  # in place, as an optimizer step
+        getattr(proj, "base_layer", proj).weight.mul_(3.0)  # in place, as an optimizer step
     after, _ = _decode(model, emb, True, multimask=False, **prompts)
-    assert (after - without).abs().max() > 1e-3
-    torch.testing.assert_close(after, _decode(model, emb, False, multimask=False, **prompts)[0],
-                               atol=ATOL, rtol=RTOL)
+    assert (after - without).abs().max() > 1e-2 * peak
+    _same(after, _decode(model, emb, False, multimask=False, **prompts)[0])
 
 
-def test_nf4_minisam_fast_decoder_matches_its_modules(heart_slice):
+def test_nf4_student_fast_decoder_matches_its_modules(heart_slice):
     """4-bit layers are called as modules; bitsandbytes rounds activations, so compare within its resolution."""
-    from napari_qlora_minisam import load_model
-
-    model = load_model("minisam", quantize="nf4", device="cpu")
+    model = _student("nf4")
     emb = _embedding(model, heart_slice[0])
     prompts = _scaled(CASES["three_boxes"], 256)
     ref, _ = _decode(model, emb, False, multimask=False, **prompts)

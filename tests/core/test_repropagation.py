@@ -177,7 +177,7 @@ class RecordingEngine(BoxEngine):
 
 @pytest.mark.parametrize("source, adapter, expected", [
     ("litemedsam", None, DEFAULT_NEIGHBOUR_PROMPT), ("litemedsam", "ct", DEFAULT_NEIGHBOUR_PROMPT),
-    ("minisam", None, DEFAULT_NEIGHBOUR_PROMPT), ("minisam", "minisam-ct", "box+point")])
+    ("minisam", None, DEFAULT_NEIGHBOUR_PROMPT), ("minisam", "minisam-ct", "box")])
 def test_the_session_prompts_each_slice_as_its_model_propagates_best(source, adapter, expected):
     engine = RecordingEngine(source, adapter)
     assert default_neighbour_prompt(engine.backend) == expected

