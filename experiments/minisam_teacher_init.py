@@ -97,10 +97,12 @@ def seconds(encoder, rounds: int = 7) -> float:
         return median_s(lambda: encoder(x), rounds)
 
 
-def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None = None) -> tuple[list[dict], dict]:
+def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None = None, views=(),
+        init: Path | None = None) -> tuple[list[dict], dict]:
     from napari_qlora_minisam import load_model
     from napari_qlora_minisam.models.litemedsam import LITEMEDSAM_SPEC
-    from napari_qlora_minisam.models.minisam_student import MiniSamEncoder, save_encoder
+    from minisam_train.data.unlabelled import apply_view
+    from napari_qlora_minisam.models.minisam_student import MiniSamEncoder, load_encoder, save_encoder
     from napari_qlora_minisam.transforms import prepare_image
 
     warnings.simplefilter("ignore")
@@ -112,6 +114,7 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
            "macs": macs(teacher.net.image_encoder), "bytes": teacher.memory_footprint(),
            "seconds": seconds(teacher.net.image_encoder)}
     images = training_images()
+    images += [apply_view(im, v) for v in views for im in images]  # fixed augmented copies, each with its target
     t0 = time.time()
     with torch.inference_mode():
         pixels = torch.cat([prepare_image(im, LITEMEDSAM_SPEC)[0] for im in images])
@@ -125,7 +128,11 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
         torch.manual_seed(seed)
         student = load_model("litemedsam", device="cpu")
         student.fast_paths = False  # the exported graph and hand-written path are LiteMedSAM's 256² encoder
-        encoder = MiniSamEncoder.from_teacher(student.net.image_encoder, side, stages, blocks)
+        if init is not None:  # continue from a saved encoder of this variant's shape
+            encoder = load_encoder(init)
+            side, stages, blocks = encoder.side, encoder.stages, encoder.blocks
+        else:
+            encoder = MiniSamEncoder.from_teacher(student.net.image_encoder, side, stages, blocks)
         student.net.image_encoder = encoder.eval()  # eval: TinyViT caches its attention biases, as the teacher's did
         row = {"variant": name, "side": side, "stages": stages, "stage3_blocks": 6 if blocks is None else len(blocks),
                "macs": macs(encoder),
@@ -149,7 +156,8 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
             save_encoder(encoder, save / name)
             (save / name / "training.json").write_text(json.dumps({
                 "variant": name, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "loss": "embedding MSE",
-                "images": ref["images"], "train_seconds": row["train_s"],
+                "images": ref["images"], "views": list(views), "init": None if init is None else str(init),
+                "train_seconds": row["train_s"],
                 "teacher_pass_seconds": ref["teacher_s"]}, indent=1) + "\n")
         rows.append(row)
         print(row, flush=True)
@@ -184,9 +192,12 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--views", nargs="*", default=[], help="augmented copies of every image (minisam_train's "
+                    "data.views names: hflip, vflip, rot90, gamma0.7...), each embedded by the teacher")
+    ap.add_argument("--init", type=Path, default=None, help="continue from this saved encoder (one variant)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    rows, ref = run(args.variants, args.steps, args.lr, args.batch, args.seed, args.save)
+    rows, ref = run(args.variants, args.steps, args.lr, args.batch, args.seed, args.save, args.views, args.init)
     text = report(rows, ref, args.steps, args.lr, args.batch)
     print(text)
     if not args.no_write:
