@@ -8,8 +8,9 @@ decoder expects, and fine-tune it for a few minutes on the teacher's embeddings 
     python experiments/minisam_teacher_init.py --steps 150       # 160-s3 and 160-s3-half, writes docs/minisam.md
     python experiments/minisam_teacher_init.py --variants 128 --steps 150 --no-write
 
-Data: the slices `scripts/gather_unlabelled.py` cached, the ultrasound frames and the COSMOS `adapt_train`
-images of `conf/splits_val.json` (what MiniSAM was distilled on, without views). Scores: box Dice per object
+Data: the slices `scripts/gather_unlabelled.py` cached and the COSMOS `adapt_train` images of
+`conf/splits_val.json` (the PNG files of the shared `ultrasound_unlabelled` folder too, which holds none: its
+two frames are TIFF, so the shipped student saw no ultrasound). Scores: box Dice per object
 against the ground truth on those `adapt_train` objects (*fit*) and on the `val` objects, each also as a ratio
 to the teacher's; never `test`. Loss: MSE between the student's and the teacher's image embeddings (the
 decoder stays LiteMedSAM's, frozen). MACs as `benchmarks/model_flops.py` counts them (torch's count / 2; this

@@ -71,7 +71,9 @@ class Controls:
         self.model = QComboBox()
         self.model.setEditable(True)
         self.model.addItems(MODEL_CHOICES)
-        self.model.setToolTip("litemedsam (bundled), minisam (our distilled student, bundled), a Hugging Face id, a save_pretrained folder or a .pth file.")
+        self.model.setToolTip("litemedsam (bundled, the default), minisam (bundled: our distilled student, ~4x "
+                              "faster to embed a slice at 0.93x LiteMedSAM's box Dice), a Hugging Face id, a "
+                              "save_pretrained folder or a .pth file.")
         self.browse = QPushButton("…")
         self.browse.setToolTip("Pick a segment-anything .pth checkpoint, or a config.json of a model folder.")
         self.browse.setMaximumWidth(32)
