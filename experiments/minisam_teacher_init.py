@@ -98,8 +98,21 @@ def seconds(encoder, rounds: int = 7) -> float:
         return median_s(lambda: encoder(x), rounds)
 
 
+def random_boxes(input_hw, per_image: int, seed: int) -> torch.Tensor:
+    """``(N, per_image, 4)`` boxes (x0, y0, x1, y1) in the 256² frame, each inside its image's unpadded part,
+    sides 15–60 % of it: prompts whose teacher masks the mask loss asks the student to reproduce."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(len(input_hw), per_image, 4)
+    for i, (h, w) in enumerate(input_hw):
+        size = torch.tensor([w, h]) * (0.15 + 0.45 * torch.rand(per_image, 2, generator=g))
+        lo = (torch.tensor([w, h]) - size) * torch.rand(per_image, 2, generator=g)
+        out[i] = torch.cat([lo, lo + size], 1)
+    return out
+
+
 def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None = None, views=(),
-        init: Path | None = None) -> tuple[list[dict], dict]:
+        init: Path | None = None, mask_weight: float = 0.0, temperature: float = 2.0,
+        boxes_per_image: int = 2) -> tuple[list[dict], dict]:
     from napari_qlora_minisam import load_model
     from napari_qlora_minisam.models.litemedsam import LITEMEDSAM_SPEC
     from minisam_train.data.unlabelled import apply_view
@@ -118,8 +131,14 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
     images += [apply_view(im, v) for v in views for im in images]  # fixed augmented copies, each with its target
     t0 = time.time()
     with torch.inference_mode():
-        pixels = torch.cat([prepare_image(im, LITEMEDSAM_SPEC)[0] for im in images])
+        prepared = [prepare_image(im, LITEMEDSAM_SPEC) for im in images]
+        pixels = torch.cat([p[0] for p in prepared])
         targets = torch.cat([teacher.encode(pixels[i:i + 1]) for i in range(len(pixels))])
+        boxes = masks = None
+        if mask_weight:  # the teacher's low-res mask logits for random boxes, the mask loss's targets
+            boxes = random_boxes([p[2] for p in prepared], boxes_per_image, seed)
+            masks = torch.stack([teacher.decode(targets[i:i + 1], boxes=boxes[i], multimask=False)[0][:, 0]
+                                 for i in range(len(pixels))]).half()
     ref.update(images=len(images), teacher_s=time.time() - t0)
     print(f"teacher: fit {ref['fit']:.3f} val {ref['val']:.3f}, {len(images)} images in {ref['teacher_s']:.0f} s",
           flush=True)
@@ -139,24 +158,38 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
                "macs": macs(encoder),
                "bytes": student.memory_footprint(), "seconds": seconds(encoder), "steps": steps}
         row["fit_0"], row["val_0"] = box_dice(student, fit), box_dice(student, val)
+        for module in (student.net.prompt_encoder, student.net.mask_decoder):
+            module.requires_grad_(False)  # frozen: the mask loss trains the encoder through them
         optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.0)
         g, t = torch.Generator().manual_seed(seed), time.time()
         for step in range(1, steps + 1):
             encoder.train()
             pick = torch.randint(0, len(pixels), (batch,), generator=g)
-            loss = F.mse_loss(encoder(pixels[pick]), targets[pick])
+            emb = encoder(pixels[pick])
+            feature = F.mse_loss(emb, targets[pick])
+            loss = feature
+            if mask_weight:  # KL between softened masks, as minisam-train distill's mask term
+                which = torch.randint(0, boxes_per_image, (batch,), generator=g)
+                kl = sum(F.binary_cross_entropy_with_logits(
+                    student.decode(emb[b:b + 1], boxes=boxes[i, k][None], multimask=False)[0][:, 0] / temperature,
+                    torch.sigmoid(masks[i, k][None].float() / temperature))
+                    for b, (i, k) in enumerate(zip(pick.tolist(), which.tolist()))) / batch
+                loss = feature + mask_weight * kl
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if step % 50 == 0:
-                print(f"{name} step {step} loss {loss.item():.4f} ({time.time() - t:.0f} s)", flush=True)
+                print(f"{name} step {step} loss {loss.item():.4f} feature {feature.item():.4f} "
+                      f"({time.time() - t:.0f} s)", flush=True)
         encoder.eval()
         row["train_s"] = time.time() - t
         row["fit"], row["val"] = box_dice(student, fit), box_dice(student, val)
         if save is not None:  # the shipped format: pretrained_models/minisam holds one of these folders
             save_encoder(encoder, save / name)
             (save / name / "training.json").write_text(json.dumps({
-                "variant": name, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "loss": "embedding MSE",
+                "variant": name, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "loss": "embedding MSE" + (f" + {mask_weight:g} x mask KL (T={temperature:g}, "
+                                                               f"{boxes_per_image} random boxes per image)"
+                                                               if mask_weight else ""),
                 "images": ref["images"], "views": list(views), "init": None if init is None else str(init),
                 "train_seconds": row["train_s"],
                 "teacher_pass_seconds": ref["teacher_s"]}, indent=1) + "\n")
@@ -196,9 +229,12 @@ def main(argv=None) -> int:
     ap.add_argument("--views", nargs="*", default=[], help="augmented copies of every image (minisam_train's "
                     "data.views names: hflip, vflip, rot90, gamma0.7...), each embedded by the teacher")
     ap.add_argument("--init", type=Path, default=None, help="continue from this saved encoder (one variant)")
+    ap.add_argument("--mask-weight", type=float, default=0.0, help="weight of a mask KL term (teacher's masks of "
+                    "random boxes, decoded by the frozen decoder); 0: embedding MSE only")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    rows, ref = run(args.variants, args.steps, args.lr, args.batch, args.seed, args.save, args.views, args.init)
+    rows, ref = run(args.variants, args.steps, args.lr, args.batch, args.seed, args.save, args.views, args.init,
+                    args.mask_weight)
     text = report(rows, ref, args.steps, args.lr, args.batch)
     print(text)
     if not args.no_write:
