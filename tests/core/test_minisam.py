@@ -36,6 +36,7 @@ def test_minisam_loads_from_the_package_without_a_warning():
     card = json.loads(CARD.read_text())
     assert backend.identity == card["identity"]  # the weights the card's figures were measured on
     assert backend.net.image_encoder.config() == card["architecture"]
+    assert card["training"]["steps"] > 0 and card["training"]["images"] > 0  # the recipe behind the figures
     assert next(backend.net.parameters()).dtype == torch.float32  # stored in fp16 (a small wheel), run in fp32
     assert (minisam_dir() / WEIGHTS_NAME).stat().st_size < 8 * 2**20
 
