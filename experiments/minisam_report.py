@@ -150,11 +150,11 @@ def plot(test: dict, speed: dict, chosen: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
     for m in test:
         x = speed[TEACHER] / speed[m]
         y = test[m]["box"]["dice_per_object"] / test[TEACHER]["box"]["dice_per_object"]
-        ax.scatter([x], [y], s=70 if m == chosen else 40, marker="*" if m == chosen else "o",
+        ax.scatter([x], [y], s=160 if m == chosen else 40, marker="*" if m == chosen else "o",
                    label=m + (" (chosen on val)" if m == chosen else ""))
     ax.axhline(0.95, color="grey", ls="--", lw=0.8)
     ax.axvline(2.5, color="grey", ls=":", lw=0.8)
@@ -162,7 +162,7 @@ def plot(test: dict, speed: dict, chosen: str, path: Path) -> None:
     ax.text(2.55, 0.90, "speed target 2.5×", fontsize=7, color="grey")
     ax.set_xlabel("encoder speed-up over LiteMedSAM (same run)")
     ax.set_ylabel("box Dice ratio per object (test)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: never over a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

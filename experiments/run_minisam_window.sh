@@ -2,7 +2,7 @@
 # MiniSAM with stage 3 attending in 10² windows instead of TinyViT's 14² (docs/minisam.md, "Smaller attention
 # windows"): the 40² token grid then splits into 16 windows with no padding, and each block's attention costs
 # and caches less. Two candidates, chosen on validation against the student they grew from:
-#   w10_mask: the shipped teacher-initialised student (experiments/run_minisam_teacher_init.sh) rewindowed and
+#   w10_mask: the half-stage teacher-initialised student (experiments/run_minisam_teacher_init.sh) rewindowed and
 #             trained 300 more steps (lr 5e-5): embedding MSE + 0.05 x mask KL on boxes round objects the teacher
 #             segments consistently (teacher_objects in experiments/minisam_teacher_init.py; no labels read);
 #   s3_w10:   the whole third stage (six blocks, which fit 10 GMACs only with the smaller windows), from the
@@ -11,15 +11,22 @@
 #     objects outside `test` (adapt_train + val of conf/splits_val.json), the set the choice is made on;
 #   test (only with TEST=1): once, the best on validation, if it is a new one; then experiments/ship_minisam.py
 #     ships it.
-# Usage: bash experiments/run_minisam_window.sh [ROOT=runs/minisam_window]; env: SKIP_TRAIN=1, TEST=1
+# Usage: bash experiments/run_minisam_window.sh [ROOT=runs/minisam_window]; env: SKIP_TRAIN=1, TEST=1,
+#   HALF=the half-stage student's folder (default runs/minisam_teacher_init/students/160-s3-half)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(realpath -m "${1:-runs/minisam_window}")
 source experiments/minisam_paths.sh
-START="$ROOT/students/160-s3-half"  # the student this stage starts from, copied once (shipping replaces it)
+# The half-stage student this stage starts from (stage 1), copied once into ROOT.
+HALF=$(realpath -m "${HALF:-runs/minisam_teacher_init/students/160-s3-half}")
+START="$ROOT/students/160-s3-half"
 mkdir -p "$ROOT"
 if [ ! -f "$START/encoder.safetensors" ]; then
-  mkdir -p "$START" && cp src/napari_qlora_minisam/pretrained_models/minisam/{config.json,encoder.safetensors} "$START"
+  if [ ! -f "$HALF/encoder.safetensors" ]; then
+    echo "no half-stage student at $HALF: run 'bash experiments/run_minisam_teacher_init.sh' first, or set HALF=" >&2
+    exit 2
+  fi
+  mkdir -p "$START" && cp "$HALF"/{config.json,encoder.safetensors} "$START"
 fi
 TRAIN=(python experiments/minisam_teacher_init.py --window 10 --no-write)
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then

@@ -72,7 +72,7 @@ class Controls:
         self.model.setEditable(True)
         self.model.addItems(MODEL_CHOICES)
         self.model.setToolTip("minisam (bundled, the default: the project's student distilled from LiteMedSAM, "
-                              "SPEEDx faster to embed a slice at 0.98x its box Dice), litemedsam (bundled, its "
+                              "a quarter of its encoder's cost at 0.98x its box Dice), litemedsam (bundled, its "
                               "teacher), a Hugging Face id, a save_pretrained folder or a .pth file.")
         self.browse = QPushButton("…")
         self.browse.setToolTip("Pick a segment-anything .pth checkpoint, or a config.json of a model folder.")
