@@ -99,6 +99,28 @@ def add_boxes(app, widget, *boxes, z=None):
     pump(app, lambda: widget.previews_painted > n and widget.is_idle)
 
 
+def click_with_adapter(app, adapter: str, name: str):
+    """The heart sample with ``adapter`` picked in the Adapter box and one click at the left ventricle's
+    centroid, shot as ``name``; returns the open viewer and widget."""
+    from napari_qlora_minisam.prompts import xy_to_rc
+
+    viewer, widget = open_ready(app, "heart_mri")
+    ref = viewer.layers["cardiac MRI reference"].data
+    lv, rv = ref == 1, ref == 3
+    combo = widget.ui.adapter
+    combo.setCurrentIndex(next(i for i in range(combo.count())
+                               if combo.itemData(i) is not None and combo.itemData(i).name == adapter))
+    pump(app, lambda: widget.model.active_adapter == adapter and widget.is_idle)
+    frame(viewer, lv | rv, 2.6)
+    n = widget.previews_painted
+    widget.tools.activate_point_mode()
+    widget.layers["points"].add(xy_to_rc(centroid(lv)[None]))
+    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
+    viewer.layers.selection.active = widget.layers["points"]
+    shoot(viewer, app, name)
+    return viewer, widget
+
+
 def main() -> None:
     from napari.qt import get_qapp
 
@@ -170,18 +192,7 @@ def main() -> None:
     viewer.close()
 
     # One click, with the shipped MRI adapter (LiteMedSAM alone was trained with boxes only).
-    viewer, widget = open_ready(app, "heart_mri")
-    combo = widget.ui.adapter
-    combo.setCurrentIndex(next(i for i in range(combo.count())
-                               if combo.itemData(i) is not None and combo.itemData(i).name == "mri"))
-    pump(app, lambda: widget.model.active_adapter == "mri" and widget.is_idle)
-    frame(viewer, lv | rv, 2.6)
-    n = widget.previews_painted
-    widget.tools.activate_point_mode()
-    widget.layers["points"].add(xy_to_rc(centroid(lv)[None]))
-    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
-    viewer.layers.selection.active = widget.layers["points"]
-    shoot(viewer, app, "plugin_click_adapter.png")
+    viewer, widget = click_with_adapter(app, "mri", "plugin_click_adapter.png")
     viewer.close()
 
     # Chest CT volume: commit on the middle tumour slice, propagate, show another slice.
@@ -311,8 +322,8 @@ def shoot_minisam(app) -> None:
     """The plugin's default model, MiniSAM: both ventricles committed from their boxes, then one click on the
     left ventricle with its shipped ``minisam-mri`` adapter (plugin_minisam.png, plugin_minisam_click.png).
     Prints each mask's Dice against the sample's reference."""
+    from napari_qlora_minisam import MiniSamPredictor, load_model
     from napari_qlora_minisam.masks import dice
-    from napari_qlora_minisam.prompts import xy_to_rc
 
     os.environ["MINISAM_NAPARI_MODEL"] = "minisam"
     viewer, widget = open_ready(app, "heart_mri")
@@ -326,8 +337,6 @@ def shoot_minisam(app) -> None:
     objects = widget.layers["objects"].data
     print(f"MiniSAM boxes: LV Dice {dice(objects == 1, lv):.3f}, RV Dice {dice(objects == 2, rv):.3f}")
     widget.objects.table.item(1, 1).setText("RightVentricle")  # new ids take the sample's label names
-    from napari_qlora_minisam import MiniSamPredictor, load_model
-
     teacher = MiniSamPredictor(load_model("litemedsam", device="cpu"))  # the same boxes, for the caption
     teacher.set_image(viewer.layers["cardiac MRI"].data)
     lv_t, rv_t = (teacher.predict(box=tight_box(m), multimask=False)[0][0] for m in (lv, rv))
@@ -336,18 +345,7 @@ def shoot_minisam(app) -> None:
     shoot(viewer, app, "plugin_minisam.png")
     viewer.close()
 
-    viewer, widget = open_ready(app, "heart_mri")
-    combo = widget.ui.adapter
-    combo.setCurrentIndex(next(i for i in range(combo.count())
-                               if combo.itemData(i) is not None and combo.itemData(i).name == "minisam-mri"))
-    pump(app, lambda: widget.model.active_adapter == "minisam-mri" and widget.is_idle)
-    frame(viewer, lv | rv, 2.6)
-    n = widget.previews_painted
-    widget.tools.activate_point_mode()
-    widget.layers["points"].add(xy_to_rc(centroid(lv)[None]))
-    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
-    viewer.layers.selection.active = widget.layers["points"]
-    shoot(viewer, app, "plugin_minisam_click.png")
+    viewer, widget = click_with_adapter(app, "minisam-mri", "plugin_minisam_click.png")
     widget.commit()  # the preview shown is what Commit writes
     pump(app, lambda: widget.is_idle)
     print(f"MiniSAM + minisam-mri, one click: LV Dice {dice(widget.layers['objects'].data == 1, lv):.3f}")
