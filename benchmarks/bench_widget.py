@@ -39,6 +39,18 @@ DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- plugin:start -->", "<!-- plugin:end -->"
 
 
+def pin_model(parser) -> None:
+    """``--model``: the widget's model for the run (its figures in the docs are LiteMedSAM's)."""
+    parser.add_argument("--model", default="litemedsam",
+                        help="model the widget loads (default: litemedsam, whose figures the docs give)")
+
+
+def use_model(args) -> None:
+    from napari_qlora_minisam._qt.model_control import MODEL_ENV
+
+    os.environ[MODEL_ENV] = args.model
+
+
 def settle(app, seconds: float) -> None:
     """Let Qt run for ``seconds`` (the frames after an edit)."""
     t0 = time.perf_counter()
@@ -570,7 +582,9 @@ def main(argv=None) -> None:
     parser.add_argument("--edits", type=int, default=30)
     parser.add_argument("--train-minutes", type=float, default=2.0, help="budget of the in-widget training run")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    pin_model(parser)
     args = parser.parse_args(argv)
+    use_model(args)
     from qtpy.QtWidgets import QApplication
 
     import napari  # noqa: F401 - creates the QApplication machinery

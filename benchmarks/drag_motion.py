@@ -123,7 +123,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--drags", type=int, default=12)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    B.pin_model(parser)
     args = parser.parse_args(argv)
+    B.use_model(args)
     from napari.qt import get_qapp
 
     from napari_qlora_minisam._qt.live_preview import DRAG_PAUSE_MS

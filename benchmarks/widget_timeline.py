@@ -219,7 +219,9 @@ def main(argv=None) -> None:
     parser.add_argument("--edits", type=int, default=30)
     parser.add_argument("--bf16", action="store_true", help="also time the opt-in bf16 decoder (native bf16 only)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    B.pin_model(parser)
     args = parser.parse_args(argv)
+    B.use_model(args)
     # Interleaved (on, off, on, off) so a change of machine load hits both alike.
     from napari_qlora_minisam.models.cpu_features import bf16_is_native
 

@@ -1,12 +1,12 @@
-"""Screenshots of the real widget for docs/plugin.md (real LiteMedSAM, shipped samples).
+"""Screenshots of the real widget for docs/plugin.md (real LiteMedSAM, pinned; shipped samples).
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [series nifti ...]
 
 Writes docs/images/plugin_box.png, plugin_drawing.png, plugin_points.png, plugin_batch.png,
 plugin_objects.png, plugin_shortcuts.png, plugin_two_images.png, plugin_click_adapter.png,
 plugin_propagation.png; then, from the shared data (``$MINISAM_SHARED_DATA``, default ../shared/data),
-plugin_series.png (``series``) and plugin_nifti.png with plugin_precompute.png (``nifti``). Naming parts
-makes only those.
+plugin_series.png (``series``) and plugin_nifti.png with plugin_precompute.png (``nifti``); and the default
+model's plugin_minisam.png and plugin_minisam_click.png (``minisam``). Naming parts makes only those.
 """
 
 from __future__ import annotations
@@ -99,6 +99,28 @@ def add_boxes(app, widget, *boxes, z=None):
     pump(app, lambda: widget.previews_painted > n and widget.is_idle)
 
 
+def click_with_adapter(app, adapter: str, name: str):
+    """The heart sample with ``adapter`` picked in the Adapter box and one click at the left ventricle's
+    centroid, shot as ``name``; returns the open viewer and widget."""
+    from napari_qlora_minisam.prompts import xy_to_rc
+
+    viewer, widget = open_ready(app, "heart_mri")
+    ref = viewer.layers["cardiac MRI reference"].data
+    lv, rv = ref == 1, ref == 3
+    combo = widget.ui.adapter
+    combo.setCurrentIndex(next(i for i in range(combo.count())
+                               if combo.itemData(i) is not None and combo.itemData(i).name == adapter))
+    pump(app, lambda: widget.model.active_adapter == adapter and widget.is_idle)
+    frame(viewer, lv | rv, 2.6)
+    n = widget.previews_painted
+    widget.tools.activate_point_mode()
+    widget.layers["points"].add(xy_to_rc(centroid(lv)[None]))
+    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
+    viewer.layers.selection.active = widget.layers["points"]
+    shoot(viewer, app, name)
+    return viewer, widget
+
+
 def main() -> None:
     from napari.qt import get_qapp
 
@@ -170,18 +192,7 @@ def main() -> None:
     viewer.close()
 
     # One click, with the shipped MRI adapter (LiteMedSAM alone was trained with boxes only).
-    viewer, widget = open_ready(app, "heart_mri")
-    combo = widget.ui.adapter
-    combo.setCurrentIndex(next(i for i in range(combo.count())
-                               if combo.itemData(i) is not None and combo.itemData(i).name == "mri"))
-    pump(app, lambda: widget.model.active_adapter == "mri" and widget.is_idle)
-    frame(viewer, lv | rv, 2.6)
-    n = widget.previews_painted
-    widget.tools.activate_point_mode()
-    widget.layers["points"].add(xy_to_rc(centroid(lv)[None]))
-    pump(app, lambda: widget.previews_painted > n and widget.is_idle)
-    viewer.layers.selection.active = widget.layers["points"]
-    shoot(viewer, app, "plugin_click_adapter.png")
+    viewer, widget = click_with_adapter(app, "mri", "plugin_click_adapter.png")
     viewer.close()
 
     # Chest CT volume: commit on the middle tumour slice, propagate, show another slice.
@@ -307,12 +318,49 @@ def shoot_nifti(app) -> None:
     shutil.rmtree(work)
 
 
-PARTS = {"series": shoot_series, "nifti": shoot_nifti}
+def shoot_minisam(app) -> None:
+    """The plugin's default model, MiniSAM: both ventricles committed from their boxes, then one click on the
+    left ventricle with its shipped ``minisam-mri`` adapter (plugin_minisam.png, plugin_minisam_click.png).
+    Prints each mask's Dice against the sample's reference."""
+    from napari_qlora_minisam import MiniSamPredictor, load_model
+    from napari_qlora_minisam.masks import dice
+
+    os.environ["MINISAM_NAPARI_MODEL"] = "minisam"
+    viewer, widget = open_ready(app, "heart_mri")
+    assert widget.model.name == "minisam", widget.model.name
+    ref = viewer.layers["cardiac MRI reference"].data
+    lv, rv = ref == 1, ref == 3
+    frame(viewer, lv | rv, 2.6)
+    add_boxes(app, widget, tight_box(lv), tight_box(rv))
+    widget.commit()
+    pump(app, lambda: widget.is_idle)
+    objects = widget.layers["objects"].data
+    print(f"MiniSAM boxes: LV Dice {dice(objects == 1, lv):.3f}, RV Dice {dice(objects == 2, rv):.3f}")
+    widget.objects.table.item(1, 1).setText("RightVentricle")  # new ids take the sample's label names
+    teacher = MiniSamPredictor(load_model("litemedsam", device="cpu"))  # the same boxes, for the caption
+    teacher.set_image(viewer.layers["cardiac MRI"].data)
+    lv_t, rv_t = (teacher.predict(box=tight_box(m), multimask=False)[0][0] for m in (lv, rv))
+    print(f"LiteMedSAM, same boxes: LV Dice {dice(lv_t, lv):.3f}, RV Dice {dice(rv_t, rv):.3f}")
+    viewer.layers.selection.active = widget.layers["objects"]
+    shoot(viewer, app, "plugin_minisam.png")
+    viewer.close()
+
+    viewer, widget = click_with_adapter(app, "minisam-mri", "plugin_minisam_click.png")
+    widget.commit()  # the preview shown is what Commit writes
+    pump(app, lambda: widget.is_idle)
+    print(f"MiniSAM + minisam-mri, one click: LV Dice {dice(widget.layers['objects'].data == 1, lv):.3f}")
+    viewer.close()
+
+
+PARTS = {"series": shoot_series, "nifti": shoot_nifti, "minisam": shoot_minisam}
 
 if __name__ == "__main__":
     import sys
 
     from napari.qt import get_qapp
+
+    # The docs' figures and captions are LiteMedSAM's (with its "mri" adapter), not the plugin default's.
+    os.environ["MINISAM_NAPARI_MODEL"] = "litemedsam"
 
     if len(sys.argv) == 1:
         main()

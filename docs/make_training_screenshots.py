@@ -41,6 +41,7 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=2.0)
     args = parser.parse_args(argv)
     os.environ["MINISAM_ADAPTERS_DIR"] = tempfile.mkdtemp(prefix="us-demo-adapters-")
+    os.environ["MINISAM_NAPARI_MODEL"] = "litemedsam"  # the figures in docs/adapters.md are LiteMedSAM's
     import napari
     import tifffile
     from napari.qt import get_qapp

@@ -1,10 +1,12 @@
 """docs/minisam.md figures from a MiniSAM run folder.
 
-    python experiments/minisam_report.py runs/minisam_teacher_init --teacher-init [--old SCRATCH]  # the shipped one
+    python experiments/minisam_report.py runs/minisam_window --teacher-init --previous runs/minisam_teacher_init \
+        [--old SCRATCH]                                                       # the shipped one
     python experiments/minisam_report.py runs/minisam [--chosen B_decoder_loop]   # experiments/run_minisam_chain.sh
     python experiments/minisam_report.py runs/minisam_refine --refine   # experiments/run_minisam_refine.sh
 
-With ``--teacher-init`` the folder is experiments/run_minisam_teacher_init.sh's: the validation table (its
+With ``--teacher-init`` the folder is a run of experiments/run_minisam_teacher_init.sh or (with ``--previous``, the
+teacher-initialised run it grew from) run_minisam_window.sh: the validation table (its
 ``adapt_train_eval`` and ``val_eval``, pooled), the test table, encoder latencies of every model in it
 measured here, and the plot go into the section ``minisam-shipped``. Otherwise:
 
@@ -104,25 +106,35 @@ def validation_table(root: Path) -> list[str]:
     return lines
 
 
-def teacher_init_report(root: Path, old: Path | None, write: bool) -> str:
-    """The shipped student's validation and test tables, latencies and plot (section ``minisam-shipped``)."""
+def teacher_init_report(root: Path, old: Path | None, write: bool, previous: Path | None = None) -> str:
+    """The shipped student's validation and test tables, latencies and plot (section ``minisam-shipped``).
+    ``previous``: the run folder of the stage ``root``'s run grew from, whose test rows (scored once, when that
+    stage was chosen) join the test table, the latencies and the plot."""
+    script = "experiments/run_minisam_window.sh" if previous else "experiments/run_minisam_teacher_init.sh"
     text = ["### Validation (the choice)", "",
             "Box Dice per object, deployable mask, on the labelled objects of `conf/splits_val.json` outside "
-            "`test`. Command: `bash experiments/run_minisam_teacher_init.sh` (its fit and val steps).", "",
+            f"`test`. Command: `bash {script}` (its fit and val steps).", "",
             *validation_table(root), ""]
     test_csv = root / "test_eval" / "per_object.csv"
     if test_csv.exists():
         test = scores(test_csv)
-        sources = {TEACHER: "litemedsam", **{m: str(root / f) for m, f in STUDENTS.items() if m in test}}
+        chosen = next(m for m in test if m != TEACHER)
+        folders = {m: root / f for m, (f, _) in STUDENTS.items() if m in test}
+        if previous is not None:
+            earlier = scores(previous / "test_eval" / "per_object.csv")
+            test.update({m: v for m, v in earlier.items() if m not in test})
+            folders.update({m: previous / f for m, (f, _) in STUDENTS.items() if m in earlier and m not in folders})
+        sources = {TEACHER: "litemedsam", **{m: str(f) for m, f in folders.items()}}
         if old is not None and "scratch_AB_average" in test:
             sources["scratch_AB_average"] = str(old)
         speed = latencies(sources)
-        chosen = next(m for m in STUDENTS if m in test)
+        earlier_note = (f" Rows of earlier stages come from their own test runs ({previous.name}), scored once "
+                        "when each was chosen; the teacher's row is this run's." if previous else "")
         text += ["### Test (once, after the choice)", "",
                  f"COSMOS `test` split of both roots: {test[TEACHER]['box']['objects']} objects. Command: "
-                 "`TEST=1 bash experiments/run_minisam_teacher_init.sh` (its test step); speed: "
+                 f"`TEST=1 bash {script}` (its test step); speed: "
                  "`python experiments/minisam_report.py ROOT --teacher-init` (encoders interleaved in one process, "
-                 "5 rounds, each model's default CPU path).", "", *split_table(test), "",
+                 "5 rounds, each model's default CPU path)." + earlier_note, "", *split_table(test), "",
                  "Encoder seconds per 256² slice in that run: " + ", ".join(
                      f"`{m}` {speed[m]:.3f} s" for m in speed) + ".", "",
                  "Box Dice per class (deployable):", "", *class_table(test), "",
@@ -138,11 +150,11 @@ def plot(test: dict, speed: dict, chosen: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
     for m in test:
         x = speed[TEACHER] / speed[m]
         y = test[m]["box"]["dice_per_object"] / test[TEACHER]["box"]["dice_per_object"]
-        ax.scatter([x], [y], s=70 if m == chosen else 40, marker="*" if m == chosen else "o",
+        ax.scatter([x], [y], s=160 if m == chosen else 40, marker="*" if m == chosen else "o",
                    label=m + (" (chosen on val)" if m == chosen else ""))
     ax.axhline(0.95, color="grey", ls="--", lw=0.8)
     ax.axvline(2.5, color="grey", ls=":", lw=0.8)
@@ -150,7 +162,7 @@ def plot(test: dict, speed: dict, chosen: str, path: Path) -> None:
     ax.text(2.55, 0.90, "speed target 2.5×", fontsize=7, color="grey")
     ax.set_xlabel("encoder speed-up over LiteMedSAM (same run)")
     ax.set_ylabel("box Dice ratio per object (test)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: never over a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -189,10 +201,12 @@ def main(argv=None) -> None:
     ap.add_argument("--teacher-init", action="store_true",
                     help="ROOT is a run of experiments/run_minisam_teacher_init.sh (the shipped student)")
     ap.add_argument("--old", type=Path, default=None, help="with --teacher-init: the from-scratch student's folder")
+    ap.add_argument("--previous", type=Path, default=None, help="with --teacher-init: the run folder of the stage "
+                    "ROOT grew from (experiments/run_minisam_window.sh's ROOT grew from run_minisam_teacher_init.sh's)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     if args.teacher_init:
-        out = teacher_init_report(args.root, args.old, not args.no_write)
+        out = teacher_init_report(args.root, args.old, not args.no_write, args.previous)
         print(out)
         if not args.no_write:
             doc_sections.write_section(DOC, out, SHIPPED_START, SHIPPED_END, title="# MiniSAM")

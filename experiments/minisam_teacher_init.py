@@ -10,7 +10,7 @@ decoder expects, and fine-tune it for a few minutes on the teacher's embeddings 
 
 Data: the slices `scripts/gather_unlabelled.py` cached and the COSMOS `adapt_train` images of
 `conf/splits_val.json` (the PNG files of the shared `ultrasound_unlabelled` folder too, which holds none: its
-two frames are TIFF, so the shipped student saw no ultrasound). Scores: box Dice per object
+two frames are TIFF; the cache's ultrasound is pydicom's). Scores: box Dice per object
 against the ground truth on those `adapt_train` objects (*fit*) and on the `val` objects, each also as a ratio
 to the teacher's; never `test`. Loss: MSE between the student's and the teacher's image embeddings (the
 decoder stays LiteMedSAM's, frozen). MACs as `benchmarks/model_flops.py` counts them (torch's count / 2; this
@@ -43,6 +43,7 @@ START, END = "<!-- minisam-teacher-init:start -->", "<!-- minisam-teacher-init:e
 # (2 blocks, 2.5 M parameters); keeping every other block of stage 3 (LayerDrop's "every other") saves 0.9 M more.
 VARIANTS = {"128": (128, 4, None), "160-s3": (160, 3, None), "160-s3-half": (160, 3, (0, 2, 4))}
 DEFAULT_VARIANTS = ("160-s3", "160-s3-half")
+OBJECT_SEEDS = 12  # random boxes per image from which teacher_objects keeps the consistent ones
 def training_images() -> list[np.ndarray]:
     import imageio.v3 as iio
 
@@ -98,21 +99,56 @@ def seconds(encoder, rounds: int = 7) -> float:
         return median_s(lambda: encoder(x), rounds)
 
 
-def random_boxes(input_hw, per_image: int, seed: int) -> torch.Tensor:
+def random_boxes(input_hw, per_image: int, seed: int, smallest: float = 0.15) -> torch.Tensor:
     """``(N, per_image, 4)`` boxes (x0, y0, x1, y1) in the 256² frame, each inside its image's unpadded part,
-    sides 15–60 % of it: prompts whose teacher masks the mask loss asks the student to reproduce."""
+    sides ``smallest``–60 % of it: prompts whose teacher masks the mask loss asks the student to reproduce."""
     g = torch.Generator().manual_seed(seed)
     out = torch.empty(len(input_hw), per_image, 4)
     for i, (h, w) in enumerate(input_hw):
-        size = torch.tensor([w, h]) * (0.15 + 0.45 * torch.rand(per_image, 2, generator=g))
+        size = torch.tensor([w, h]) * (smallest + (0.6 - smallest) * torch.rand(per_image, 2, generator=g))
         lo = (torch.tensor([w, h]) - size) * torch.rand(per_image, 2, generator=g)
         out[i] = torch.cat([lo, lo + size], 1)
     return out
 
 
+def teacher_objects(teacher, embedding, hw, seeds: int, keep: int, seed: int) -> torch.Tensor:
+    """``(k <= keep, 4)`` boxes around objects the teacher itself segments in one image: the largest component
+    of its mask for each of ``seeds`` random boxes, kept when it is neither tiny nor most of the image and
+    when the teacher, given that component's tight box, gives back nearly the same mask (IoU >= 0.75): a box a
+    user would draw round something the teacher sees as one object. Labels are never read. A seed box that cuts
+    a larger structure gives a crop of it that passes the check as well (the teacher gives the crop back for the
+    crop's own box), so some of these boxes frame parts of organs rather than whole ones."""
+    from scipy import ndimage
+
+    from napari_qlora_minisam.masks import tight_box
+
+    h, w = hw
+    seeds_xyxy = random_boxes([hw], seeds, seed, smallest=0.08)[0]
+    masks = (teacher.decode(embedding, boxes=seeds_xyxy, multimask=False)[0][:, 0] > 0).numpy()
+    found, boxes = [], []
+    for mask in masks:
+        labels, n = ndimage.label(mask)
+        if n == 0:
+            continue
+        part = labels == 1 + int(np.argmax(ndimage.sum(mask, labels, range(1, n + 1))))
+        if not 0.003 * h * w <= part.sum() <= 0.4 * h * w:
+            continue
+        if any((part & f).sum() / (part | f).sum() > 0.7 for f in found):
+            continue  # one box per object
+        box = torch.tensor(tight_box(part), dtype=torch.float32)
+        again = teacher.decode(embedding, boxes=box[None], multimask=False)[0][0, 0].numpy() > 0
+        if (part & again).sum() / (part | again).sum() >= 0.75:
+            found.append(part)
+            boxes.append(box)
+        if len(boxes) == keep:
+            break
+    return torch.stack(boxes) if boxes else torch.empty(0, 4)
+
+
 def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None = None, views=(),
         init: Path | None = None, mask_weight: float = 0.0, temperature: float = 2.0,
-        boxes_per_image: int = 2) -> tuple[list[dict], dict]:
+        boxes_per_image: int = 2, mask_prompts: str = "random", window: int | None = None
+        ) -> tuple[list[dict], dict]:
     from napari_qlora_minisam import load_model
     from napari_qlora_minisam.models.litemedsam import LITEMEDSAM_SPEC
     from minisam_train.data.unlabelled import apply_view
@@ -135,10 +171,15 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
         pixels = torch.cat([p[0] for p in prepared])
         targets = torch.cat([teacher.encode(pixels[i:i + 1]) for i in range(len(pixels))])
         boxes = masks = None
-        if mask_weight:  # the teacher's low-res mask logits for random boxes, the mask loss's targets
-            boxes = random_boxes([p[2] for p in prepared], boxes_per_image, seed)
-            masks = torch.stack([teacher.decode(targets[i:i + 1], boxes=boxes[i], multimask=False)[0][:, 0]
-                                 for i in range(len(pixels))]).half()
+        if mask_weight:  # per image: box prompts and the teacher's low-res mask logits, the mask loss's targets
+            if mask_prompts == "objects":
+                boxes = [teacher_objects(teacher, targets[i:i + 1], p[2], OBJECT_SEEDS, boxes_per_image, seed + i)
+                         for i, p in enumerate(prepared)]
+            else:
+                boxes = list(random_boxes([p[2] for p in prepared], boxes_per_image, seed))
+            masks = [teacher.decode(targets[i:i + 1], boxes=b, multimask=False)[0][:, 0].half() if len(b) else None
+                     for i, b in enumerate(boxes)]
+            ref["mask_prompts"] = sum(len(b) for b in boxes)
     ref.update(images=len(images), teacher_s=time.time() - t0)
     print(f"teacher: fit {ref['fit']:.3f} val {ref['val']:.3f}, {len(images)} images in {ref['teacher_s']:.0f} s",
           flush=True)
@@ -151,8 +192,11 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
         if init is not None:  # continue from a saved encoder of this variant's shape
             encoder = load_encoder(init)
             side, stages, blocks = encoder.side, encoder.stages, encoder.blocks
+            if window is not None:
+                encoder = encoder.with_window(window)
         else:
-            encoder = MiniSamEncoder.from_teacher(student.net.image_encoder, side, stages, blocks)
+            encoder = MiniSamEncoder.from_teacher(student.net.image_encoder, side, stages, blocks,
+                                                  **({} if window is None else {"window": window}))
         student.net.image_encoder = encoder.eval()  # eval: TinyViT caches its attention biases, as the teacher's did
         row = {"variant": name, "side": side, "stages": stages, "stage3_blocks": 6 if blocks is None else len(blocks),
                "macs": macs(encoder),
@@ -168,13 +212,15 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
             emb = encoder(pixels[pick])
             feature = F.mse_loss(emb, targets[pick])
             loss = feature
-            if mask_weight:  # KL between softened masks, as minisam-train distill's mask term
-                which = torch.randint(0, boxes_per_image, (batch,), generator=g)
-                kl = sum(F.binary_cross_entropy_with_logits(
-                    student.decode(emb[b:b + 1], boxes=boxes[i, k][None], multimask=False)[0][:, 0] / temperature,
-                    torch.sigmoid(masks[i, k][None].float() / temperature))
-                    for b, (i, k) in enumerate(zip(pick.tolist(), which.tolist()))) / batch
-                loss = feature + mask_weight * kl
+            with_masks = [(b, i) for b, i in enumerate(pick.tolist()) if mask_weight and masks[i] is not None]
+            if with_masks:  # KL between softened masks, as minisam-train distill's mask term
+                kl = 0.0
+                for b, i in with_masks:
+                    k = int(torch.randint(0, len(boxes[i]), (1,), generator=g))
+                    kl = kl + F.binary_cross_entropy_with_logits(
+                        student.decode(emb[b:b + 1], boxes=boxes[i][k][None], multimask=False)[0][:, 0] / temperature,
+                        torch.sigmoid(masks[i][k][None].float() / temperature))
+                loss = feature + mask_weight * kl / len(with_masks)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -186,10 +232,12 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
         row["fit"], row["val"] = box_dice(student, fit), box_dice(student, val)
         if save is not None:  # the shipped format: pretrained_models/minisam holds one of these folders
             save_encoder(encoder, save / name)
+            recipe = "embedding MSE" + (f" + {mask_weight:g} x mask KL (T={temperature:g}, up to {boxes_per_image} "
+                                        f"boxes per image: {mask_prompts}, {ref['mask_prompts']} in all)"
+                                        if mask_weight else "")
             (save / name / "training.json").write_text(json.dumps({
-                "variant": name, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "loss": "embedding MSE" + (f" + {mask_weight:g} x mask KL (T={temperature:g}, "
-                                                               f"{boxes_per_image} random boxes per image)"
-                                                               if mask_weight else ""),
+                "variant": name, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "loss": recipe,
+                "stage3_window": encoder.window,
                 "images": ref["images"], "views": list(views), "init": None if init is None else str(init),
                 "train_seconds": row["train_s"],
                 "teacher_pass_seconds": ref["teacher_s"]}, indent=1) + "\n")
@@ -231,10 +279,15 @@ def main(argv=None) -> int:
     ap.add_argument("--init", type=Path, default=None, help="continue from this saved encoder (one variant)")
     ap.add_argument("--mask-weight", type=float, default=0.0, help="weight of a mask KL term (teacher's masks of "
                     "random boxes, decoded by the frozen decoder); 0: embedding MSE only")
+    ap.add_argument("--mask-prompts", choices=["random", "objects"], default="random", help="the mask term's "
+                    "boxes: random, or round objects the teacher segments consistently (teacher_objects)")
+    ap.add_argument("--boxes-per-image", type=int, default=2)
+    ap.add_argument("--window", type=int, default=None, help="stage 3's attention window (TinyViT's: 14)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     rows, ref = run(args.variants, args.steps, args.lr, args.batch, args.seed, args.save, args.views, args.init,
-                    args.mask_weight)
+                    args.mask_weight, boxes_per_image=args.boxes_per_image, mask_prompts=args.mask_prompts,
+                    window=args.window)
     text = report(rows, ref, args.steps, args.lr, args.batch)
     print(text)
     if not args.no_write:

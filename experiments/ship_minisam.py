@@ -26,7 +26,13 @@ DEST = REPO / "src" / "napari_qlora_minisam" / "pretrained_models" / "minisam"
 sys.path.insert(0, str(REPO / "benchmarks"))
 TEACHER = "teacher_litemedsam"
 VALIDATION = ("adapt_train", "val")  # the eval folders ROOT/<key>_eval the choice is made on
-STUDENTS = {"teacher_init_160_s3_half": "students/160-s3-half"}  # eval name -> encoder folder under ROOT
+# eval name -> (encoder folder under ROOT, the scripts that made it, in order)
+STUDENTS = {
+    "teacher_init_160_s3_half": ("students/160-s3-half", "experiments/run_minisam_teacher_init.sh"),
+    "w10_mask_objects": ("w10_mask/160-s3-half",
+                         "experiments/run_minisam_teacher_init.sh, experiments/run_minisam_window.sh"),
+    "s3_w10": ("s3_w10/160-s3", "experiments/run_minisam_window.sh"),
+}
 
 
 def scores(per_object_csv: Path) -> dict:
@@ -99,7 +105,7 @@ def card_for(encoder_dir: Path, name: str, validation: dict, test: dict, trainin
             "box_dice_ratio": test[name]["box"]["dice_per_object"] / test[TEACHER]["box"]["dice_per_object"],
             "by_model": test,
         },
-        "recipe": "experiments/run_minisam_teacher_init.sh; docs/minisam.md",
+        "recipe": f"{STUDENTS[name][1]}; docs/minisam.md",
     }
 
 
@@ -108,17 +114,25 @@ def main(argv=None) -> None:
     ap.add_argument("root", type=Path)
     ap.add_argument("--candidate", default="teacher_init_160_s3_half", choices=list(STUDENTS))
     ap.add_argument("--force", action="store_true", help="ship a candidate that is not the best on validation")
+    ap.add_argument("--validation-only", action="store_true", help="print the validation table, ship nothing")
+    ap.add_argument("--print-best", action="store_true", help="print only the best student's eval name and "
+                    "encoder folder on validation (for the run scripts), ship nothing")
     args = ap.parse_args(argv)
 
     validation = validation_scores(args.root)
-    print("validation (deployable), box Dice per object: " + ", ".join(
-        f"{m} {v['box']['dice_per_object']:.3f} ({v['box']['objects']} objects)" for m, v in validation.items()))
     students = {m: v for m, v in validation.items() if m != TEACHER}
     best = max(students, key=lambda m: students[m]["box"]["dice_per_object"])
+    if args.print_best:
+        print(best, args.root / STUDENTS[best][0])
+        return
+    print("validation (deployable), box Dice per object: " + ", ".join(
+        f"{m} {v['box']['dice_per_object']:.3f} ({v['box']['objects']} objects)" for m, v in validation.items()))
+    if args.validation_only:
+        return
     if best != args.candidate and not args.force:
         raise SystemExit(f"{args.candidate} is not the best on validation ({best} is); pass --force to ship it")
     test = scores(args.root / "test_eval" / "per_object.csv")
-    source = args.root / STUDENTS[args.candidate]
+    source = args.root / STUDENTS[args.candidate][0]
 
     DEST.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".minisam-", dir=DEST.parent))  # same file system: the rename is atomic

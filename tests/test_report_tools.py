@@ -150,6 +150,47 @@ def test_ship_minisam_refuses_a_candidate_that_is_not_the_best_on_validation(tmp
         ship_minisam.main([str(tmp_path)])
 
 
+def test_ship_minisam_prints_the_best_student_and_its_folder_for_the_run_scripts(tmp_path, capsys):
+    for folder, rows in {"adapt_train_eval": [("teacher_litemedsam", 0.9), ("teacher_init_160_s3_half", 0.6),
+                                              ("s3_w10", 0.62), ("w10_mask_objects", 0.7)],
+                         "val_eval": [("teacher_litemedsam", 0.9), ("teacher_init_160_s3_half", 0.6),
+                                      ("s3_w10", 0.7), ("w10_mask_objects", 0.5)]}.items():
+        (tmp_path / folder).mkdir()
+        _per_object(tmp_path / folder / "per_object.csv", [
+            (m, "1_A", "x", f"{i}.png", "box", "deployable", d) for m, d in rows for i in range(2)])
+    ship_minisam.main([str(tmp_path), "--print-best"])  # pooled: s3_w10 0.66, w10_mask_objects 0.60
+    assert capsys.readouterr().out.split() == ["s3_w10", str(tmp_path / "s3_w10" / "160-s3")]
+    ship_minisam.main([str(tmp_path), "--validation-only"])  # the table only: nothing is shipped
+    assert "w10_mask_objects 0.600 (4 objects)" in capsys.readouterr().out
+
+
+def test_the_shipped_report_joins_the_earlier_stages_test_rows(tmp_path, monkeypatch):
+    """A later stage's report shows its own test run and, from the run it grew from, the earlier students'
+    rows (scored once when each was chosen) with their encoder folders; the teacher's row is the new run's."""
+    import minisam_report
+
+    root, previous = tmp_path / "window", tmp_path / "teacher_init"
+    tables = {root / "adapt_train_eval": [("teacher_litemedsam", 0.8), ("teacher_init_160_s3_half", 0.6),
+                                          ("s3_w10", 0.7)],
+              root / "val_eval": [("teacher_litemedsam", 0.5), ("teacher_init_160_s3_half", 0.5), ("s3_w10", 0.6)],
+              root / "test_eval": [("teacher_litemedsam", 0.68), ("s3_w10", 0.66)],
+              previous / "test_eval": [("teacher_litemedsam", 0.5), ("teacher_init_160_s3_half", 0.63),
+                                       ("scratch_AB_average", 0.58)]}
+    for folder, rows in tables.items():
+        folder.mkdir(parents=True)
+        _per_object(folder / "per_object.csv", [(m, "1_A", "x", "a.png", p, "deployable", d)
+                                               for m, d in rows for p in ("box", "point1")])
+    seen = {}
+    monkeypatch.setattr(minisam_report, "latencies", lambda sources: seen.update(sources) or {m: 0.1 for m in sources})
+    text = minisam_report.teacher_init_report(root, tmp_path / "scratch", False, previous)
+    assert seen == {"teacher_litemedsam": "litemedsam", "s3_w10": str(root / "s3_w10" / "160-s3"),
+                    "teacher_init_160_s3_half": str(previous / "students" / "160-s3-half"),
+                    "scratch_AB_average": str(tmp_path / "scratch")}
+    assert "| `teacher_litemedsam` | 0.680 | 0.680 | 1.000 | 1.000 |" in text  # this run's teacher
+    assert "| `teacher_init_160_s3_half` | 0.630 | 0.630 | 0.926 |" in text  # the earlier stage, against it
+    assert "`TEST=1 bash experiments/run_minisam_window.sh`" in text and "scored once" in text
+
+
 def test_refine_report_writes_fit_val_and_test_tables_into_its_own_section(tmp_path, monkeypatch):
     import minisam_report
 

@@ -13,6 +13,27 @@ from tests._qt.helpers import MODEL_TIMEOUT_MS, draw_boxes, press, release, wait
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 
+@pytest.fixture(autouse=True)
+def litemedsam_by_default(monkeypatch):
+    """These tests' thresholds are LiteMedSAM's; the plugin's own default (MiniSAM) has the test below."""
+    monkeypatch.setenv("MINISAM_NAPARI_MODEL", "litemedsam")
+
+
+def test_the_plugin_opens_with_minisam_and_its_adapters(open_widget, qtbot, monkeypatch):
+    from napari_qlora_minisam._qt.model_control import DEFAULT_MODEL
+
+    monkeypatch.delenv("MINISAM_NAPARI_MODEL")
+    viewer, widget, (image, reference) = open_widget(heart_mri)
+    assert DEFAULT_MODEL == "minisam" and widget.model.source == "minisam", widget.message
+    assert widget.ui.model.currentText() == "minisam"
+    names = [widget.ui.adapter.itemText(i) for i in range(widget.ui.adapter.count())]
+    assert names[0] == "none" and {n.split()[0] for n in names[1:]} == {"minisam-ct", "minisam-mri"}
+    lv = reference.data == 1
+    draw_boxes(qtbot, widget, tight_box(lv))
+    [mask] = widget.preview.masks
+    assert dice(mask, lv) >= 0.85  # 0.90 on this slice (LiteMedSAM 0.95)
+
+
 def test_box_preview_click_commit_and_napari_undo(open_widget, qtbot):
     viewer, widget, (image, reference) = open_widget(heart_mri)
     assert widget.model is not None and widget.model.source == "litemedsam", widget.message

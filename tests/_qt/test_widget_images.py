@@ -57,6 +57,45 @@ def test_two_images_keep_separate_prompts_previews_and_objects(tiny_widget, qtbo
     assert sum(layer.metadata.get("minisam_role") == "box" for layer in viewer.layers) == 1
 
 
+
+def test_picking_in_the_image_box_shows_the_image_in_place_of_the_one_before(tiny_widget, qtbot):
+    """Two images on top of each other: picking the lower one hides the upper one and its objects (kept), and
+    picking back shows them again; images side by side, or grid mode, are left as they are."""
+    viewer, widget, _ = tiny_widget
+    lower = viewer.add_image(np.random.default_rng(0).random((40, 50)), name="lower")
+    upper = viewer.add_image(np.random.default_rng(1).random((40, 50)), name="upper")
+    apart = viewer.add_image(np.random.default_rng(2).random((40, 50)), name="apart", translate=(0, 100))
+    combo = widget.ui.image
+    combo.setCurrentIndex(1)  # the user's pick: "upper"
+    wait_idle(qtbot, widget)
+    draw_boxes(qtbot, widget, [5, 5, 30, 30])
+    widget.commit()
+    upper_objects = widget.layers["objects"]
+
+    combo.setCurrentIndex(0)
+    wait_idle(qtbot, widget)
+    assert widget.binding.image is lower and lower.visible
+    assert not upper.visible and not upper_objects.visible and upper_objects in viewer.layers
+    assert "'upper' and its objects are hidden" in widget.message
+    draw_boxes(qtbot, widget, [2, 2, 20, 20])
+    widget.commit()
+    lower_objects = widget.layers["objects"]
+
+    combo.setCurrentIndex(1)  # back: shown again, the other one hidden in turn
+    wait_idle(qtbot, widget)
+    assert upper.visible and upper_objects.visible and upper_objects.data.max() == 1
+    assert not lower.visible and not lower_objects.visible
+
+    combo.setCurrentIndex(2)  # side by side: nothing to hide
+    wait_idle(qtbot, widget)
+    assert apart.visible and upper.visible and upper_objects.visible
+    assert "hidden" not in widget.message
+
+    viewer.grid.enabled = True
+    combo.setCurrentIndex(0)
+    wait_idle(qtbot, widget)
+    assert lower.visible and lower_objects.visible and apart.visible  # grid mode: every image has its own cell
+
 def test_renamed_image_keeps_its_layers_and_ids(tiny_widget, qtbot):
     viewer, widget, _ = tiny_widget
     image = viewer.add_image(np.random.default_rng(0).random((40, 50)), name="scan")

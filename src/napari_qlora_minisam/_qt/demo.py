@@ -31,7 +31,7 @@ def run(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m napari_qlora_minisam.demo",
                                      description="napari with the MiniSAM widget on a real sample.")
     parser.add_argument("sample", nargs="?", default="heart_mri", choices=SAMPLES)
-    parser.add_argument("--model", default=None, help="model source (default: bundled litemedsam)")
+    parser.add_argument("--model", default=None, help="model source (default: bundled minisam)")
     args = parser.parse_args(argv)
     import napari
 

@@ -6,6 +6,7 @@ in one turn froze the window for seconds.
 
 from __future__ import annotations
 
+import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from .binding import ImageBinding, PromptLayers, session_for
@@ -68,6 +69,25 @@ class ImageRegistry(QObject):
         if self._queue:
             self._timer.start()
 
+    def show_instead(self, binding, previous) -> bool:
+        """Show ``binding``'s image and objects and hide ``previous``'s where they would cover it.
+
+        Two images in one viewer lie on top of each other, so the one picked can sit under the one picked
+        before, its objects drawn over the other image. Nothing is hidden in grid mode or when the two do not
+        overlap in the world; hidden layers stay in the viewer (their eye icon, or picking them, shows them).
+        Returns whether ``previous`` was hidden.
+        """
+        for layer in (binding.image, binding.objects):
+            if layer is not None:
+                layer.visible = True
+        if previous is None or previous is binding or previous.image not in self.viewer.layers \
+                or self.viewer.grid.enabled or not _overlap(binding.image, previous.image):
+            return False
+        for layer in (previous.image, previous.objects):
+            if layer is not None:
+                layer.visible = False
+        return True
+
     def make_now(self, binding, role: str):
         """Make one layer at once (a commit needs the objects layer now)."""
         self._queue = [item for item in self._queue if item != (binding, role)]
@@ -113,3 +133,9 @@ class ImageRegistry(QObject):
             binding.disconnect()
         for prompts in self.prompt_sets.values():
             prompts.close()
+
+
+def _overlap(a, b) -> bool:
+    """Whether two layers' extents overlap in the last two (yx) world dimensions."""
+    (a_lo, a_hi), (b_lo, b_hi) = (np.asarray(layer.extent.world)[:, -2:] for layer in (a, b))
+    return bool(np.all(a_lo < b_hi) and np.all(b_lo < a_hi))

@@ -22,6 +22,9 @@ from . import tasks, workers
 from .controls import NO_ADAPTER
 
 MODEL_ENV = "MINISAM_NAPARI_MODEL"  # default model source (tests may pick a tiny one)
+# The project's distilled student: it meets the quality targets against LiteMedSAM (docs/minisam.md) at a
+# fraction of its encoder cost; LiteMedSAM stays in the Model box.
+DEFAULT_MODEL = "minisam"
 # Embeddings outlive a widget and a model reload: their key covers model identity, adapter and intensity.
 SHARED_CACHE = EmbeddingCache()
 
@@ -52,7 +55,7 @@ class ModelControl(QObject):
 
     @staticmethod
     def default_source() -> str:
-        return os.environ.get(MODEL_ENV, "litemedsam")
+        return os.environ.get(MODEL_ENV, DEFAULT_MODEL)
 
     @property
     def backend(self):
@@ -61,7 +64,7 @@ class ModelControl(QObject):
     # -- loading --------------------------------------------------------------------------------------
     def load(self, source: str) -> None:
         """Load ``source`` in the background with the form's 4-bit and device settings."""
-        source = (source or "").strip() or "litemedsam"
+        source = (source or "").strip() or DEFAULT_MODEL
         backend = self.backend
         active = None if backend is None else backend.active_adapter
         path = None if active is None else backend.adapter_info.get(active, {}).get("_path")

@@ -129,9 +129,15 @@ class MiniSamWidget(QWidget):
             self.set_image_layer(images[-1])  # the image opened last
 
     def _on_image_choice(self, index: int) -> None:
+        """The user picked an image in the Image box: segment it, shown in place of the one before."""
         images = self.images.image_layers()
         if 0 <= index < len(images):
+            previous = self.binding
             self.set_image_layer(images[index])
+            if self.binding is not previous and self.binding.image is images[index] and \
+                    self.images.show_instead(self.binding, previous):
+                self.status.info(f"{self.message.rstrip('.')}; {previous.image.name!r} and its objects are hidden "
+                                 "(kept: pick it again, or click its eye icon, to show it).")
 
     def set_image_layer(self, layer) -> None:
         """Segment ``layer``: its session (made on first pick) and its own layers (made in the background)."""

