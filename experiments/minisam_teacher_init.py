@@ -147,8 +147,8 @@ def teacher_objects(teacher, embedding, hw, seeds: int, keep: int, seed: int) ->
 
 def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None = None, views=(),
         init: Path | None = None, mask_weight: float = 0.0, temperature: float = 2.0,
-        boxes_per_image: int = 2, mask_prompts: str = "random", window: int | None = None
-        ) -> tuple[list[dict], dict]:
+        boxes_per_image: int = 2, mask_prompts: str = "random", window: int | None = None,
+        mlp_hidden: int | None = None) -> tuple[list[dict], dict]:
     from napari_qlora_minisam import load_model
     from napari_qlora_minisam.models.litemedsam import LITEMEDSAM_SPEC
     from minisam_train.data.unlabelled import apply_view
@@ -197,6 +197,8 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
         else:
             encoder = MiniSamEncoder.from_teacher(student.net.image_encoder, side, stages, blocks,
                                                   **({} if window is None else {"window": window}))
+        if mlp_hidden is not None:  # stage 3's MLPs cut to their most important units, biases not cached
+            encoder = encoder.with_mlp_hidden(mlp_hidden)
         student.net.image_encoder = encoder.eval()  # eval: TinyViT caches its attention biases, as the teacher's did
         row = {"variant": name, "side": side, "stages": stages, "stage3_blocks": 6 if blocks is None else len(blocks),
                "macs": macs(encoder),
@@ -237,7 +239,7 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
                                         if mask_weight else "")
             (save / name / "training.json").write_text(json.dumps({
                 "variant": name, "steps": steps, "lr": lr, "batch": batch, "seed": seed, "loss": recipe,
-                "stage3_window": encoder.window,
+                "stage3_window": encoder.window, "stage3_mlp_hidden": encoder.mlp_hidden,
                 "images": ref["images"], "views": list(views), "init": None if init is None else str(init),
                 "train_seconds": row["train_s"],
                 "teacher_pass_seconds": ref["teacher_s"]}, indent=1) + "\n")
@@ -283,11 +285,13 @@ def main(argv=None) -> int:
                     "boxes: random, or round objects the teacher segments consistently (teacher_objects)")
     ap.add_argument("--boxes-per-image", type=int, default=2)
     ap.add_argument("--window", type=int, default=None, help="stage 3's attention window (TinyViT's: 14)")
+    ap.add_argument("--mlp-hidden", type=int, default=None, help="cut stage 3's MLPs to this many hidden units "
+                    "(TinyViT's: 640) and gather attention biases per call instead of caching them")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     rows, ref = run(args.variants, args.steps, args.lr, args.batch, args.seed, args.save, args.views, args.init,
                     args.mask_weight, boxes_per_image=args.boxes_per_image, mask_prompts=args.mask_prompts,
-                    window=args.window)
+                    window=args.window, mlp_hidden=args.mlp_hidden)
     text = report(rows, ref, args.steps, args.lr, args.batch)
     print(text)
     if not args.no_write:

@@ -16,7 +16,6 @@ source experiments/minisam_paths.sh
 STUDENT="$ROOT/students/160-s3-half"
 MODELS="{source: litemedsam, name: teacher_litemedsam}, {source: $STUDENT, name: teacher_init_160_s3_half}"
 if [ -n "${OLD:-}" ]; then MODELS="$MODELS, {source: $(realpath "$OLD"), name: scratch_AB_average}"; fi
-EVAL=(minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" device=cpu plots=false)
 
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   python experiments/minisam_teacher_init.py --variants 160-s3-half --steps "${STEPS:-600}" \

@@ -37,14 +37,7 @@ fi
 MODELS="{source: litemedsam, name: teacher_litemedsam}, {source: $START, name: teacher_init_160_s3_half}"
 MODELS="$MODELS, {source: $ROOT/w10_mask/160-s3-half, name: w10_mask_objects}"
 MODELS="$MODELS, {source: $ROOT/s3_w10/160-s3, name: s3_w10}"
-EVAL=(minisam-train eval "data.roots=[$DATA/cosmos_sample,$DATA/cosmos_extra]" device=cpu plots=false)
-for key in adapt_train val; do
-  if [ ! -f "$ROOT/${key}_eval/per_object.csv" ]; then
-    "${EVAL[@]}" data.split_file=$VAL_SPLITS data.split_key=$key "models=[$MODELS]" \
-      "prompts=[box,point1]" output_dir="$ROOT/${key}_eval"
-  fi
-done
-python experiments/ship_minisam.py "$ROOT" --validation-only
+validate "$ROOT" "$MODELS"
 if [ "${TEST:-0}" = 1 ]; then
   read -r BEST FOLDER < <(python experiments/ship_minisam.py "$ROOT" --print-best)
   if [ "$BEST" = teacher_init_160_s3_half ]; then

@@ -5,7 +5,8 @@
 ``ROOT`` is the folder of experiments/run_minisam_teacher_init.sh. The choice is made on the labelled objects
 outside ``test``: ``ROOT/adapt_train_eval`` and ``ROOT/val_eval`` together (distillation reads no labels, so
 all of them can validate it; the data README says so for ``adapt_train``). This script prints that table and
-refuses a candidate that is not the best there unless ``--force``; ``ROOT/test_eval`` (run once, after the
+refuses a candidate that is not the best there unless ``--force`` (or, with ``--within-budget R``, one that is
+over R x LiteMedSAM's footprint or under ``--min-ratio`` x the teacher's pooled Dice); ``ROOT/test_eval`` (run once, after the
 choice) gives the test figures. Writes ``src/napari_qlora_minisam/pretrained_models/minisam/``: ``config.json``
 + ``encoder.safetensors`` (fp16) and ``minisam_card.json`` (architecture, MACs, data, recipe, validation and
 test figures, the weights' identity). This is the only script that writes there.
@@ -32,6 +33,7 @@ STUDENTS = {
     "w10_mask_objects": ("w10_mask/160-s3-half",
                          "experiments/run_minisam_teacher_init.sh, experiments/run_minisam_window.sh"),
     "s3_w10": ("s3_w10/160-s3", "experiments/run_minisam_window.sh"),
+    "s3_w10_mlp256": ("mlp256/160-s3", "experiments/run_minisam_window.sh, experiments/run_minisam_slim.sh"),
 }
 
 
@@ -78,6 +80,23 @@ def validation_scores(root: Path) -> dict:
     return summarise(rows)
 
 
+def budget_refusal(encoder_dir: Path, name: str, validation: dict, within: float, min_ratio: float) -> str | None:
+    """Why ``name`` fails the budget rule (footprint within ``within`` x LiteMedSAM's and pooled validation box
+    Dice at least ``min_ratio`` x the teacher's), or None when it passes."""
+    from napari_qlora_minisam import load_model
+
+    footprint = load_model(str(encoder_dir), device="cpu").memory_footprint() / \
+        load_model("litemedsam", device="cpu").memory_footprint()
+    ratio = validation[name]["box"]["dice_per_object"] / validation[TEACHER]["box"]["dice_per_object"]
+    print(f"{name}: footprint {footprint:.3f} x LiteMedSAM's (rule: <= {within}), pooled validation box Dice "
+          f"{ratio:.3f} x the teacher's (rule: >= {min_ratio})")
+    if footprint > within:
+        return f"footprint {footprint:.3f} x LiteMedSAM's is over {within}"
+    if ratio < min_ratio:
+        return f"validation ratio {ratio:.3f} is under {min_ratio}"
+    return None
+
+
 def card_for(encoder_dir: Path, name: str, validation: dict, test: dict, training: dict | None) -> dict:
     import torch
 
@@ -115,6 +134,11 @@ def main(argv=None) -> None:
     ap.add_argument("--candidate", default="teacher_init_160_s3_half", choices=list(STUDENTS))
     ap.add_argument("--force", action="store_true", help="ship a candidate that is not the best on validation")
     ap.add_argument("--validation-only", action="store_true", help="print the validation table, ship nothing")
+    ap.add_argument("--within-budget", type=float, default=None, metavar="R", help="the budget rule instead of "
+                    "the best on validation: ship the candidate if its footprint is within R x LiteMedSAM's and "
+                    "its pooled validation box Dice at least --min-ratio x the teacher's")
+    ap.add_argument("--min-ratio", type=float, default=0.97)
+    ap.add_argument("--check-only", action="store_true", help="with --within-budget: check the rule, ship nothing")
     ap.add_argument("--print-best", action="store_true", help="print only the best student's eval name and "
                     "encoder folder on validation (for the run scripts), ship nothing")
     args = ap.parse_args(argv)
@@ -129,7 +153,14 @@ def main(argv=None) -> None:
         f"{m} {v['box']['dice_per_object']:.3f} ({v['box']['objects']} objects)" for m, v in validation.items()))
     if args.validation_only:
         return
-    if best != args.candidate and not args.force:
+    if args.within_budget is not None:
+        refusal = budget_refusal(args.root / STUDENTS[args.candidate][0], args.candidate, validation,
+                                 args.within_budget, args.min_ratio)
+        if refusal is not None and not args.force:
+            raise SystemExit(f"{args.candidate} fails the budget rule: {refusal}")
+        if args.check_only:
+            return
+    elif best != args.candidate and not args.force:
         raise SystemExit(f"{args.candidate} is not the best on validation ({best} is); pass --force to ship it")
     test = scores(args.root / "test_eval" / "per_object.csv")
     source = args.root / STUDENTS[args.candidate][0]

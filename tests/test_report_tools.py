@@ -164,6 +164,33 @@ def test_ship_minisam_prints_the_best_student_and_its_folder_for_the_run_scripts
     assert "w10_mask_objects 0.600 (4 objects)" in capsys.readouterr().out
 
 
+
+def test_ship_minisam_budget_rule_passes_a_smaller_student_within_the_dice_margin(tmp_path, monkeypatch, capsys):
+    """--within-budget: not the best on validation, but within the footprint and 0.97 x the teacher: it passes;
+    over the footprint, or under the margin, it is refused."""
+    import napari_qlora_minisam
+
+    class Sized:
+        def __init__(self, source, device=None):
+            self.source = source
+
+        def memory_footprint(self):
+            return {"litemedsam": 100}.get(self.source, 59 if self.source.endswith("mlp256/160-s3") else 61)
+
+    monkeypatch.setattr(napari_qlora_minisam, "load_model", Sized)
+    rows = {"teacher_litemedsam": 0.70, "s3_w10": 0.69, "s3_w10_mlp256": 0.68}
+    for folder in ("adapt_train_eval", "val_eval"):
+        (tmp_path / folder).mkdir()
+        _per_object(tmp_path / folder / "per_object.csv", [
+            (m, "1_A", "x", "a.png", "box", "deployable", d) for m, d in rows.items()])
+    rule = ["--within-budget", "0.6", "--check-only"]
+    ship_minisam.main([str(tmp_path), "--candidate", "s3_w10_mlp256", *rule])  # 0.59 x, 0.971 x: passes
+    assert "footprint 0.590 x LiteMedSAM's" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="footprint 0.610 x LiteMedSAM's is over 0.6"):
+        ship_minisam.main([str(tmp_path), "--candidate", "s3_w10", *rule])
+    with pytest.raises(SystemExit, match="validation ratio 0.971 is under 0.98"):
+        ship_minisam.main([str(tmp_path), "--candidate", "s3_w10_mlp256", *rule, "--min-ratio", "0.98"])
+
 def test_the_shipped_report_joins_the_earlier_stages_test_rows(tmp_path, monkeypatch):
     """A later stage's report shows its own test run and, from the run it grew from, the earlier students'
     rows (scored once when each was chosen) with their encoder folders; the teacher's row is the new run's."""

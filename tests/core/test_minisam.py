@@ -19,6 +19,8 @@ from napari_qlora_minisam.models.minisam_student import (
     MiniSamBackend,
     MiniSamEncoder,
     bias_offsets,
+    load_encoder,
+    prune_stage3_mlp,
     resize_matrix,
     rewindow_state,
     save_encoder,
@@ -112,6 +114,46 @@ def test_a_smaller_stage3_window_keeps_each_offsets_learned_bias(tmp_path):
     with pytest.raises(ValueError, match="never learned"):
         rewindow_state(student.vit.state_dict(), 10, 14)
 
+
+
+def test_pruning_keeps_the_units_with_the_largest_weight_norms():
+    fc1 = torch.zeros(4, 3)
+    fc1[:, 0] = torch.tensor([1.0, 5.0, 2.0, 4.0])  # unit norms 1, 5, 2, 4
+    fc2 = torch.ones(3, 4)
+    fc2[:, 3] = 0.1  # unit 3's output weights are small: 4 x 0.17 loses to unit 2's 2 x 1.7
+    state = {"layers.2.blocks.0.mlp.fc1.weight": fc1, "layers.2.blocks.0.mlp.fc1.bias": torch.arange(4.0),
+             "layers.2.blocks.0.mlp.fc2.weight": fc2, "layers.2.blocks.0.mlp.fc2.bias": torch.zeros(3),
+             "layers.1.blocks.0.mlp.fc1.weight": torch.ones(8, 2)}  # stage 2: untouched
+    pruned = prune_stage3_mlp(state, 2)
+    assert pruned["layers.2.blocks.0.mlp.fc1.bias"].tolist() == [1.0, 2.0]  # units 1 and 2, in order
+    torch.testing.assert_close(pruned["layers.2.blocks.0.mlp.fc1.weight"], fc1[[1, 2]])
+    torch.testing.assert_close(pruned["layers.2.blocks.0.mlp.fc2.weight"], fc2[:, [1, 2]])
+    assert pruned["layers.1.blocks.0.mlp.fc1.weight"].shape == (8, 2)
+    with pytest.raises(ValueError, match="cannot keep 5"):
+        prune_stage3_mlp(state, 5)
+
+
+def test_uncached_biases_and_a_full_width_cut_change_nothing_and_a_cut_encoder_saves(tmp_path):
+    """Gathering the biases per call gives the cached attention's output; keeping all 640 units is the same
+    network; a cut encoder holds fewer parameters and no bias cache, and loads back as it was saved."""
+    torch.manual_seed(0)
+    encoder = MiniSamEncoder(160, 3, window=10).eval()
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        reference = encoder(x)
+        uncached = MiniSamEncoder(160, 3, window=10, cache_biases=False)
+        uncached.load_state_dict(encoder.state_dict())
+        torch.testing.assert_close(uncached.eval()(x), reference)
+        torch.testing.assert_close(encoder.with_mlp_hidden(640, cache_biases=True).eval()(x), reference)
+        cut = encoder.with_mlp_hidden(256).eval()
+        assert cut.config() == {**encoder.config(), "stage3_mlp_hidden": 256, "cache_attention_biases": False}
+        assert sum(p.numel() for p in encoder.parameters()) - sum(p.numel() for p in cut.parameters()) == \
+            6 * (2 * 160 * (640 - 256) + 640 - 256)  # six blocks' fc1 rows, fc2 columns and fc1 biases
+        assert not any(name.endswith(".ab") for name, _ in cut.named_buffers())
+        save_encoder(cut, tmp_path / "cut")
+        loaded = load_encoder(tmp_path / "cut")
+        assert loaded.config() == cut.config()
+        torch.testing.assert_close(loaded(x), cut(x), atol=2e-2, rtol=0)  # weights stored in fp16
 
 def test_a_saved_encoder_folder_loads_by_path_and_a_corrupt_one_is_a_clear_error(tmp_path):
     shipped = load_model("minisam", device="cpu")

