@@ -77,8 +77,8 @@ def prune_stage3_mlp(state: dict, hidden: int) -> dict:
 
 class BiasIndexedAttention(nn.Module):
     """TinyViT's window attention (the same parameters) without its eval-mode cache of the expanded biases
-    (heads × N × N floats per block, a tenth of MiniSAM's footprint): they are gathered from the bias table
-    at each call, as TinyViT does in training."""
+    (heads × N × N floats per block: 1.2 MiB over MiniSAM's eight attention blocks): they are gathered from the
+    bias table at each call, as TinyViT does in training."""
 
     def __init__(self, attn: nn.Module):
         super().__init__()
