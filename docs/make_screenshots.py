@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_qlora_minisam._qt.model_control import MODEL_ENV
 from napari_qlora_minisam.masks import centroid, tight_box
 
 OUT = Path(__file__).resolve().parent / "images"
@@ -325,7 +326,7 @@ def shoot_minisam(app) -> None:
     from napari_qlora_minisam import MiniSamPredictor, load_model
     from napari_qlora_minisam.masks import dice
 
-    os.environ["MINISAM_NAPARI_MODEL"] = "minisam"
+    os.environ[MODEL_ENV] = "minisam"
     viewer, widget = open_ready(app, "heart_mri")
     assert widget.model.name == "minisam", widget.model.name
     ref = viewer.layers["cardiac MRI reference"].data
@@ -360,7 +361,7 @@ if __name__ == "__main__":
     from napari.qt import get_qapp
 
     # The docs' figures and captions are LiteMedSAM's (with its "mri" adapter), not the plugin default's.
-    os.environ["MINISAM_NAPARI_MODEL"] = "litemedsam"
+    os.environ[MODEL_ENV] = "litemedsam"
 
     if len(sys.argv) == 1:
         main()

@@ -41,7 +41,9 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=2.0)
     args = parser.parse_args(argv)
     os.environ["MINISAM_ADAPTERS_DIR"] = tempfile.mkdtemp(prefix="us-demo-adapters-")
-    os.environ["MINISAM_NAPARI_MODEL"] = "litemedsam"  # the figures in docs/adapters.md are LiteMedSAM's
+    from napari_qlora_minisam._qt.model_control import MODEL_ENV
+
+    os.environ[MODEL_ENV] = "litemedsam"  # the figures in docs/adapters.md are LiteMedSAM's
     import napari
     import tifffile
     from napari.qt import get_qapp

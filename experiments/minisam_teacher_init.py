@@ -199,7 +199,7 @@ def run(names, steps: int, lr: float, batch: int, seed: int, save: Path | None =
                                                   **({} if window is None else {"window": window}))
         if mlp_hidden is not None:  # stage 3's MLPs cut to their most important units, biases not cached
             encoder = encoder.with_mlp_hidden(mlp_hidden)
-        student.net.image_encoder = encoder.eval()  # eval: TinyViT caches its attention biases, as the teacher's did
+        student.net.image_encoder = encoder.eval()  # eval, as the teacher's (TinyViT's bias cache, unless cut)
         row = {"variant": name, "side": side, "stages": stages, "stage3_blocks": 6 if blocks is None else len(blocks),
                "macs": macs(encoder),
                "bytes": student.memory_footprint(), "seconds": seconds(encoder), "steps": steps}

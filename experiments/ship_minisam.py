@@ -6,8 +6,8 @@
 outside ``test``: ``ROOT/adapt_train_eval`` and ``ROOT/val_eval`` together (distillation reads no labels, so
 all of them can validate it; the data README says so for ``adapt_train``). This script prints that table and
 refuses a candidate that is not the best there unless ``--force`` (or, with ``--within-budget R``, one that is
-over R x LiteMedSAM's footprint or under ``--min-ratio`` x the teacher's pooled Dice); ``ROOT/test_eval`` (run once, after the
-choice) gives the test figures. Writes ``src/napari_qlora_minisam/pretrained_models/minisam/``: ``config.json``
+over R x LiteMedSAM's footprint or under ``--min-ratio`` x the teacher's pooled Dice); ``ROOT/test_eval`` (run
+once, after the choice) gives the test figures. Writes ``src/napari_qlora_minisam/pretrained_models/minisam/``: ``config.json``
 + ``encoder.safetensors`` (fp16) and ``minisam_card.json`` (architecture, MACs, data, recipe, validation and
 test figures, the weights' identity). This is the only script that writes there.
 """
