@@ -17,3 +17,23 @@ validate() {
   done
   python experiments/ship_minisam.py "$1" --validation-only
 }
+
+# require_w10: W10 = the s3_w10 student's folder (env W10, default runs/minisam_window/s3_w10/160-s3), or exit
+# naming the run that makes it.
+require_w10() {
+  W10=$(realpath -m "${W10:-runs/minisam_window/s3_w10/160-s3}")
+  if [ ! -f "$W10/encoder.safetensors" ]; then
+    echo "no s3_w10 student at $W10: run 'bash experiments/run_minisam_window.sh' first, or set W10=" >&2
+    exit 2
+  fi
+}
+
+# test_once ROOT NAME FOLDER: ship_minisam's budget rule for candidate NAME (refuses if it fails), then the one
+# test run of the teacher and NAME (the model in FOLDER) into ROOT/test_eval.
+test_once() {
+  python experiments/ship_minisam.py "$1" --candidate "$2" --within-budget 0.6 --min-ratio 0.97 --check-only
+  "${EVAL[@]}" data.split_file=$DATA/splits.json data.split_key=test \
+    "models=[{source: litemedsam, name: teacher_litemedsam}, {source: $3, name: $2}]" \
+    "prompts=[box,point1]" output_dir="$1/test_eval"
+  cat "$1/test_eval/summary.md"
+}

@@ -15,11 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(realpath -m "${1:-runs/minisam_slim}")
 source experiments/minisam_paths.sh
-W10=$(realpath -m "${W10:-runs/minisam_window/s3_w10/160-s3}")
-if [ ! -f "$W10/encoder.safetensors" ]; then
-  echo "no s3_w10 student at $W10: run 'bash experiments/run_minisam_window.sh' first, or set W10=" >&2
-  exit 2
-fi
+require_w10
 mkdir -p "$ROOT"
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   python experiments/minisam_teacher_init.py --variants 160-s3 --init "$W10" --mlp-hidden 256 --steps 400 \
@@ -29,9 +25,5 @@ MODELS="{source: litemedsam, name: teacher_litemedsam}, {source: $W10, name: s3_
 MODELS="$MODELS, {source: $ROOT/mlp256/160-s3, name: s3_w10_mlp256}"
 validate "$ROOT" "$MODELS"
 if [ "${TEST:-0}" = 1 ]; then
-  python experiments/ship_minisam.py "$ROOT" --candidate s3_w10_mlp256 --within-budget 0.6 --min-ratio 0.97 --check-only
-  "${EVAL[@]}" data.split_file=$DATA/splits.json data.split_key=test \
-    "models=[{source: litemedsam, name: teacher_litemedsam}, {source: $ROOT/mlp256/160-s3, name: s3_w10_mlp256}]" \
-    "prompts=[box,point1]" output_dir="$ROOT/test_eval"
-  cat "$ROOT/test_eval/summary.md"
+  test_once "$ROOT" s3_w10_mlp256 "$ROOT/mlp256/160-s3"
 fi

