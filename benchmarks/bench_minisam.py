@@ -8,7 +8,8 @@ the fast decoder; the run records which encoder path each model used). Each roun
 with one model, then the other, then decodes its boxes one prompt at a time with each, so load from other
 processes slows both alike: the decoder's per-image work (``prepare_decoder``, which the predictor runs when it
 sets an image), then each box on the whole grid and around the box (``predictor.box_window``, as the plugin
-decodes a box). Figures are medians over the rounds (after one warm-up round). MACs come from
+decodes a box), then a click at the box's centre (three masks) on the whole grid and around the click
+(``predictor.click_window``). Figures are medians over the rounds (after one warm-up round). MACs come from
 ``benchmarks/model_flops.py`` (multiply-accumulates, attention counted from its formula). Writes the table
 into docs/minisam.md and docs/benchmarks.md (section "MiniSAM"), unless ``--no-write``.
 """
@@ -36,7 +37,7 @@ def measure(teacher_name: str, student_name: str, rounds: int) -> dict:
 
     from bench_core import load_slices
     from napari_qlora_minisam import load_model
-    from napari_qlora_minisam.predictor import box_window
+    from napari_qlora_minisam.predictor import box_window, click_window
     from napari_qlora_minisam.transforms import prepare_image, scale_boxes
 
     warnings.simplefilter("ignore")
@@ -45,6 +46,8 @@ def measure(teacher_name: str, student_name: str, rounds: int) -> dict:
     enc = {k: [] for k in models}
     dec = {k: [] for k in models}
     win = {k: [] for k in models}
+    clicks = {k: [] for k in models}
+    clicks_win = {k: [] for k in models}
     image_work = {k: [] for k in models}
     with torch.inference_mode():
         for r in range(rounds + 1):
@@ -63,10 +66,19 @@ def measure(teacher_name: str, student_name: str, rounds: int) -> dict:
                     t2 = time.perf_counter()
                     backend.decode(emb, boxes=box[None], multimask=False)
                     times.append(time.perf_counter() - t2)
-                    window = box_window(box.numpy(), backend.spec.image_size / emb.shape[-1])
+                    cell = backend.spec.image_size / emb.shape[-1]
+                    window = box_window(box.numpy(), cell)
                     t2 = time.perf_counter()
                     backend.decode(emb, boxes=box[None], multimask=False, window=window)
                     windowed.append(time.perf_counter() - t2)
+                    # a click at the box's centre, three masks, as the plugin decodes a lone click
+                    point = ((box[:2] + box[2:]) / 2).view(1, 1, 2)
+                    label = torch.ones(1, 1, dtype=torch.int64)
+                    for out, kw in ((clicks, {}), (clicks_win, {"window": click_window(point[0].numpy(), cell)})):
+                        t2 = time.perf_counter()
+                        backend.decode(emb, point, label, multimask=True, **kw)
+                        if r:
+                            out[name].append(time.perf_counter() - t2)
                 if r:  # round 0 warms up
                     enc[name].append(t1 - t0)
                     dec[name].extend(times)
@@ -77,6 +89,8 @@ def measure(teacher_name: str, student_name: str, rounds: int) -> dict:
     for name, backend in models.items():
         out[name] = {"encoder_s": statistics.median(enc[name]), "decoder_ms": 1000 * statistics.median(dec[name]),
                      "decoder_window_ms": 1000 * statistics.median(win[name]),
+                     "click_ms": 1000 * statistics.median(clicks[name]),
+                     "click_window_ms": 1000 * statistics.median(clicks_win[name]),
                      "decoder_image_ms": 1000 * statistics.median(image_work[name]),
                      "decoder_calls": len(dec[name]), "parameters": backend.num_parameters(),
                      "footprint_bytes": backend.memory_footprint()}
@@ -107,6 +121,10 @@ def table(r: dict) -> str:
         f"| decoder per box prompt, whole grid | {t['decoder_ms']:.1f} ms | **{s['decoder_ms']:.1f} ms** | | ≤ 20 ms |",
         f"| decoder per box prompt, around the box (as the plugin decodes boxes) | {t['decoder_window_ms']:.1f} ms | "
         f"**{s['decoder_window_ms']:.1f} ms** | | ≤ 20 ms |",
+        f"| decoder per click (three masks), whole grid | {t['click_ms']:.1f} ms | **{s['click_ms']:.1f} ms** | | "
+        "≤ 20 ms |",
+        f"| decoder per click (three masks), around the click (as the plugin decodes clicks) | "
+        f"{t['click_window_ms']:.1f} ms | **{s['click_window_ms']:.1f} ms** | | ≤ 20 ms |",
         f"| encoder GMACs (multiply-accumulates) | {r['teacher_gmacs']:.1f} | **{r['student_gmacs']:.1f}** | "
         f"{r['student_gmacs'] / r['teacher_gmacs']:.2f} | ≤ 10 |",
         f"| parameters | {t['parameters'] / 1e6:.2f} M | {s['parameters'] / 1e6:.2f} M | "
@@ -116,8 +134,9 @@ def table(r: dict) -> str:
     ]
     note = (f"\nCommand: `python benchmarks/bench_minisam.py`. One process, {r['threads']} torch threads, the two "
             f"models interleaved slice by slice over {r['rounds']} real COSMOS slices (medians; "
-            f"{t['decoder_calls']} box prompts each, decoded on the whole grid and around the box, after the "
-            f"decoder's per-image work that the predictor does when it sets an image); 1-minute load average {r['load_before']:.2f} before the run. "
+            f"{t['decoder_calls']} box prompts each, decoded on the whole grid and around the box, and as many clicks "
+            "at their centres, after the decoder's per-image work that the predictor does when it sets an image); "
+            f"1-minute load average {r['load_before']:.2f} before the run. "
             f"Encoders: LiteMedSAM's {r['teacher_encoder']}, MiniSAM's {r['student_encoder']}; both decoders run "
             "`models/fast_decoder.py`.")
     return "\n".join(rows) + "\n" + note

@@ -55,6 +55,7 @@ import doc_sections  # noqa: E402 - the shared section writer
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MINISAM_SHARED_DATA", REPO.parent / "shared" / "data"))
 DOC = REPO / "docs" / "plugin.md"
+DEFAULT_JSON = REPO / "benchmarks" / "propagation_quality.json"
 START, END = "<!-- propagation-quality:start -->", "<!-- propagation-quality:end -->"
 SAMPLE = "sample"  # the bundled chest CT (module docstring)
 VOLUMES = ("lung1", "brain1", "lung2", "brain2", SAMPLE)
@@ -240,7 +241,9 @@ def main(argv=None) -> int:
                          "model's default prompt is added (none given: no trim runs)")
     ap.add_argument("--no-oracles", action="store_true", help="skip the two ground-truth ceilings")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "propagation_quality.json", help="also write every row (per-slice Dice, stop reasons)")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where every row is written (per-slice Dice, stop reasons); default "
+                         "benchmarks/propagation_quality.json, which --no-write leaves alone unless named here")
     ap.add_argument("--from-json", type=Path, default=None, help="rows of an earlier run: only write the table")
     ap.add_argument("--update", action="store_true",
                     help="keep the rows of --json for the (model, volume) pairs not run now: rerun one model")
@@ -294,14 +297,16 @@ def main(argv=None) -> int:
                 print(f"{name:7s} {label:18s} {prompt:15s} {r['rules']:12s} trim {trim:d} "
                       f"object {r['dice_object']:.3f} all {r['dice_all']:.3f} leaks {r['leaks']} lost {r['lost']} {r['per_slice']} "
                       f"{r.get('stopped', '')} ({r['seconds']} s)", flush=True)
-    if args.update and args.json and args.json.exists():
+    earlier = args.json or DEFAULT_JSON
+    if args.update and earlier.exists():
         ran = {(r["model"], r["volume"]) for r in rows}
-        rows = [r for r in json.loads(args.json.read_text()) if (r["model"], r["volume"]) not in ran] + rows
+        rows = [r for r in json.loads(earlier.read_text()) if (r["model"], r["volume"]) not in ran] + rows
     text = report(rows)
     print(text)
     print(f"total {time.time() - t0:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    out = args.json or (None if args.no_write else DEFAULT_JSON)
+    if out:
+        out.write_text(json.dumps(rows, indent=1))
     if not args.no_write:
         doc_sections.write_section(DOC, text, START, END)
     return 0

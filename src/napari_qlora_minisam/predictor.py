@@ -36,6 +36,12 @@ def box_window(box_net: np.ndarray, cell: float, margin: float = WINDOW_MARGIN,
     return (int(np.floor(y0 - m)), int(np.ceil(y1 + m)), int(np.floor(x0 - m)), int(np.ceil(x1 + m)))
 
 
+def click_window(points_net: np.ndarray, cell: float) -> tuple[int, int, int, int]:
+    """:func:`box_window` for clicks without a box: around the clicks' extent, at least WINDOW_MIN_CELLS each way."""
+    pts = np.asarray(points_net, dtype=np.float64).reshape(-1, 2)
+    return box_window(np.concatenate([pts.min(0), pts.max(0)]), cell, points_net=pts)
+
+
 class MiniSamPredictor:
     """Stateful predictor over any backend returned by :func:`load_model`.
 
@@ -145,10 +151,11 @@ class MiniSamPredictor:
             box: ``(4,)`` x0, y0, x1, y1 in original pixels.
             mask_input: low-res logits ``(256, 256)`` / ``(1, 256, 256)`` from an earlier call.
             multimask: three candidates if True (ambiguous prompts), else one.
-            box_window: with a box, compute the mask only around it and its clicks (:func:`box_window`),
-                where backends support it: the same mask wherever it stays inside that window (the whole
-                image is done when it reaches the window's edge); only mask wholly outside the window, away
-                from the prompts, is left out. About a quarter less decoder time for a box preview.
+            box_window: compute the mask only around the box and its clicks, or around the clicks when there
+                is no box (:func:`box_window`), where backends support it: the same mask wherever it stays
+                inside that window (the whole image is done when it reaches the window's edge); only mask
+                wholly outside the window, away from the prompts, is left out. About a quarter less decoder
+                time for a box preview.
 
         Returns:
             masks ``(M, H, W)`` bool, scores ``(M,)`` predicted IoU, low-res logits ``(M, 256, 256)``.
@@ -262,9 +269,12 @@ class MiniSamPredictor:
         if multimask and bx is None and not self.model.point_multimask:
             multimask = False  # the active adapter answers clicks with one mask (see SamBackend.point_multimask)
         window = None
+        cell = size / item.embedding.shape[-1]
         if windowed and t_box is not None and t_box.shape[0] == 1:
-            window = box_window(t_box[0].cpu().numpy(), size / item.embedding.shape[-1],
+            window = box_window(t_box[0].cpu().numpy(), cell,
                                 points_net=None if t_pts is None else t_pts[0].cpu().numpy())
+        elif windowed and t_pts is not None and t_pts.shape[0] == 1:
+            window = click_window(t_pts[0].cpu().numpy(), cell)
         with self._lock, torch.inference_mode():
             logits, iou = self.model.decode(item.embedding, t_pts, t_lbl, t_box, t_mask, multimask,
                                             window=window)

@@ -402,6 +402,33 @@ def test_predictor_box_window_keeps_the_masks_of_real_slices(litemedsam, shared_
     assert checked >= 4
 
 
+def test_clicks_alone_decode_around_them_and_keep_the_masks_of_real_slices(litemedsam, shared_data):
+    """A click with no box is decoded around itself (three masks, as the widget asks for one click): the same
+    masks as the whole grid on real heart and pancreas objects."""
+    import imageio.v3 as iio
+
+    from napari_qlora_minisam import MiniSamPredictor
+    from napari_qlora_minisam.models.fast_decoder import OUTSIDE_WINDOW_LOGIT
+
+    root = shared_data / "cosmos_sample" / "data" / "test_data"
+    predictor = MiniSamPredictor(litemedsam)
+    around = checked = 0
+    for dataset in ("22_Heart", "6_Pancreas"):
+        for path in sorted((root / dataset / "images").glob("*.png"))[:2]:
+            image, label = iio.imread(path), iio.imread(root / dataset / "labels" / path.name)
+            predictor.set_image(image)
+            for v in np.unique(label)[1:]:
+                ys, xs = np.nonzero(label == v)
+                click = np.array([[xs[len(xs) // 2], ys[len(ys) // 2]]], np.float32)
+                full = predictor.predict(points=click, point_labels=[1])
+                windowed = predictor.predict(points=click, point_labels=[1], box_window=True)
+                assert not (full[2] == OUTSIDE_WINDOW_LOGIT).any()
+                around += bool((windowed[2] == OUTSIDE_WINDOW_LOGIT).any())  # not fallen back to the grid
+                np.testing.assert_array_equal(windowed[0], full[0])
+                checked += 1
+    assert checked >= 6 and around >= checked // 2  # most masks fit the window around their click
+
+
 def test_box_window_takes_in_clicks_outside_the_box():
     from napari_qlora_minisam.predictor import box_window
 
