@@ -39,7 +39,7 @@ def box_window(box_net: np.ndarray, cell: float, margin: float = WINDOW_MARGIN,
 def click_window(points_net: np.ndarray, cell: float) -> tuple[int, int, int, int]:
     """:func:`box_window` for clicks without a box: around the clicks' extent, at least WINDOW_MIN_CELLS each way."""
     pts = np.asarray(points_net, dtype=np.float64).reshape(-1, 2)
-    return box_window(np.concatenate([pts.min(0), pts.max(0)]), cell, points_net=pts)
+    return box_window(np.concatenate([pts.min(0), pts.max(0)]), cell)
 
 
 class MiniSamPredictor:
@@ -85,9 +85,10 @@ class MiniSamPredictor:
                 self.cache.put(key, item)
                 if self.store is not None:
                     self.store.put(store_key(digest, self.model, policy), item)
+            if item is not self._current:  # a new image (or model): its decoder state, before the first prompt
+                with torch.inference_mode():
+                    self.model.prepare_decoder(item.embedding)
             self._current = item
-            with torch.inference_mode():
-                self.model.prepare_decoder(item.embedding)
         return item
 
     def _compute(self, arr: np.ndarray, policy: str) -> CachedEmbedding:
