@@ -12,9 +12,9 @@ The decoder's ReLU MLPs (``models/decoder_pruning.py``) run on the prompt tokens
 fire. This script measures that on the unlabelled slice cache (``scripts/gather_unlabelled.py``; it holds no
 slice of a test or validation volume): the even-numbered slices calibrate, the odd-numbered ones check.
 
-* **Calibrate.** Each slice gets the prompts the plugin sends (tight-ish boxes, a click with three masks, a click
-  with a negative one, box + click, box + the previous mask + click as propagation does), on the fp32 base
-  alone and with each shipped adapter (``minisam-ct``, ``minisam-mri``). A unit is kept when
+* **Calibrate.** Each slice gets nine prompts of the kinds the plugin sends (four boxes, two clicks with three
+  masks each, a click with a negative one, box + click, box + the previous mask + click as propagation does),
+  on the fp32 base alone and with each shipped adapter (``minisam-ct``, ``minisam-mri``). A unit is kept when
   its input was positive for some token in any of them; each layer's count is then rounded up to a multiple
   of 64 with the dead units that came closest to firing (a margin, and whole 64-wide blocks).
 * **Check.** The same kinds of prompts on the odd slices, through the full and the cut decoder of each of the
