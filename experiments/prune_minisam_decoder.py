@@ -170,13 +170,15 @@ def check(full, cut, items) -> dict:
 
 def write_candidate(base: Path, units: dict, folder: Path) -> None:
     """``base``'s encoder in ``folder`` with the decoder cut to ``units`` and no attention-bias cache."""
+    from napari_qlora_minisam.models.minisam_student import CONFIG_NAME, WEIGHTS_NAME
+
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(base / "encoder.safetensors", folder / "encoder.safetensors")
+    shutil.copy2(base / WEIGHTS_NAME, folder / WEIGHTS_NAME)
     if (base / "training.json").exists():  # the encoder's training record, for the model card
         shutil.copy2(base / "training.json", folder / "training.json")
-    config = json.loads((base / "config.json").read_text())
+    config = json.loads((base / CONFIG_NAME).read_text())
     config.update(cache_attention_biases=False, decoder_units=units)
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def report(record: dict, image: Path) -> str:
