@@ -35,7 +35,7 @@ def test_precompute_then_every_slice_comes_from_the_store(open_widget, qtbot, mo
     panel.start_button.click()
     assert panel.active and panel.cancel_button.isEnabled() and not panel.progress.isHidden()
     qtbot.waitUntil(lambda: not panel.active, timeout=MODEL_TIMEOUT_MS)
-    assert "Precompute done" in widget.message and panel.progress.isHidden()
+    assert "Precompute done for vol" in widget.message and panel.progress.isHidden()
     computed, stored = panel._counts
     assert computed + stored == len(VOLUME) and stored >= 1  # the slices the widget embedded on opening
     intensity = widget.session.intensity

@@ -33,6 +33,7 @@ class PrecomputePanel(JobGroup):
         self.worker = None
         self.cancelled = False
         self._counts = [0, 0]  # computed, taken from the store
+        self._name = ""  # the image being precomputed: the user may have moved to another one by its end
 
     @property
     def active(self) -> bool:
@@ -49,9 +50,9 @@ class PrecomputePanel(JobGroup):
         if engine is None or engine.predictor.store is None:
             status.error("precompute", "No model is loaded yet (or it keeps no embeddings on disk).")
             return
-        self.cancelled, self._counts = False, [0, 0]
+        self.cancelled, self._counts, self._name = False, [0, 0], session.name
         depth = session.shape[0]
-        self.show_progress(0, depth, f"precomputing {depth} slices from slice {session.z}…")
+        self.show_progress(0, depth, f"precomputing {depth} slices of {session.name} from slice {session.z}…")
         self.set_running(True)
         self.worker = workers.start(precompute_task, engine, session.image, session.z or 0, session.intensity,
                                     on_yielded=self._step, on_errored=lambda exc: status.error("precompute", exc),
@@ -64,12 +65,13 @@ class PrecomputePanel(JobGroup):
 
     def _step(self, step) -> None:
         self._counts[0 if step.computed else 1] += 1
-        self.show_progress(step.done, step.total, f"embeddings {step.done}/{step.total} (slice {step.z})")
+        self.show_progress(step.done, step.total, f"{self._name}: embeddings {step.done}/{step.total} (slice {step.z})")
 
     def _finished(self) -> None:
         self.worker = None
         self.set_running(False)
         computed, stored = self._counts
         what = "cancelled" if self.cancelled else "done"
-        self.widget.status.info(f"Precompute {what}: {computed} slices embedded, {stored} were on disk already.",
+        self.widget.status.info(f"Precompute {what} for {self._name}: {computed} slices embedded, {stored} were on "
+                                "disk already.",
                                 clears=("precompute",))
