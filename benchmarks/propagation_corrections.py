@@ -15,7 +15,7 @@ The simulated user, fixed before any run:
   never a slice corrected before, and corrections nearer the committed slice are never overwritten, since
   re-propagation only rewrites slices farther out;
 * the correction (``--correction``): ``box``, the model's mask of the slice's tight ground-truth box (a box
-  drawn and committed, the quick way), or ``brush``, the ground-truth mask itself (the outline painted until
+  drawn and *Redraw* (Shift+R) pressed, ``AnnotationSession.redraw``: the quick way), or ``brush``, the ground-truth mask itself (the outline painted until
   right, the slow way);
 * re-propagation runs from the corrected slice away from the committed one (``volume.propagate`` with that one
   direction, the corrected mask as its start, as ``AnnotationSession.commit_repropagation`` writes it): every
@@ -188,7 +188,7 @@ def chart(rows: list[dict], path: Path) -> None:
 
 
 def report(rows: list[dict]) -> str:
-    return (f"Dice (object) after each correction (*box*: the model's mask of the slice's tight box committed; "
+    return (f"Dice (object) after each correction (*box*: the model's mask of the slice's tight box, redrawn; "
             f"*brush*: the true outline painted), the default neighbour prompt and stop rules, the corrections "
             f"needed to reach {pq.TARGET:.2f}, and the slices given a mask past the object before and after them "
             f"(benchmarks/propagation_corrections.py):\n\n{table(rows)}\n\n"

@@ -5,8 +5,9 @@
 Writes docs/images/plugin_box.png, plugin_drawing.png, plugin_points.png, plugin_batch.png,
 plugin_objects.png, plugin_shortcuts.png, plugin_two_images.png, plugin_click_adapter.png,
 plugin_propagation.png; then, from the shared data (``$MINISAM_SHARED_DATA``, default ../shared/data),
-plugin_series.png (``series``) and plugin_nifti.png with plugin_precompute.png (``nifti``); and the default
-model's plugin_minisam.png and plugin_minisam_click.png (``minisam``). Naming parts makes only those.
+plugin_series.png (``series``), plugin_nifti.png with plugin_precompute.png (``nifti``) and plugin_redraw.png
+(``correction``); and the default model's plugin_minisam.png and plugin_minisam_click.png (``minisam``). Naming
+parts makes only those.
 """
 
 from __future__ import annotations
@@ -319,6 +320,51 @@ def shoot_nifti(app) -> None:
     shutil.rmtree(work)
 
 
+def shoot_correction(app) -> None:
+    """brain1 (shared MRI volume): the middle tumour slice committed from its box and propagated; slice 15, where
+    propagation went wrong, boxed and redrawn (Shift+R), then re-propagated up (plugin_redraw.png). Prints Dice."""
+    import json
+
+    import tifffile
+
+    from napari_qlora_minisam.masks import dice
+
+    os.environ[MODEL_ENV] = "litemedsam"  # the caption's figures (the minisam part, run before, sets its own)
+    volumes = SHARED_DATA / "volumes"
+    image = tifffile.imread(volumes / "brain1_image.tif")
+    tumour = tifffile.imread(volumes / "brain1_label.tif") > 0
+    spacing = json.loads((volumes / "volumes.json").read_text())["brain1"]["spacing_xyz_mm"]
+    zs = [int(z) for z in np.nonzero(tumour.any(axis=(1, 2)))[0]]
+    mid, fix = zs[len(zs) // 2], zs[len(zs) // 2] + 1
+    viewer, widget = open_plugin(app, lambda v: v.add_image(image, name="brain1", scale=spacing[::-1]))
+
+    def object_dice():
+        objects = widget.layers["objects"].data
+        return np.mean([dice(objects[z] == 1, tumour[z]) for z in zs])
+
+    viewer.dims.set_current_step(0, mid)
+    pump(app, lambda: widget.is_idle)
+    add_boxes(app, widget, tight_box(tumour[mid]), z=mid)
+    widget.commit()
+    widget.propagate()
+    pump(app, lambda: not widget.propagation.active and widget.is_idle)
+    objects = widget.layers["objects"].data
+    print(f"propagated: Dice (object) {object_dice():.3f}; slice {fix} {dice(objects[fix] == 1, tumour[fix]):.3f}")
+    viewer.dims.set_current_step(0, fix)
+    pump(app, lambda: widget.is_idle)
+    frame(viewer, tumour[fix], 5.0, widget.binding.image)
+    add_boxes(app, widget, tight_box(tumour[fix]), z=fix)
+    widget.redraw()
+    pump(app, lambda: widget.is_idle)
+    print(f"redrawn slice {fix}: {dice(objects[fix] == 1, tumour[fix]):.3f}")
+    widget.propagation.options.buttons[1].click()
+    pump(app, lambda: not widget.propagation.active and widget.is_idle)
+    print(f"re-propagated up: Dice (object) {object_dice():.3f}")
+    viewer.layers.selection.active = widget.layers["objects"]
+    shoot(viewer, app, "plugin_redraw.png")
+    viewer.close()
+
+
 def shoot_minisam(app) -> None:
     """The plugin's default model, MiniSAM: both ventricles committed from their boxes, then one click on the
     left ventricle with its shipped ``minisam-mri`` adapter (plugin_minisam.png, plugin_minisam_click.png).
@@ -353,7 +399,7 @@ def shoot_minisam(app) -> None:
     viewer.close()
 
 
-PARTS = {"series": shoot_series, "nifti": shoot_nifti, "minisam": shoot_minisam}
+PARTS = {"series": shoot_series, "nifti": shoot_nifti, "minisam": shoot_minisam, "correction": shoot_correction}
 
 if __name__ == "__main__":
     import sys

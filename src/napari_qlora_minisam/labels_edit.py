@@ -81,28 +81,41 @@ def write_slices(target, label_id: int, masks: dict[int, np.ndarray], overwrite:
     return sum(p[0][0].size for p in parts)
 
 
-def replace_slices(target, label_id: int, slices, masks: dict[int, np.ndarray], overwrite: bool = False) -> int:
-    """Object ``label_id`` on ``slices`` of a stack becomes ``masks`` (a slice without one loses it), one undo step.
-
-    Its old pixels there are cleared first, so the new masks may take them back; other objects keep theirs
-    unless ``overwrite``. Slices not listed are left alone. Returns the pixels changed.
-    """
+def _replace_planes(target, label_id: int, planes: dict, overwrite: bool) -> int:
+    """Object ``label_id`` on each plane key (a slice index, or ``None`` for a 2D image) becomes that key's mask
+    (``None``: no pixel there); its old pixels are cleared first. One undo step; returns the pixels changed."""
     label_id = int(label_id)
     index, values = [], []
-    for z in sorted({int(z) for z in slices} | {int(z) for z in masks}):
-        old = np.asarray(target.data[z])
+    for z, mask in planes.items():
+        old = np.asarray(target.data if z is None else target.data[z])
         new = np.where(old == label_id, 0, old)
-        if z in masks:
-            new[writable_pixels(new, masks[z], overwrite)] = label_id
+        if mask is not None:
+            new[writable_pixels(new, mask, overwrite)] = label_id
         rows, cols = np.nonzero(new != old)
         if rows.size:
-            index.append((np.full(rows.size, z, np.intp), rows, cols))
+            index.append(_plane_index(z, rows, cols))
             values.append(new[rows, cols])
     if not index:
         return 0
     with target.block_history():
         target.data_setitem(tuple(np.concatenate(axis) for axis in zip(*index)), np.concatenate(values))
     return int(sum(v.size for v in values))
+
+
+def replace_slices(target, label_id: int, slices, masks: dict[int, np.ndarray], overwrite: bool = False) -> int:
+    """Object ``label_id`` on ``slices`` of a stack becomes ``masks`` (a slice without one loses it), one undo step.
+
+    Its old pixels there are cleared first, so the new masks may take them back; other objects keep theirs
+    unless ``overwrite``. Slices not listed are left alone. Returns the pixels changed.
+    """
+    zs = sorted({int(z) for z in slices} | {int(z) for z in masks})
+    return _replace_planes(target, label_id, {z: masks.get(z) for z in zs}, overwrite)
+
+
+def replace_object(target, label_id: int, z: int | None, mask: np.ndarray, overwrite: bool = False) -> int:
+    """Object ``label_id`` on plane ``z`` (``None``: a 2D label image) becomes ``mask``, one undo step; its other
+    slices and other objects (unless ``overwrite``) are left alone. Returns the pixels changed."""
+    return _replace_planes(target, label_id, {None if z is None else int(z): mask}, overwrite)
 
 
 def erase_object(target, label_id: int) -> int:

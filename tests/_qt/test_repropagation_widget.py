@@ -115,3 +115,67 @@ def test_the_neighbour_prompt_follows_the_model_until_the_user_picks_one(correct
     options.prompt.activated.emit(options.prompt.currentIndex())  # what a user's pick emits
     options.follow_model(minisam_ct)
     assert options.neighbour_prompt() == "box+mask"  # the user's choice stays
+
+
+def test_redraw_a_slice_then_repropagate_from_it(corrected_volume, qtbot):
+    """The correction the docs describe: box the object on a slice, Shift+R, then Re-propagate ↑."""
+    from tests._qt.helpers import draw_boxes, press_key
+
+    widget, labels = corrected_volume
+    labels.data[4] = 0
+    labels.data[4, 5:15, 5:15] = 5  # slice 4 still holds the old outline: the one to correct
+    labels.data[4, 30:32, 30:32] = 7  # and another object where the new box will go
+    before = np.array(labels.data, copy=True)
+    draw_boxes(qtbot, widget, [18, 18, 33, 33], z=4)
+    mask = np.logical_or.reduce([np.asarray(m, bool) for m in widget.preview.masks])
+    assert mask.any()
+    viewer = widget.viewer
+    viewer.layers.selection.active = widget.layers["box"]
+    assert press_key(viewer, "Shift-R")
+    wait_idle(qtbot, widget)
+    assert "Redrew object 5" in widget.message and "slice 4" in widget.message, widget.message
+    np.testing.assert_array_equal(labels.data[4] == 5, mask & (before[4] != 7))  # other objects keep theirs
+    np.testing.assert_array_equal(labels.data[:4], before[:4])
+    np.testing.assert_array_equal(labels.data[5:], before[5:])
+    assert widget.session.prompts == [] and len(widget.layers["box"].data) == 0
+    assert widget.objects.selected_id() == 5
+    redrawn = np.array(labels.data, copy=True)
+    qtbot.mouseClick(widget.propagation.options.buttons[1], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
+    assert "Re-propagated object 5" in widget.message, widget.message
+    from napari_qlora_minisam.volume import box_from_mask
+
+    expected = box_fill(np.zeros((40, 40)), None, box_from_mask(redrawn[4] == 5))[0]  # from the redrawn outline
+    np.testing.assert_array_equal(labels.data[5] == 5, expected)
+    assert not np.array_equal(labels.data[5], before[5])
+    labels.undo()  # the re-propagation, then the redraw: one step each
+    np.testing.assert_array_equal(labels.data, redrawn)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_redraw_asks_for_an_object_first(tiny_widget, qtbot):
+    viewer, widget, _ = tiny_widget
+    widget.set_image_layer(viewer.add_image(np.random.rand(40, 40).astype(np.float32), name="img"))
+    wait_idle(qtbot, widget)
+    assert not widget.ui.redraw.isEnabled()  # no objects layer yet
+    widget.redraw()
+    assert "commit an object" in widget.message, widget.message
+    widget.commit()  # the same message path as a commit with nothing prompted
+    assert "Nothing to commit" in widget.message, widget.message
+
+
+def test_redraw_pressed_before_its_preview_is_ready_redraws_the_object_picked_then(corrected_volume, qtbot):
+    from napari_qlora_minisam.prompts import box_to_rectangle
+
+    widget, labels = corrected_volume
+    before = np.array(labels.data, copy=True)
+    widget.layers["box"].add_rectangles([box_to_rectangle(np.array([18, 18, 33, 33]), 4)])
+    widget.redraw()  # the box's preview is still being decoded: the redraw is owed
+    assert "as soon as the preview" in widget.message, widget.message
+    labels.selected_label = 7  # picking another label meanwhile does not change the object redrawn
+    qtbot.waitUntil(lambda: "Redrew object 5" in widget.message, timeout=30_000)
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data == 7, before == 7)
+    np.testing.assert_array_equal(labels.data[5:], before[5:])
+    assert widget.session.commit_into is None and not widget.session.commit_requested

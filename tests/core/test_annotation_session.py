@@ -139,6 +139,62 @@ def test_nothing_and_zero_pixel_commits_are_refused(session):
     assert session.commit(overwrite=True).ids == [6]  # overwrite takes pixels from others; ids are never reused
 
 
+def test_redraw_replaces_the_object_on_the_previewed_slice_only(tiny_engine):
+    volume = np.random.default_rng(3).random((5, 32, 32)).astype(np.float32)
+    s = AnnotationSession(volume, name="vol")
+    s.set_engine(tiny_engine)
+    s.labels = Labels(np.zeros(s.shape, np.int32))
+    s.labels.data[:, 2:10, 2:10] = 1  # object 1 on every slice (a propagation)
+    s.labels.data[2, 20:30, 0:8] = 2  # another object on the slice to correct
+    s.labels.data[2, 12:14, 12:14] = 3  # ... and one inside where the new outline goes
+    before = s.labels.data.copy()
+    assert s.set_slice(2)
+    s.set_prompts(boxes([12, 12, 24, 24], [26, 2, 30, 6], z=2))
+    preview_now(s)
+    fake_masks(s, (12, 20, 12, 20), (2, 6, 26, 30))  # two boxes: the object is their union on this slice
+    result = s.redraw(1)
+    after = s.labels.data
+    assert (result.z, result.label_id, result.before, result.after) == (2, 1, 64, 64 - 4 + 16)
+    assert "Redrew object 1" in result.describe() and "slice 2" in result.describe()
+    assert not (after[2, 2:10, 2:10] == 1).any()  # the old outline is gone from this slice
+    assert (after[2, 12:20, 12:20] == 1).sum() == 60 and (after[2, 2:6, 26:30] == 1).all()
+    np.testing.assert_array_equal(after[2] == 3, before[2] == 3)  # other objects keep their pixels
+    np.testing.assert_array_equal(after[2] == 2, before[2] == 2)
+    for z in (0, 1, 3, 4):  # its other slices are untouched
+        np.testing.assert_array_equal(after[z], before[z])
+    assert s.propagation_seed()[0] == 1  # a re-propagation from here starts from the redrawn object
+    s.labels.undo()  # one undo step
+    np.testing.assert_array_equal(s.labels.data, before)
+
+
+def test_redraw_is_refused_without_an_object_and_loses_nothing(session):
+    session.labels.data[0:10, 0:10] = 1
+    session.labels.data[20:40, 20:40] = 2
+    session.set_prompts(boxes([20, 20, 40, 40]))
+    preview_now(session)
+    fake_masks(session, (20, 40, 20, 40))  # wholly inside object 2
+    before = session.labels.data.copy()
+    for label_id, match in ((None, "Pick the object"), (0, "Pick the object"), (9, "no object 9")):
+        with pytest.raises(InputError, match=match):
+            session.redraw(label_id)
+    with pytest.raises(InputError, match="another object"):
+        session.redraw(1)
+    np.testing.assert_array_equal(session.labels.data, before)  # object 1 was not erased by the refusal
+    result = session.redraw(1, overwrite=True)  # overwrite: it takes them
+    assert result.after == 400 and not (session.labels.data == 2).any() and (session.labels.data == 1).sum() == 400
+
+
+def test_redraw_waits_for_the_newest_preview(session):
+    session.labels.data[0:5, 0:5] = 1
+    session.set_prompts(boxes([5, 5, 30, 30]))
+    job = session.request_preview()
+    assert session.redraw(1) is None and session.commit_requested and session.commit_into == 1
+    session.finish_preview(job, job.run())
+    fake_masks(session, (5, 10, 5, 10))
+    assert session.redraw(session.commit_into).after == 25 and session.commit_into is None
+    assert (session.labels.data == 1).sum() == 25  # the old 5 x 5 corner replaced, not added to
+
+
 def test_manual_edits_stay_in_order_with_commits(session):
     """Commit, brush stroke, commit: undo takes them back newest first and never overwrites the stroke."""
     session.set_prompts(boxes([5, 5, 30, 30]))

@@ -119,10 +119,13 @@ class Controls:
         self.commit = QPushButton("Commit (C)")
         self.commit.setToolTip("Write every previewed object into the objects layer, each box its own label, "
                                "in one undo step (shortcut C).")
+        self.redraw = QPushButton("Redraw (Shift+R)")
+        self.redraw.setToolTip("The preview replaces the selected object on this slice (its other slices stay), "
+                               "one undo step: the correction before Re-propagate ↑ / ↓ (shortcut Shift+R).")
         self.undo = QPushButton("Undo")
         self.undo.setToolTip("napari's undo of the objects layer: commits and brush strokes, in order (Ctrl+Z).")
         self.redo = QPushButton("Redo")
-        ov.addLayout(_row(self.commit, self.undo, self.redo))
+        ov.addLayout(_row(self.commit, self.redraw, self.undo, self.redo))
         self.overwrite = QCheckBox("overwrite other objects")
         self.overwrite.setToolTip("Off: a new object only fills background pixels.")
         self.delete_object = QPushButton("Delete object")

@@ -245,17 +245,19 @@ class PropagationRun(QObject):
         for step in steps:
             binding.paint_slice(step.z, None)
         zs = sorted(s.z for s in steps)
-        span = f" (slices {zs[0]}–{zs[-1]})" if zs else ""
+        span = "" if not zs else f" (slice {zs[0]})" if len(zs) == 1 else f" (slices {zs[0]}–{zs[-1]})"
+        slices = "slice" if len(zs) == 1 else "slices"
+        count = f"{len(zs)} {slices}"
         if self._error is not None:
             self.status.error("propagation", self._error)
         elif self.cancelled:
-            self.status.info(f"Propagation cancelled after {len(zs)} slices{span}: those are kept, {written} px "
+            self.status.info(f"Propagation cancelled after {count}{span}: those are kept, {written} px "
                              "(Ctrl+Z takes them back).", clears=("propagation",))
         elif direction is not None:
-            self.status.info(f"Re-propagated object {label_id} {ARROWS[direction]} from slice {from_z}: {len(zs)} "
-                             f"slices{span} replace its slices beyond, {written} px changed, one undo step."
+            self.status.info(f"Re-propagated object {label_id} {ARROWS[direction]} from slice {from_z}: {count}"
+                             f"{span} replaced its slices beyond, {written} px changed, one undo step."
                              f"{self._stopped}", clears=("propagation",))
         else:
-            self.status.info(f"Propagated object {label_id} to {len(zs)} more slices{span}, {written} px, one "
+            self.status.info(f"Propagated object {label_id} to {len(zs)} more {slices}{span}, {written} px, one "
                              f"undo step.{self._stopped}", clears=("propagation",))
         self.ended.emit()

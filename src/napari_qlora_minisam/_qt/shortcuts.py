@@ -14,6 +14,7 @@ import weakref
 SHORTCUTS = (
     ("C", "commit", "commit the previewed objects (each box is one object)"),
     ("Shift-C", "clear_prompts", "clear the prompts on this slice"),
+    ("Shift-R", "redraw", "redraw the selected object on this slice from the preview"),
     ("N", "tools.toggle_negative", "next clicks negative / positive"),
     ("Shift-N", "tools.flip_selected_points", "flip the polarity of the selected clicks"),
     ("Q", "tools.toggle_prompt_mode", "switch between drawing boxes and clicking points"),

@@ -88,4 +88,7 @@ def guidance(session, model_ready: bool, has_objects: bool) -> str:
         text = "Draw the next box (several boxes make several objects), press C to commit. Brush on the objects layer to correct; Ctrl+Z undoes."
     else:
         text = "Draw a box round a structure, press C to commit it. Click inside to refine (N: negative clicks)."
-    return text + (" G propagates an object through the stack." if session.depth else "")
+    if not session.depth:
+        return text
+    text += " G propagates an object through the stack."
+    return text + (" To correct a slice: box it, Shift+R, then Re-propagate." if has_objects else "")

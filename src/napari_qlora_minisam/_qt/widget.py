@@ -64,7 +64,7 @@ class MiniSamWidget(QWidget):
         self.images.layer_made.connect(self._on_layer_made)
         self.models.engine_changed.connect(self._on_engine)
         self.live.painted.connect(self._on_painted)
-        self.live.commit_ready.connect(self.commit)
+        self.live.commit_ready.connect(self._commit_owed)
         self.live.failed.connect(lambda exc: self.status.error("preview", exc))
         self.intensity.changed.connect(self.live.invalidate)
         self.intensity.warning.connect(self.status.warn)
@@ -74,7 +74,8 @@ class MiniSamWidget(QWidget):
         for signal, slot in ((ui.image.currentIndexChanged, self._on_image_choice),
                              (ui.box_mode.clicked, self.tools.activate_box_mode),
                              (ui.point_mode.clicked, self.tools.activate_point_mode), (ui.clear.clicked, self.clear_prompts),
-                             (ui.commit.clicked, self.commit), (ui.undo.clicked, self.undo), (ui.redo.clicked, self.redo),
+                             (ui.commit.clicked, self.commit), (ui.redraw.clicked, lambda: self.redraw()),
+                             (ui.undo.clicked, self.undo), (ui.redo.clicked, self.redo),
                              (ui.delete_object.clicked, self.objects.delete_selected),
                              (ui.propagate.clicked, self.propagate), (ui.cancel.clicked, self.cancel_propagation),
                              (ui.help.toggled, ui.shortcuts.setVisible)):
@@ -233,24 +234,45 @@ class MiniSamWidget(QWidget):
     # -- objects --------------------------------------------------------------------------------------
     def commit(self) -> None:
         """Write every previewed object into the image's objects layer (made again if it was deleted)."""
+        if self.binding is not None and self.binding.layers["objects"] not in self.viewer.layers:
+            self.images.make_now(self.binding, "objects")
+        self._write_preview(lambda overwrite: self.session.commit(overwrite=overwrite), "Committing")
+
+    def redraw(self, label_id: int | None = None) -> None:
+        """The preview replaces object ``label_id`` (default: the selected one) on this slice: the correction
+        before re-propagating."""
+        if self.binding is not None and self.binding.layers["objects"] not in self.viewer.layers:
+            self.status.error("commit", "Nothing to redraw yet: commit an object (C) first.")
+            return
+        self._write_preview(
+            lambda overwrite: self.session.redraw(label_id or self.session.labels.selected_label, overwrite=overwrite),
+            "Redrawing")
+
+    def _write_preview(self, write, doing: str) -> None:
+        """``write(overwrite)``: a commit or redraw of the session; then select its object and clear the prompts."""
         if self.binding is None:
             self.status.error("commit", "Open or pick an image first.")
             return
-        if self.binding.layers["objects"] is None or self.binding.layers["objects"] not in self.viewer.layers:
-            self.images.make_now(self.binding, "objects")
         try:
-            result = self.session.commit(overwrite=self.ui.overwrite.isChecked())
+            result = write(self.ui.overwrite.isChecked())
         except MiniSamError as exc:
             self.status.error("commit", exc)
             return
         if result is None:
-            self.status.info("Committing as soon as the preview of these prompts is ready…")
+            self.status.info(f"{doing} as soon as the preview of these prompts is ready…")
             return
-        self.session.labels.selected_label = result.ids[-1]
+        self.session.labels.selected_label = result.selected_id
         self.status.info(result.describe(), clears=("commit", "preview"))
         self.objects.refresh()
-        self.objects.select(result.ids[-1])
+        self.objects.select(result.selected_id)
         self.clear_prompts()
+
+    def _commit_owed(self) -> None:
+        """The preview a commit or redraw waited for is painted: do it now."""
+        if self.session is not None and self.session.commit_into is not None:
+            self.redraw(self.session.commit_into)  # the object picked when Redraw was pressed
+        else:
+            self.commit()
 
     def _history(self, step: str) -> None:
         labels = None if self.session is None else self.session.labels
@@ -287,6 +309,7 @@ class MiniSamWidget(QWidget):
         ui.propagate.setEnabled(bool(session and session.depth) and not self.propagation.active)
         ui.cancel.setEnabled(self.propagation.active)
         ui.commit.setEnabled(session is not None)
+        ui.redraw.setEnabled(labels is not None)
         ui.guidance.setText(guidance(session, self.models.engine is not None, ui.objects.rowCount() > 0))
 
     # -- closing --------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 from .engine import Decoded, SegmentationEngine
 from .objects import ObjectRecord, measure_objects, spacing_mm
 from .preview import AHEAD, Preview, PreviewJob, PreviewState
-from .session import AnnotationSession, CommitResult
+from .session import AnnotationSession, CommitResult, RedrawResult
 
 __all__ = ["AHEAD", "AnnotationSession", "CommitResult", "Decoded", "ObjectRecord", "Preview", "PreviewJob",
-           "PreviewState", "SegmentationEngine", "measure_objects", "spacing_mm"]
+           "PreviewState", "RedrawResult", "SegmentationEngine", "measure_objects", "spacing_mm"]

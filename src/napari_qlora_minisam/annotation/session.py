@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..intensity import check_policy, hounsfield_warning
-from ..labels_edit import erase_object, next_free_id, replace_slices, write_objects, write_slices
+from ..labels_edit import (erase_object, next_free_id, replace_object, replace_slices, writable_pixels, write_objects,
+                           write_slices)
 from ..prompts import SlicePrompts
 from ..volume import PropagationStep, StopRules, default_neighbour_prompt, plane, propagate, stack_depth
 from .objects import ObjectRecord, default_name, features_with_names, measure_objects, names_from_features
@@ -48,6 +49,11 @@ class CommitResult:
     def pixels(self) -> int:
         return sum(w[1] for w in self.written if w is not None)
 
+    @property
+    def selected_id(self) -> int:
+        """The object the widget selects afterwards: the last one committed."""
+        return self.ids[-1]
+
     def describe(self) -> str:
         where = f" on slice {self.z}" if self.z is not None else ""
         ids = self.ids
@@ -60,6 +66,27 @@ class CommitResult:
             text += (f" Skipped object {', '.join(empty)} of the prompts: no free pixel (other objects hold "
                      "them; tick 'overwrite' to replace them).")
         return text
+
+
+@dataclass
+class RedrawResult:
+    """What a redraw changed: object ``label_id`` on slice ``z`` went from ``before`` to ``after`` pixels."""
+
+    z: int | None
+    label_id: int
+    name: str
+    before: int
+    after: int
+
+    @property
+    def selected_id(self) -> int:
+        return self.label_id
+
+    def describe(self) -> str:
+        where = f" on slice {self.z}" if self.z is not None else ""
+        again = " Re-propagate ↑ / ↓ from here to carry it on." if self.z is not None else ""
+        return (f"Redrew object {self.label_id} ({self.name}){where}: {self.after} px (was {self.before} px)."
+                f"{again}")
 
 
 class AnnotationSession:
@@ -94,6 +121,7 @@ class AnnotationSession:
         self.last_id = 0  # the highest id this session committed: ids go on from there, even into a new layer
         self.last_committed: list[int] = []
         self.commit_requested = False  # commit as soon as the preview of the newest prompts is painted
+        self.commit_into: int | None = None  # ... and into this object (:meth:`redraw`), not as new ones
 
     # -- what the model sees ------------------------------------------------------------------------------
     @property
@@ -165,7 +193,7 @@ class AnnotationSession:
         """A job ended (``decoded`` is ``None`` when it failed); the preview to paint, if still current."""
         shown = self.preview.finish(job, decoded)
         if decoded is None:
-            self.commit_requested = False
+            self.commit_requested, self.commit_into = False, None
         return shown
 
     @property
@@ -191,17 +219,9 @@ class AnnotationSession:
         Raises:
             InputError: nothing prompted, no label image, or no free pixel in any previewed mask.
         """
-        if self.labels is None:
-            raise InputError(f"No objects layer for {self.name!r} to commit into.")
-        if not self.preview.is_current:
-            if self.prompts and self.preview.busy:
-                self.commit_requested = True
-                return None
-            raise InputError("Nothing to commit: draw a box or click points first.")
-        self.commit_requested = False
-        shown = self.preview.shown
-        if not shown.decoded:
-            raise InputError("Nothing to commit: draw a box or click points first.")
+        shown = self._preview_to_commit(None)
+        if shown is None:
+            return None
         first = next_free_id(self.labels.data, self.last_id + 1)
         written = write_objects(self.labels, shown.masks, shown.z, first, overwrite)
         result = CommitResult(shown.z, written)
@@ -218,6 +238,54 @@ class AnnotationSession:
         self.last_id = max(self.last_id, *result.ids)
         self.last_committed = result.ids
         return result
+
+    def redraw(self, label_id: int | None, overwrite: bool = False) -> RedrawResult | None:
+        """Object ``label_id`` on the previewed slice becomes the preview (every previewed mask together), one
+        undo step; its other slices stay. The correction before a re-propagation from this slice.
+
+        Returns ``None`` when the preview is still being decoded (the redraw is owed, like :meth:`commit`'s).
+
+        Raises:
+            InputError: no object picked, an id the label image does not hold, nothing prompted, or no free pixel.
+        """
+        if self.labels is None:
+            raise InputError(f"No objects layer for {self.name!r}: commit an object (C) before redrawing one.")
+        if not label_id or not np.any(np.asarray(self.labels.data) == int(label_id)):
+            raise InputError("Pick the object to redraw first (a row of the objects table)." if not label_id else
+                             f"There is no object {label_id} to redraw; pick one in the objects table, or commit "
+                             "the preview as a new object (C).")
+        shown = self._preview_to_commit(int(label_id))
+        if shown is None:
+            return None
+        mask = np.logical_or.reduce(shown.masks)
+        z, label_id = shown.z, int(label_id)
+        plane = self._labels_plane(z)
+        before = int(np.count_nonzero(plane == label_id))
+        if not writable_pixels(np.where(plane == label_id, 0, plane), mask, overwrite).any():
+            raise InputError("Nothing redrawn: every pixel of the preview belongs to another object (tick "
+                             "'overwrite other objects' to take them).")
+        replace_object(self.labels, label_id, z, mask, overwrite)
+        after = int(np.count_nonzero(self._labels_plane(z) == label_id))
+        self.last_committed = [label_id]
+        return RedrawResult(z, label_id, self.names().get(label_id, f"object {label_id}"), before, after)
+
+    def _preview_to_commit(self, into: int | None):
+        """The painted preview a commit (``into`` ``None``) or redraw writes; ``None``: owed until it is painted."""
+        if self.labels is None:
+            raise InputError(f"No objects layer for {self.name!r} to commit into.")
+        if not self.preview.is_current:
+            if self.prompts and self.preview.busy:
+                self.commit_requested, self.commit_into = True, into
+                return None
+            raise InputError("Nothing to commit: draw a box or click points first.")
+        self.commit_requested, self.commit_into = False, None
+        shown = self.preview.shown
+        if not shown.decoded:
+            raise InputError("Nothing to commit: draw a box or click points first.")
+        return shown
+
+    def _labels_plane(self, z: int | None) -> np.ndarray:
+        return np.asarray(self.labels.data if z is None else self.labels.data[z])
 
     def rename(self, label_id: int, name: str) -> None:
         name = str(name).strip()
