@@ -322,7 +322,8 @@ def shoot_nifti(app) -> None:
 
 def shoot_correction(app) -> None:
     """brain1 (shared MRI volume): the middle tumour slice committed from its box and propagated; slice 15, where
-    propagation went wrong, boxed and redrawn (Shift+R), then re-propagated up (plugin_redraw.png). Prints Dice."""
+    propagation went wrong, boxed and redrawn (Shift+R), re-propagated up, and the run's leak past the tumour's
+    last slice erased from there (plugin_redraw.png). Prints Dice and the leaked slices."""
     import json
 
     import tifffile
@@ -359,7 +360,14 @@ def shoot_correction(app) -> None:
     print(f"redrawn slice {fix}: {dice(objects[fix] == 1, tumour[fix]):.3f}")
     widget.propagation.options.buttons[1].click()
     pump(app, lambda: not widget.propagation.active and widget.is_idle)
-    print(f"re-propagated up: Dice (object) {object_dice():.3f}")
+    leaked = [z for z in range(len(image)) if z not in zs and (objects[z] == 1).any()]
+    print(f"re-propagated up: Dice (object) {object_dice():.3f}, leaked slices {leaked}")
+    viewer.dims.set_current_step(0, zs[-1])  # the tumour's last slice: the object ends here
+    pump(app, lambda: widget.is_idle)
+    widget.propagation.options.erase_buttons[1].click()
+    pump(app, lambda: widget.is_idle)
+    leaked = [z for z in range(len(image)) if z not in zs and (objects[z] == 1).any()]
+    print(f"erased above slice {zs[-1]}: leaked slices {leaked}")
     viewer.layers.selection.active = widget.layers["objects"]
     shoot(viewer, app, "plugin_redraw.png")
     viewer.close()

@@ -179,3 +179,17 @@ def test_redraw_pressed_before_its_preview_is_ready_redraws_the_object_picked_th
     np.testing.assert_array_equal(labels.data == 7, before == 7)
     np.testing.assert_array_equal(labels.data[5:], before[5:])
     assert widget.session.commit_into is None and not widget.session.commit_requested
+
+
+def test_erase_above_takes_a_leak_off_in_one_undo_step(corrected_volume, qtbot):
+    widget, labels = corrected_volume  # object 5 on every slice, the view on slice 4
+    before = np.array(labels.data, copy=True)
+    qtbot.mouseClick(widget.propagation.options.erase_buttons[1], Qt.MouseButton.LeftButton)
+    assert "Erased object 5 above slice 4: 4 slices (slices 5–8)" in widget.message, widget.message
+    assert not (labels.data[5:] == 5).any() and (labels.data[6] == 7).sum() == 36
+    np.testing.assert_array_equal(labels.data[:5], before[:5])
+    assert widget.objects.rows[0][2] == "0–4"  # the table follows
+    qtbot.mouseClick(widget.propagation.options.erase_buttons[1], Qt.MouseButton.LeftButton)
+    assert "nothing erased" in widget.message, widget.message
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)

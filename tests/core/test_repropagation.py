@@ -292,3 +292,30 @@ def test_trim_keeps_the_model_mask_where_the_range_misses_most_of_it_and_needs_t
     np.testing.assert_array_equal(trim_to_intensity(image, mask, (200.0, 300.0)), mask)
     with pytest.raises(InputError, match="needs the image stack"):
         next(propagate(lambda z, box: (mask, 1.0), 1, mask, 3, trim=True))
+
+
+@pytest.mark.parametrize("direction, erased, kept", [(1, [5, 6, 8], range(0, 5)), (-1, [0, 1, 2, 3], range(4, 9))])
+def test_erase_beyond_ends_the_object_on_the_slice_in_view(direction, erased, kept):
+    s = volume_session()
+    for z in range(9):
+        if z != 7:  # a gap: slice 7 does not hold the object
+            fill(s, z, 1, 5, 15, 5, 15)
+    fill(s, 6, 2, 30, 36, 30, 36)  # another object beyond
+    before = np.array(s.labels.data, copy=True)
+    assert s.set_slice(4)
+    held, pixels = s.erase_beyond(1, direction)
+    assert held == erased and pixels == 100 * len(erased)
+    after = np.asarray(s.labels.data)
+    for z in erased:
+        assert not (after[z] == 1).any()
+    for z in kept:  # the slice in view and the other side keep the object
+        np.testing.assert_array_equal(after[z], before[z])
+    np.testing.assert_array_equal(after == 2, before == 2)
+    s.labels.undo()  # one undo step
+    np.testing.assert_array_equal(s.labels.data, before)
+    assert s.erase_beyond(9, direction) == ([], 0)  # an object that is not there: nothing changes
+    for label_id in (None, 0):
+        with pytest.raises(InputError, match="Pick the object"):
+            s.erase_beyond(label_id, direction)
+    with pytest.raises(InputError, match="3D"):
+        AnnotationSession(np.zeros((8, 8), np.float32)).erase_beyond(1, direction)

@@ -2,7 +2,8 @@
 into the objects layer in one undo step when it ends (or is cancelled: the slices done so far are kept).
 
 Besides *Propagate* (both ways) the 3D group gets *Re-propagate ↑ / ↓* (from a corrected slice, one direction,
-replacing the object's slices beyond it) and an *Advanced* section: the neighbour prompt and the stop rules
+replacing the object's slices beyond it), *Erase above / below* (the object ends on this slice: a run that went
+past its end is taken off) and an *Advanced* section: the neighbour prompt and the stop rules
 (``volume.StopRules``, ``StopRules()`` as the defaults)."""
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ ARROWS = {1: "↑", -1: "↓"}
 
 
 class PropagationOptions(QWidget):
-    """*Re-propagate ↑ / ↓* buttons and the collapsible *Advanced* section (neighbour prompt, stop rules)."""
+    """*Re-propagate ↑ / ↓* and *Erase above / below* buttons and the collapsible *Advanced* section (neighbour
+    prompt, stop rules)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -45,6 +47,15 @@ class PropagationOptions(QWidget):
                               f"replacing what the object held there; one undo step.")
             row.addWidget(button)
             self.buttons[direction] = button
+        outer.addLayout(row)
+        row = QHBoxLayout()
+        self.erase_buttons = {}
+        for direction, where in ((1, "above"), (-1, "below")):
+            button = QPushButton(f"Erase {where}")
+            button.setToolTip(f"The selected object ends on this slice: erase it from every slice {where} (a "
+                              "propagation that ran past the object's end); one undo step.")
+            row.addWidget(button)
+            self.erase_buttons[direction] = button
         outer.addLayout(row)
         self.toggle = QToolButton()
         self.toggle.setText("Advanced")
@@ -111,6 +122,15 @@ class PropagationOptions(QWidget):
         return self.prompt.currentText()
 
 
+def slices_text(zs: list[int], more: str = "") -> str:
+    """``"1 slice (slice 12)"``, ``"5 more slices (slices 18–22)"``, ``"0 slices"`` for sorted slice indices."""
+    if not zs:
+        return f"0 {more}slices"
+    if len(zs) == 1:
+        return f"1 {more}slice (slice {zs[0]})"
+    return f"{len(zs)} {more}slices (slices {zs[0]}–{zs[-1]})"
+
+
 def _spin(spin, low, high, value, suffix: str, tip: str):
     spin.setRange(low, high)
     if isinstance(spin, QDoubleSpinBox):
@@ -164,7 +184,29 @@ class PropagationRun(QObject):
         layout.insertWidget(max(0, layout.count() - 1), self.options)  # above the progress bar
         for direction, button in self.options.buttons.items():
             button.clicked.connect(lambda _=False, d=direction: self._start_from_form(form_values, d, after))
+        for direction, button in self.options.erase_buttons.items():
+            button.clicked.connect(lambda _=False, d=direction: self.erase(form_values()[0], d))
         return self.options
+
+    def erase(self, binding, direction: int) -> None:
+        """The selected object ends on the slice in view: it is erased from every slice beyond (one undo step)."""
+        if binding is None or self.active:
+            return
+        session = binding.session
+        label_id = None if session.labels is None else session.labels.selected_label
+        try:
+            held, pixels = session.erase_beyond(label_id, direction)
+        except MiniSamError as exc:
+            self.status.error("propagation", exc)
+            return
+        where = "above" if direction > 0 else "below"
+        if held:
+            self.status.info(f"Erased object {label_id} {where} slice {session.z}: {slices_text(held)}, {pixels} px, "
+                             "one undo step.", clears=("propagation",))
+        else:
+            self.status.info(f"Object {label_id} has no pixel {where} slice {session.z}: nothing erased.",
+                             clears=("propagation",))
+        self.ended.emit()
 
     def _start_from_form(self, form_values, direction: int, after) -> None:
         binding, max_slices, overwrite = form_values()
@@ -201,7 +243,7 @@ class PropagationRun(QObject):
 
     def _enable(self, enabled: bool) -> None:
         if self.options is not None:
-            for button in self.options.buttons.values():
+            for button in (*self.options.buttons.values(), *self.options.erase_buttons.values()):
                 button.setEnabled(enabled)
 
     def cancel(self) -> None:
@@ -245,19 +287,16 @@ class PropagationRun(QObject):
         for step in steps:
             binding.paint_slice(step.z, None)
         zs = sorted(s.z for s in steps)
-        span = "" if not zs else f" (slice {zs[0]})" if len(zs) == 1 else f" (slices {zs[0]}–{zs[-1]})"
-        slices = "slice" if len(zs) == 1 else "slices"
-        count = f"{len(zs)} {slices}"
         if self._error is not None:
             self.status.error("propagation", self._error)
         elif self.cancelled:
-            self.status.info(f"Propagation cancelled after {count}{span}: those are kept, {written} px "
+            self.status.info(f"Propagation cancelled after {slices_text(zs)}: those are kept, {written} px "
                              "(Ctrl+Z takes them back).", clears=("propagation",))
         elif direction is not None:
-            self.status.info(f"Re-propagated object {label_id} {ARROWS[direction]} from slice {from_z}: {count}"
-                             f"{span} replaced its slices beyond, {written} px changed, one undo step."
+            self.status.info(f"Re-propagated object {label_id} {ARROWS[direction]} from slice {from_z}: "
+                             f"{slices_text(zs)} replaced its slices beyond, {written} px changed, one undo step."
                              f"{self._stopped}", clears=("propagation",))
         else:
-            self.status.info(f"Propagated object {label_id} to {len(zs)} more {slices}{span}, {written} px, one "
+            self.status.info(f"Propagated object {label_id} to {slices_text(zs, 'more ')}, {written} px, one "
                              f"undo step.{self._stopped}", clears=("propagation",))
         self.ended.emit()

@@ -372,6 +372,18 @@ class AnnotationSession:
             raise InputError(f"Direction must be +1 (up) or -1 (down); got {direction}.")
         return range(from_z + 1, self.shape[0]) if direction > 0 else range(0, from_z)
 
+    def erase_beyond(self, label_id: int | None, direction: int) -> tuple[list[int], int]:
+        """The object ends on the slice in view: object ``label_id`` is erased from every slice beyond it in
+        ``direction`` (a leak past the object's end), one undo step. Returns the slices it held there and the
+        pixels erased."""
+        if not self.depth:
+            raise InputError("Erasing above or below a slice needs a 3D (Z, Y, X) image.")
+        if self.labels is None or not label_id:
+            raise InputError("Pick the object to end here first (a row of the objects table).")
+        zs = self.beyond(self.z, direction)
+        held = [int(z) for z in zs if np.any(np.asarray(self.labels.data[z]) == int(label_id))]
+        return held, replace_slices(self.labels, int(label_id), held, {})
+
     def commit_repropagation(self, label_id: int, from_z: int, direction: int, steps: list[PropagationStep],
                              overwrite: bool = False, complete: bool = True) -> int:
         """Re-propagation from a corrected slice: object ``label_id`` on every slice beyond ``from_z`` in
