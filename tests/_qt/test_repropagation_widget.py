@@ -159,6 +159,8 @@ def test_redraw_asks_for_an_object_first(tiny_widget, qtbot):
     widget.set_image_layer(viewer.add_image(np.random.rand(40, 40).astype(np.float32), name="img"))
     wait_idle(qtbot, widget)
     assert not widget.ui.redraw.isEnabled()  # no objects layer yet
+    options = widget.propagation.options  # a 2D image: nothing to re-propagate or erase above / below
+    assert not any(b.isEnabled() for b in (*options.buttons.values(), *options.erase_buttons.values()))
     widget.redraw()
     assert "commit an object" in widget.message, widget.message
     widget.commit()  # the same message path as a commit with nothing prompted
@@ -183,6 +185,7 @@ def test_redraw_pressed_before_its_preview_is_ready_redraws_the_object_picked_th
 
 def test_erase_above_takes_a_leak_off_in_one_undo_step(corrected_volume, qtbot):
     widget, labels = corrected_volume  # object 5 on every slice, the view on slice 4
+    assert all(b.isEnabled() for b in widget.propagation.options.erase_buttons.values())
     before = np.array(labels.data, copy=True)
     qtbot.mouseClick(widget.propagation.options.erase_buttons[1], Qt.MouseButton.LeftButton)
     assert "Erased object 5 above slice 4: 4 slices (slices 5–8)" in widget.message, widget.message

@@ -236,12 +236,12 @@ class PropagationRun(QObject):
         if self.options is not None:
             options.update(rules=self.options.rules(), prompt=self.options.neighbour_prompt(),
                            trim=self.options.trim.isChecked())
-        self._enable(False)
+        self.enable_buttons(False)
         self.worker = workers.start(partial(tasks.propagate_task, **options), session, start_mask, max_slices,
                                     on_yielded=self._step, on_returned=self._returned,
                                     on_errored=self._failed, on_finished=self._finished, keep=self.running)
 
-    def _enable(self, enabled: bool) -> None:
+    def enable_buttons(self, enabled: bool) -> None:
         if self.options is not None:
             for button in (*self.options.buttons.values(), *self.options.erase_buttons.values()):
                 button.setEnabled(enabled)
@@ -275,7 +275,7 @@ class PropagationRun(QObject):
         binding, label_id, steps, overwrite, from_z, direction = self._run
         self.worker, self._run = None, None
         self.bar.setVisible(False)
-        self._enable(True)
+        self.enable_buttons(True)
         if binding.session.labels is None and steps:
             binding.ensure("objects")  # deleted meanwhile: made again, the run is not lost
         # The slices segmented before a cancel or a failure are kept: they cost the user time.

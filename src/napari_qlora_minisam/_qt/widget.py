@@ -307,6 +307,7 @@ class MiniSamWidget(QWidget):
         ui.undo.setEnabled(labels is not None)
         ui.redo.setEnabled(labels is not None)
         ui.propagate.setEnabled(bool(session and session.depth) and not self.propagation.active)
+        self.propagation.enable_buttons(bool(session and session.depth) and not self.propagation.active)
         ui.cancel.setEnabled(self.propagation.active)
         ui.commit.setEnabled(session is not None)
         ui.redraw.setEnabled(labels is not None)
