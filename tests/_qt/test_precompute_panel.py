@@ -74,5 +74,6 @@ def test_precompute_cancel_keeps_what_is_stored(open_widget, qtbot, monkeypatch,
 
 def test_precompute_asks_for_a_3d_image(tiny_widget):
     _, widget, _ = tiny_widget
-    widget.precompute.start_button.click()
+    assert not widget.precompute.start_button.isEnabled()  # a 2D image: greyed out
+    widget.precompute.start()
     assert not widget.precompute.active and "3D image" in widget.message

@@ -308,6 +308,7 @@ class MiniSamWidget(QWidget):
         ui.redo.setEnabled(labels is not None)
         ui.propagate.setEnabled(bool(session and session.depth) and not self.propagation.active)
         self.propagation.enable_buttons(bool(session and session.depth) and not self.propagation.active)
+        self.precompute.start_button.setEnabled(bool(session and session.depth) and not self.precompute.active)
         ui.cancel.setEnabled(self.propagation.active)
         ui.commit.setEnabled(session is not None)
         ui.redraw.setEnabled(labels is not None)
