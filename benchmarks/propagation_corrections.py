@@ -61,8 +61,8 @@ def slice_to_correct(pred: np.ndarray, gt: np.ndarray, start: int, corrected: se
     Dice on a tie); ``None`` when every object slice is at the target."""
     from napari_qlora_minisam.masks import dice
 
-    bad = [(abs(z - start), dice(pred[z], gt[z]), z) for z in object_slices(gt)
-           if z not in corrected and dice(pred[z], gt[z]) < target]
+    scored = [(abs(z - start), dice(pred[z], gt[z]), z) for z in object_slices(gt) if z not in corrected]
+    bad = [s for s in scored if s[1] < target]
     return min(bad)[2] if bad else None
 
 

@@ -65,7 +65,8 @@ class PrecomputePanel(JobGroup):
 
     def _step(self, step) -> None:
         self._counts[0 if step.computed else 1] += 1
-        self.show_progress(step.done, step.total, f"{self._name}: embeddings {step.done}/{step.total} (slice {step.z})")
+        self.show_progress(step.done, step.total,
+                           f"{self._name}: embeddings {step.done}/{step.total} (slice {step.z})")
 
     def _finished(self) -> None:
         self.worker = None
