@@ -196,3 +196,28 @@ def test_erase_above_takes_a_leak_off_in_one_undo_step(corrected_volume, qtbot):
     assert "nothing erased" in widget.message, widget.message
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_repropagate_stops_before_a_slice_the_user_redrew(corrected_volume, qtbot):
+    from tests._qt.helpers import draw_boxes
+
+    widget, labels = corrected_volume  # object 5 on every slice, none of them set by hand
+    viewer = widget.viewer
+    viewer.dims.set_current_step(0, 6)
+    wait_idle(qtbot, widget)
+    draw_boxes(qtbot, widget, [18, 18, 33, 33], z=6)
+    widget.redraw()
+    assert "Redrew object 5" in widget.message, widget.message
+    redrawn = np.array(labels.data, copy=True)
+    viewer.dims.set_current_step(0, 4)
+    wait_idle(qtbot, widget)
+    qtbot.mouseClick(widget.propagation.options.buttons[1], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
+    assert "1 slice (slice 5)" in widget.message and "before slice 6, which you set by hand" in widget.message, \
+        widget.message
+    np.testing.assert_array_equal(labels.data[6:], redrawn[6:])  # the redrawn slice and those past it: kept
+    np.testing.assert_array_equal(labels.data[:5], redrawn[:5])
+    viewer.dims.set_current_step(0, 5)
+    wait_idle(qtbot, widget)
+    qtbot.mouseClick(widget.propagation.options.buttons[1], Qt.MouseButton.LeftButton)
+    assert "nothing to re-propagate" in widget.message and not widget.propagation.active, widget.message

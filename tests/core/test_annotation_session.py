@@ -167,6 +167,50 @@ def test_redraw_replaces_the_object_on_the_previewed_slice_only(tiny_engine):
     np.testing.assert_array_equal(s.labels.data, before)
 
 
+def test_repropagation_stops_before_a_slice_set_by_hand(tiny_engine):
+    volume = np.random.default_rng(4).random((9, 32, 32)).astype(np.float32)
+    s = AnnotationSession(volume, name="vol")
+    s.set_engine(tiny_engine)
+    s.labels = Labels(np.zeros(s.shape, np.int32))
+    s.labels.data[:, 2:22, 2:22] = 1  # object 1 on every slice: a propagation, not set by hand
+    assert s.set_slice(6)
+    s.set_prompts(boxes([4, 4, 24, 24], z=6))
+    preview_now(s)
+    fake_masks(s, (4, 24, 4, 24))
+    s.redraw(1)  # the user corrects slice 6
+    assert s.set_slice(1)
+    s.set_prompts(boxes([20, 20, 30, 30], z=1))
+    preview_now(s)
+    fake_masks(s, (22, 28, 22, 28))
+    assert s.commit().ids == [2]  # a commit on a slice sets it by hand too
+    assert s.set_by_hand(1) == [6] and s.set_by_hand(2) == [1]
+    assert s.set_slice(3)
+    assert s.repropagation_bound(1, 1) == 6 and s.repropagation_bound(1, -1) is None
+
+    class BoxEngine:  # segments each slice as the box it is given: the propagation logic, not the model
+        def segment_box(self, plane, intensity, box, **neighbour):
+            mask = np.zeros(plane.shape, bool)
+            x0, y0, x1, y1 = np.round(box).astype(int)
+            mask[y0:y1 + 1, x0:x1 + 1] = True
+            return mask, 1.0
+
+    s.engine = BoxEngine()
+    _, start = s.propagation_seed(1)
+    steps = list(s.propagate(start, max_slices=2, directions=(1,)))
+    assert [step.z for step in steps] == [4, 5]
+    before = s.labels.data.copy()
+    s.commit_repropagation(1, 3, 1, steps, until=6)
+    after = s.labels.data
+    np.testing.assert_array_equal(after[6:], before[6:])  # the slice set by hand and those past it: kept
+    for z in (4, 5):  # the run's masks: the neighbour's box and its margin
+        assert (after[z] == 1).sum() > 400 and not np.array_equal(after[z], before[z])
+    with pytest.raises(InputError, match="not beyond"):
+        s.commit_repropagation(1, 3, 1, [], until=2)
+    for _ in range(3):  # the re-propagation, the commit, the redraw: slice 6 is no longer as the user set it
+        s.labels.undo()
+    assert s.set_by_hand(1) == [] and s.set_by_hand(2) == [] and s.repropagation_bound(1, 1) is None
+
+
 def test_redraw_is_refused_without_an_object_and_loses_nothing(session):
     session.labels.data[0:10, 0:10] = 1
     session.labels.data[20:40, 20:40] = 2

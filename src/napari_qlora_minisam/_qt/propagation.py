@@ -228,8 +228,19 @@ class PropagationRun(QObject):
         except MiniSamError as exc:
             self.status.error("propagation", exc)
             return
+        # a re-propagation stops before the next slice the user set by hand (commit or redraw) instead of
+        # overwriting it
+        bound = None if direction is None else session.repropagation_bound(label_id, direction)
+        if bound is not None:
+            gap = abs(bound - session.z) - 1
+            if gap == 0:
+                self.status.info(f"Slice {bound} holds object {label_id} as you set it (commit or redraw): nothing "
+                                 f"to re-propagate {ARROWS[direction]} from here; re-propagate from slice {bound}.",
+                                 clears=("propagation",))
+                return
+            max_slices = gap if max_slices is None else min(max_slices, gap)
         self.cancelled, self._stopped, self._error = False, "", None
-        self._run = (binding, label_id, [], overwrite, session.z, direction)
+        self._run = (binding, label_id, [], overwrite, session.z, direction, bound)
         way = "" if direction is None else f" {ARROWS[direction]}"
         self._progress(f"propagating object {label_id}{way} from slice {session.z}…", 0, 1)
         options = {} if direction is None else {"directions": (direction,)}
@@ -265,6 +276,9 @@ class PropagationRun(QObject):
         self.bar.setVisible(True)
 
     def _returned(self, result) -> None:
+        _, _, steps, _, _, direction, bound = self._run
+        if bound is not None and any(s.z == bound - direction for s in steps):  # it ran up to the bound
+            result.stopped[direction] = f"before slice {bound}, which you set by hand (commit or redraw)"
         reasons = "; ".join(f"{'up' if d > 0 else 'down'}: {why}" for d, why in sorted(result.stopped.items()))
         self._stopped = f" Stopped {reasons}."
 
@@ -272,7 +286,7 @@ class PropagationRun(QObject):
         self._error = exc
 
     def _finished(self) -> None:
-        binding, label_id, steps, overwrite, from_z, direction = self._run
+        binding, label_id, steps, overwrite, from_z, direction, bound = self._run
         self.worker, self._run = None, None
         self.bar.setVisible(False)
         self.enable_buttons(True)
@@ -281,7 +295,8 @@ class PropagationRun(QObject):
         # The slices segmented before a cancel or a failure are kept: they cost the user time.
         if direction is not None and binding.session.labels is not None:
             complete = not self.cancelled and self._error is None  # else only the slices reached are replaced
-            written = binding.session.commit_repropagation(label_id, from_z, direction, steps, overwrite, complete)
+            written = binding.session.commit_repropagation(label_id, from_z, direction, steps, overwrite, complete,
+                                                           until=bound)
         else:
             written = binding.session.commit_propagation(label_id, steps, overwrite) if steps else 0
         for step in steps:

@@ -122,6 +122,8 @@ class AnnotationSession:
         self.last_committed: list[int] = []
         self.commit_requested = False  # commit as soon as the preview of the newest prompts is painted
         self.commit_into: int | None = None  # ... and into this object (:meth:`redraw`), not as new ones
+        # label id -> {slice: digest of the object's mask there} for the slices the user set by commit or redraw
+        self._set_by_hand: dict[int, dict[int, bytes]] = {}
 
     # -- what the model sees ------------------------------------------------------------------------------
     @property
@@ -237,6 +239,8 @@ class AnnotationSession:
         self.labels.features = features_with_names(names)
         self.last_id = max(self.last_id, *result.ids)
         self.last_committed = result.ids
+        for label_id in result.ids:
+            self._mark_set_by_hand(label_id, shown.z)
         return result
 
     def redraw(self, label_id: int | None, overwrite: bool = False) -> RedrawResult | None:
@@ -267,6 +271,7 @@ class AnnotationSession:
         replace_object(self.labels, label_id, z, mask, overwrite)
         after = int(np.count_nonzero(self._labels_plane(z) == label_id))
         self.last_committed = [label_id]
+        self._mark_set_by_hand(label_id, z)
         return RedrawResult(z, label_id, self.names().get(label_id, f"object {label_id}"), before, after)
 
     def _preview_to_commit(self, into: int | None):
@@ -366,6 +371,30 @@ class AnnotationSession:
         """Write the propagated slices of object ``label_id`` in one undo step; pixels written."""
         return write_slices(self.labels, label_id, {s.z: s.mask for s in steps}, overwrite)
 
+    def _object_digest(self, label_id: int, z: int) -> bytes:
+        import hashlib
+
+        mask = np.asarray(self.labels.data[z]) == label_id
+        return hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+
+    def _mark_set_by_hand(self, label_id: int, z: int | None) -> None:
+        if z is not None:
+            self._set_by_hand.setdefault(int(label_id), {})[int(z)] = self._object_digest(label_id, z)
+
+    def set_by_hand(self, label_id: int) -> list[int]:
+        """The slices where object ``label_id`` is still as a commit or redraw of the user left it (an undo or a
+        later edit of that slice releases it; brush strokes are not tracked)."""
+        if self.labels is None or not self.depth:
+            return []
+        marks = self._set_by_hand.get(int(label_id), {})
+        return sorted(z for z, digest in marks.items() if self._object_digest(int(label_id), z) == digest)
+
+    def repropagation_bound(self, label_id: int, direction: int) -> int | None:
+        """The nearest slice beyond the one in view, going ``direction``, that the user set by hand for object
+        ``label_id`` (:meth:`set_by_hand`): a re-propagation stops before it instead of overwriting it."""
+        ahead = [z for z in self.set_by_hand(label_id) if (z - self.z) * direction > 0]
+        return min(ahead, key=lambda z: abs(z - self.z)) if ahead else None
+
     def beyond(self, from_z: int, direction: int) -> range:
         """The slices past ``from_z`` going ``direction`` (+1 up, -1 down) to the stack's edge."""
         if direction not in (1, -1):
@@ -385,15 +414,21 @@ class AnnotationSession:
         return held, replace_slices(self.labels, int(label_id), held, {})
 
     def commit_repropagation(self, label_id: int, from_z: int, direction: int, steps: list[PropagationStep],
-                             overwrite: bool = False, complete: bool = True) -> int:
+                             overwrite: bool = False, complete: bool = True, until: int | None = None) -> int:
         """Re-propagation from a corrected slice: object ``label_id`` on every slice beyond ``from_z`` in
         ``direction`` becomes what ``steps`` found (none there: it is removed), in one undo step.
 
         The slice ``from_z``, the slices on its other side and every other object are left alone (other objects
         lose pixels only with ``overwrite``). A run that did not end by itself (``complete=False``: cancelled,
-        failed) replaces only the slices up to the last it segmented. Returns the pixels changed.
+        failed) replaces only the slices up to the last it segmented; ``until`` (a slice set by hand,
+        :meth:`repropagation_bound`): only the slices before it, it and the slices past it are kept.
+        Returns the pixels changed.
         """
         zs = self.beyond(from_z, direction)
+        if until is not None:
+            if (until - from_z) * direction <= 0:
+                raise InputError(f"Slice {until} is not beyond slice {from_z} in direction {direction:+d}.")
+            zs = [z for z in zs if abs(z - from_z) < abs(until - from_z)]
         stray = [s.z for s in steps if s.z not in zs]
         if stray:
             raise InputError(f"Slices {stray} are not beyond slice {from_z} in direction {direction:+d}.")
