@@ -27,6 +27,16 @@ def preview_now(session) -> Preview:
     return outcome
 
 
+class BoxEngine:
+    """Segments each slice as the box it is given: tests of the propagation logic, not of the model."""
+
+    def segment_box(self, plane, intensity, box, **neighbour):
+        mask = np.zeros(plane.shape, bool)
+        x0, y0, x1, y1 = np.round(box).astype(int)
+        mask[y0:y1 + 1, x0:x1 + 1] = True
+        return mask, 1.0
+
+
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_hf):
     return SegmentationEngine(tiny_hf)
@@ -187,13 +197,6 @@ def test_repropagation_stops_before_a_slice_set_by_hand(tiny_engine):
     assert s.set_slice(3)
     assert s.repropagation_bound(1, 1) == 6 and s.repropagation_bound(1, -1) is None
 
-    class BoxEngine:  # segments each slice as the box it is given: the propagation logic, not the model
-        def segment_box(self, plane, intensity, box, **neighbour):
-            mask = np.zeros(plane.shape, bool)
-            x0, y0, x1, y1 = np.round(box).astype(int)
-            mask[y0:y1 + 1, x0:x1 + 1] = True
-            return mask, 1.0
-
     s.engine = BoxEngine()
     _, start = s.propagation_seed(1)
     steps = list(s.propagate(start, max_slices=2, directions=(1,)))
@@ -333,13 +336,6 @@ def test_volume_slices_sizes_and_propagation_in_one_undo_step(tiny_engine):
     assert rec.size == pytest.approx(288 * 5 * 0.25 / 1000) and rec.size_text(1).endswith("mL")
     label_id, start = s.propagation_seed()
     assert label_id == 1 and start.sum() == 144
-
-    class BoxEngine:  # segments each slice as the box it is given: the propagation logic, not the model
-        def segment_box(self, plane, intensity, box, **neighbour):
-            mask = np.zeros(plane.shape, bool)
-            x0, y0, x1, y1 = np.round(box).astype(int)
-            mask[y0:y1 + 1, x0:x1 + 1] = True
-            return mask, 1.0
 
     s.engine = BoxEngine()
     steps = list(s.propagate(start, max_slices=2))

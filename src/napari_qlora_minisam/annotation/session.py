@@ -19,6 +19,7 @@ Example (no viewer; ``labels`` is a napari ``Labels`` layer, which needs no Qt):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -372,8 +373,6 @@ class AnnotationSession:
         return write_slices(self.labels, label_id, {s.z: s.mask for s in steps}, overwrite)
 
     def _object_digest(self, label_id: int, z: int) -> bytes:
-        import hashlib
-
         mask = np.asarray(self.labels.data[z]) == label_id
         return hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
 
