@@ -221,3 +221,19 @@ def test_repropagate_stops_before_a_slice_the_user_redrew(corrected_volume, qtbo
     wait_idle(qtbot, widget)
     qtbot.mouseClick(widget.propagation.options.buttons[1], Qt.MouseButton.LeftButton)
     assert "nothing to re-propagate" in widget.message and not widget.propagation.active, widget.message
+
+
+def test_redraw_waits_for_a_running_propagation(corrected_volume, qtbot):
+    from tests._qt.helpers import draw_boxes
+
+    widget, labels = corrected_volume
+    draw_boxes(qtbot, widget, [18, 18, 33, 33], z=4)
+    before = np.array(labels.data, copy=True)
+    qtbot.mouseClick(widget.propagation.options.buttons[1], Qt.MouseButton.LeftButton)
+    assert widget.propagation.active and not widget.ui.redraw.isEnabled()
+    widget.redraw()  # Shift+R meanwhile: the run's result, written when it ends, would take the slice back
+    assert "propagation is running" in widget.message, widget.message
+    np.testing.assert_array_equal(labels.data[4], before[4])
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
+    wait_idle(qtbot, widget)
+    assert widget.ui.redraw.isEnabled()

@@ -244,6 +244,9 @@ class MiniSamWidget(QWidget):
         if self.binding is not None and self.binding.layers["objects"] not in self.viewer.layers:
             self.status.error("commit", "Nothing to redraw yet: commit an object (C) first.")
             return
+        if self.propagation.active:  # its result is written when it ends and would take the slice back
+            self.status.error("commit", "A propagation is running: redraw once it ends (or Cancel it).")
+            return
         self._write_preview(
             lambda overwrite: self.session.redraw(label_id or self.session.labels.selected_label, overwrite=overwrite),
             "Redrawing")
@@ -311,7 +314,7 @@ class MiniSamWidget(QWidget):
         self.precompute.start_button.setEnabled(bool(session and session.depth) and not self.precompute.active)
         ui.cancel.setEnabled(self.propagation.active)
         ui.commit.setEnabled(session is not None)
-        ui.redraw.setEnabled(labels is not None)
+        ui.redraw.setEnabled(labels is not None and not self.propagation.active)
         ui.guidance.setText(guidance(session, self.models.engine is not None, ui.objects.rowCount() > 0))
 
     # -- closing --------------------------------------------------------------------------------------
