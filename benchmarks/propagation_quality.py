@@ -9,7 +9,7 @@ from it (``volume.propagate`` with the stack, so every stop rule applies) and ea
 * **leaks**: slices given a mask where the ground truth has none; **lost**: object slices left empty.
 
 Variants: the neighbour prompt (``box``: the generic ``volume.propagate``'s, box of the neighbour mask + 10 %; ``+mask``: that mask as
-``mask_input``; ``+point``: a click at its most interior pixel), the opt-in fade stop rule, and the opt-in
+``mask_input``; ``+point``: a click at its most interior pixel; ``point``: that click alone, no box), the opt-in fade stop rule, and the opt-in
 trim of each written mask to the committed object's intensity range (``propagate(trim=True)``), on four
 models (``--models``): LiteMedSAM fp32 without adapter, its NF4 base with the shipped adapter of the
 modality (``ct`` / ``mri``), and the same two for MiniSAM (``minisam``, ``minisam-adapter``: its NF4 base with
@@ -60,7 +60,7 @@ START, END = "<!-- propagation-quality:start -->", "<!-- propagation-quality:end
 SAMPLE = "sample"  # the bundled chest CT (module docstring)
 VOLUMES = ("lung1", "brain1", "lung2", "brain2", SAMPLE)
 TEST = {"lung2", "brain2"}  # splits.json: their slices are in the test split
-PROMPTS = ("box", "box+mask", "box+point", "box+mask+point")
+PROMPTS = ("box", "box+mask", "box+point", "box+mask+point", "point")
 FADE = 0.1  # the opt-in "faded out" rule: StopRules(min_start_fraction=FADE)
 TARGET = 0.80  # the issue's mean Dice over the object's slices
 ORACLES = ("oracle box", "true neighbour")
@@ -129,7 +129,7 @@ def run_one(predictor, image, gt, prompt: str, rules=None, trim: bool = False, s
 def run_oracle(predictor, image, gt, oracle: str) -> dict:
     """A ceiling: every object slice but the committed one prompted from the ground truth (module docstring)."""
     from napari_qlora_minisam.masks import tight_box
-    from napari_qlora_minisam.volume import SliceSegmenter, box_from_mask, neighbour_prompt
+    from napari_qlora_minisam.volume import SliceSegmenter, neighbour_box, neighbour_prompt
 
     mid = start_slice(gt)
     pred = np.zeros_like(gt)
@@ -142,8 +142,8 @@ def run_oracle(predictor, image, gt, oracle: str) -> dict:
             pred[z] = segmenter(int(z), tight_box(gt[z]))[0]
         else:  # true neighbour: the neighbour towards the committed slice, as propagation would reach z
             neighbour = gt[z - 1] if z > mid else gt[z + 1]
-            pred[z] = segmenter(int(z), box_from_mask(neighbour),
-                                **neighbour_prompt(neighbour, default_prompt(predictor.model)))[0]
+            prompt = default_prompt(predictor.model)
+            pred[z] = segmenter(int(z), neighbour_box(neighbour, prompt), **neighbour_prompt(neighbour, prompt))[0]
     out = score(pred, gt)
     out["start"] = mid
     return out

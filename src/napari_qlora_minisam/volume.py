@@ -155,12 +155,15 @@ def trim_to_intensity(image: np.ndarray, mask: np.ndarray, bounds: tuple[float, 
 
 SegmentSlice = Callable[..., tuple]  # (z, box xyxy, **neighbour prompts) -> (mask (H, W) bool, score)
 
-# What the neighbour slice gives the next one: always the box of its mask (plus the margin); "mask" adds that
-# mask as SAM's ``mask_input`` prompt, "point" a positive click at its most interior pixel.
-NEIGHBOUR_PROMPTS = ("box", "box+mask", "box+point", "box+mask+point")
+# What the neighbour slice gives the next one: the box of its mask (plus the margin); "mask" adds that mask as
+# SAM's ``mask_input`` prompt, "point" a positive click at its most interior pixel. "point" alone sends no box,
+# for models that answer a click (adapters trained with clicks): the object may then outgrow the neighbour's box.
+NEIGHBOUR_PROMPTS = ("box", "box+mask", "box+point", "box+mask+point", "point")
 DEFAULT_NEIGHBOUR_PROMPT = "box+mask+point"  # chosen on lung1 + brain1 (benchmarks/propagation_quality.py)
 # Where a model's own choice on those volumes differs: MiniSAM's adapters never saw a ``mask_input`` prompt in
-# training and answer one with a worse mask than the box alone (brain1 Dice (all) 0.14 against 0.38).
+# training and answer one with a worse mask than the box alone (brain1 Dice (all) 0.14 against 0.32). Their
+# adapters were trained on slices of lung1 and brain1, so those volumes cannot tell a better recipe for them
+# from one that fits their training slices: the click alone ("point") stays an option there, not the default.
 ADAPTED_NEIGHBOUR_PROMPTS = {"minisam": "box"}
 
 
@@ -184,6 +187,11 @@ def interior_point(mask: np.ndarray) -> np.ndarray:
     dist = distance_transform_edt(np.pad(np.asarray(mask, bool), 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return np.array([x, y], np.float32)
+
+
+def neighbour_box(previous: np.ndarray, prompt: str, margin: float = 0.1) -> np.ndarray | None:
+    """The box the neighbour's mask gives (:func:`box_from_mask`), or ``None`` for the click alone (``"point"``)."""
+    return None if prompt == "point" else box_from_mask(previous, margin)
 
 
 def neighbour_prompt(previous: np.ndarray, prompt: str) -> dict:
@@ -215,7 +223,8 @@ def propagate(
 
     Each slice is prompted with the box of its neighbour's mask plus ``margin`` (and, per ``prompt``, that
     mask as ``mask_input`` and/or a click inside it: ``segment_slice(z, box, mask=..., points=...,
-    point_labels=...)``; with ``"box"`` it is called as ``segment_slice(z, box)``); a direction ends at the
+    point_labels=...)``; with ``"box"`` it is called as ``segment_slice(z, box)``, with ``"point"`` as
+    ``segment_slice(z, None, points=..., point_labels=...)``); a direction ends at the
     stack's edge or where :class:`StopRules` says the mask vanished, collapsed or leaked (that slice is
     not yielded). A generator, so a worker can report progress and be cancelled between slices.
 
@@ -267,7 +276,7 @@ def propagate(
             if max_slices is not None and abs(z - start_z) > max_slices:
                 result.stopped[direction] = f"{max_slices} slices done"
                 break
-            box = box_from_mask(previous, margin)
+            box = neighbour_box(previous, prompt, margin)
             extra = neighbour_prompt(previous, prompt)
             mask, score = segment_slice(z, box, **extra) if extra else segment_slice(z, box)
             mask = np.asarray(mask, bool)

@@ -158,6 +158,12 @@ def test_neighbour_prompts_reach_the_segmenter():
         np.testing.assert_array_equal(c["mask"], vol[2])
         x, y = c["points"][0]
         assert vol[2][int(y), int(x)] and c["point_labels"].tolist() == [1]
+    calls.clear()
+    boxes = []
+    run_propagation(propagate(lambda z, box, **kw: (boxes.append(box), segment(z, box, **kw))[1], 2, vol[2], 5,
+                              prompt="point"))
+    assert boxes and all(b is None for b in boxes)  # the click alone, no box
+    assert all(sorted(c) == ["point_labels", "points"] for c in calls)
     with pytest.raises(InputError, match="neighbour prompt"):
         next(propagate(segment, 2, vol[2], 5, prompt="lasso"))
 
@@ -168,10 +174,14 @@ class RecordingEngine(BoxEngine):
     def __init__(self, source: str, adapter: str | None):
         super().__init__()
         self.backend = SimpleNamespace(source=source, active_adapter=adapter)
-        self.prompts = []
+        self.prompts, self.boxed = [], []
 
     def segment_box(self, plane, intensity, box, **neighbour):
         self.prompts.append(sorted(neighbour))
+        self.boxed.append(box is not None)
+        if box is None:  # a click alone: the box engine fills a box round it
+            x, y = neighbour["points"][0]
+            box = np.array([x - 5, y - 5, x + 5, y + 5])
         return super().segment_box(plane, intensity, box)
 
 
@@ -188,9 +198,11 @@ def test_the_session_prompts_each_slice_as_its_model_propagates_best(source, ada
     want = sorted(key for part, keys in (("mask", ["mask"]), ("point", ["points", "point_labels"]))
                   if part in expected.split("+") for key in keys)
     assert engine.prompts == [want, want]  # one slice each way
+    assert engine.boxed == [expected != "point"] * 2  # the click alone sends no box
     engine.prompts.clear()
+    engine.boxed.clear()
     run_propagation(s.propagate(s.propagation_seed(1)[1], max_slices=1, prompt="box"))  # a stated prompt wins
-    assert engine.prompts == [[], []]
+    assert engine.prompts == [[], []] and engine.boxed == [True, True]
     assert default_neighbour_prompt(None) == DEFAULT_NEIGHBOUR_PROMPT
 
 

@@ -60,6 +60,9 @@ def test_neighbour_prompt_kinds_and_fallback():
     box_only = PromptSampler(PromptSamplingConfig(mix=MIX, neighbour=1.0, neighbour_prompt="box"))
     batch = box_only.sample_view(view, np.random.default_rng(0))
     assert batch.points is None and batch.mask_prompts is None and batch.mask_input(64, (16, 16)) is None
+    click_only = PromptSampler(PromptSamplingConfig(mix=MIX, neighbour=1.0, neighbour_prompt="point"))
+    batch = click_only.sample_view(view, np.random.default_rng(0))
+    assert batch.boxes is None and batch.points is not None and batch.mask_prompts is None
     # Off by default, and a slice without neighbours draws exactly what sample() draws (same random stream).
     lone, _, _ = _slice(with_neighbour=False)
     lone_view = make_view(lone.image, lone.objects, SPEC, "minmax", lone.source)

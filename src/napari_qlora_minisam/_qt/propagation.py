@@ -70,8 +70,9 @@ class PropagationOptions(QWidget):
         self.prompt.addItems(NEIGHBOUR_PROMPTS)
         self.prompt.setCurrentText(DEFAULT_NEIGHBOUR_PROMPT)
         self.prompt.setToolTip("What each slice is prompted with: the box of its neighbour's mask (+10 %), and "
-                               "optionally that mask (mask_input) and a click inside it. Follows the loaded "
-                               "model until you pick one.")
+                               "optionally that mask (mask_input) and a click inside it; or that click alone "
+                               "(point: for adapters trained with clicks, lets the object outgrow the box). "
+                               "Follows the loaded model until you pick one.")
         self.prompt_picked = False  # by the user: from then on a model change leaves the choice alone
         self.prompt.activated.connect(self._prompt_picked)
         form.addRow("Neighbour prompt", self.prompt)

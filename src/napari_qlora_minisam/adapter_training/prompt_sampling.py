@@ -27,7 +27,7 @@ import torch
 from ..errors import InputError
 from ..masks import centroid, tight_box
 from ..transforms import mask_to_logits, scale_boxes, scale_coords
-from ..volume import box_from_mask, check_neighbour_prompt, neighbour_prompt
+from ..volume import check_neighbour_prompt, neighbour_box, neighbour_prompt
 
 MODES = ("box", "points", "box_points")
 NEIGHBOUR = "neighbour"  # the mode of prompts taken from an adjacent slice's mask
@@ -143,9 +143,10 @@ class PromptSampler:
         """Propagation's prompts from one ``(H, W)`` neighbour mask per object, in the network frame."""
         cfg = self.config
         kind = cfg.neighbour_prompt
-        boxes = np.stack([box_from_mask(np.asarray(m, bool), cfg.neighbour_margin) for m in neighbour_masks])
-        batch = PromptBatch(NEIGHBOUR, boxes=torch.from_numpy(scale_boxes(boxes, original_hw, size)),
-                            point_multimask=cfg.point_multimask)
+        batch = PromptBatch(NEIGHBOUR, point_multimask=cfg.point_multimask)
+        boxes = [neighbour_box(np.asarray(m, bool), kind, cfg.neighbour_margin) for m in neighbour_masks]
+        if boxes[0] is not None:  # the click alone sends no box
+            batch.boxes = torch.from_numpy(scale_boxes(np.stack(boxes), original_hw, size))
         extras = [neighbour_prompt(np.asarray(m, bool), kind) for m in neighbour_masks]
         if "point" in kind:
             pts = np.stack([e["points"] for e in extras])  # (P, 1, 2)
