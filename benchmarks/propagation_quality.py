@@ -272,7 +272,9 @@ def main(argv=None) -> int:
                 models[key] = MiniSamPredictor(load(kind, modality))
             predictor = models[key]
             label = model_label(kind, modality)
-            runs = [(p, f, False) for f in args.fade for p in args.prompts]
+            # the click alone only for the adapted models: the bare bases were trained with boxes only
+            prompts = [p for p in args.prompts if p != "point" or MODELS[kind][1]]
+            runs = [(p, f, False) for f in args.fade for p in prompts]
             trimmed = [*args.trim_prompts, default_prompt(predictor.model)] if args.trim_prompts else []
             runs += [(p, 0.0, True) for p in dict.fromkeys(trimmed)]  # the model's default always among them
             runs += [] if args.no_oracles else [(o, None, False) for o in ORACLES]
