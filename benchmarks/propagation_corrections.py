@@ -15,8 +15,8 @@ The simulated user, fixed before any run:
   never a slice corrected before, and corrections nearer the committed slice are never overwritten, since
   re-propagation only rewrites slices farther out;
 * the correction (``--correction``): ``box``, the model's mask of the slice's tight ground-truth box (a box
-  drawn and *Redraw* (Shift+R) pressed, ``AnnotationSession.redraw``: the quick way), or ``brush``, the ground-truth mask itself (the outline painted until
-  right, the slow way);
+  drawn and *Redraw* (Shift+R) pressed, ``AnnotationSession.redraw``: the quick way), or ``brush``, the
+  ground-truth mask itself (the outline painted until right, the slow way);
 * re-propagation runs from the corrected slice away from the committed one (``volume.propagate`` with that one
   direction, the corrected mask as its start, as ``AnnotationSession.commit_repropagation`` writes it): every
   slice beyond it becomes what the run found, or empty where it stopped.

@@ -8,9 +8,9 @@ from it (``volume.propagate`` with the stack, so every stop rule applies) and ea
 * **Dice (all)**: mean over those and every slice the propagation wrongly continued into (a leak scores 0);
 * **leaks**: slices given a mask where the ground truth has none; **lost**: object slices left empty.
 
-Variants: the neighbour prompt (``box``: the generic ``volume.propagate``'s, box of the neighbour mask + 10 %; ``+mask``: that mask as
-``mask_input``; ``+point``: a click at its most interior pixel; ``point``: that click alone, no box), the opt-in fade stop rule, and the opt-in
-trim of each written mask to the committed object's intensity range (``propagate(trim=True)``), on four
+Variants: the neighbour prompt (``box``: the generic ``volume.propagate``'s, box of the neighbour mask + 10 %;
+``+mask``: that mask as ``mask_input``; ``+point``: a click at its most interior pixel; ``point``: that click
+alone, no box, run for the adapted models only), the opt-in fade stop rule, and the opt-in trim of each written mask to the committed object's intensity range (``propagate(trim=True)``), on four
 models (``--models``): LiteMedSAM fp32 without adapter, its NF4 base with the shipped adapter of the
 modality (``ct`` / ``mri``), and the same two for MiniSAM (``minisam``, ``minisam-adapter``: its NF4 base with
 ``minisam-ct`` / ``minisam-mri``). Each model's default neighbour prompt is ``volume.default_neighbour_prompt``;

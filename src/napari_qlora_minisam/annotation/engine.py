@@ -67,8 +67,8 @@ class SegmentationEngine:
                window: bool = True) -> list[Decoded]:
         """Masks for several objects on one plane, embedded once.
 
-        Each object is decoded on its own, around its box (or its clicks) when ``window``: on a CPU that is cheaper than one
-        batched decoder call, whose full-grid upscaling and 4096-token updates are made once per prompt
+        Each object is decoded on its own, around its box (or its clicks) when ``window``: on a CPU that is cheaper
+        than one batched decoder call, whose full-grid upscaling and 4096-token updates are made once per prompt
         anyway (5 heart boxes: 47 ms in a loop against 102 ms batched, ``benchmarks/bench_widget.py``).
         A lone click is ambiguous (part or whole?): it asks for three masks and keeps the best scored.
         """
