@@ -59,6 +59,17 @@ def test_repropagate_button_replaces_the_slices_beyond_in_one_undo_step(correcte
     np.testing.assert_array_equal(labels.data, before)
 
 
+def test_an_unchanged_repropagation_says_it_made_no_undo_step(corrected_volume, qtbot):
+    widget, labels = corrected_volume
+    before = np.array(labels.data, copy=True)
+    for _ in range(2):  # the second run finds the masks the first wrote: nothing to change
+        qtbot.mouseClick(widget.propagation.options.buttons[1], Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
+    assert "replaced its slices beyond, nothing changed (no undo step)" in widget.message, widget.message
+    labels.undo()  # so Ctrl+Z takes back the first run, as the message warns
+    np.testing.assert_array_equal(labels.data, before)
+
+
 def test_advanced_stop_rules_start_at_the_defaults_and_are_used(corrected_volume, qtbot):
     widget, labels = corrected_volume
     options = widget.propagation.options

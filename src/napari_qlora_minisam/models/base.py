@@ -45,6 +45,17 @@ class SamBackend:
         self.decoder_precision = "fp32"  # or "bf16" (opt-in, full-precision bases only)
         self._fast_decoder: tuple | None = None  # (modules it was bound to, FastSamDecoder or None)
 
+    # Inference caches bound to one process and one set of modules (a compiled encoder graph holds a lock and
+    # native handles): a copy or a pickle leaves them out and builds its own on first use. The widget trains
+    # adapters on a ``copy.deepcopy`` of the backend in use.
+    _RUNTIME_CACHES = ("_fast_decoder",)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for name in self._RUNTIME_CACHES:
+            state[name] = None
+        return state
+
     # -- to implement -------------------------------------------------------------------------------
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` preprocessed pixels -> image embeddings ``(B, 256, 64, 64)``."""

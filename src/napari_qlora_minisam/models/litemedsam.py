@@ -74,6 +74,7 @@ class LiteMedSamBackend(SamBackend):
     """
 
     kind = "litemedsam"
+    _RUNTIME_CACHES = SamBackend._RUNTIME_CACHES + ("_encoder_engine",)
 
     def __init__(self, net, source="litemedsam", quantization=None):
         super().__init__(net, source, LITEMEDSAM_SPEC, quantization)
