@@ -97,3 +97,28 @@ def test_training_refuses_too_few_objects_and_a_missing_active_adapter(tiny_widg
     widget.training.start()
     assert "No adapter is active" in widget.message and not widget.training.active
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_train_after_previews_with_the_real_model(open_widget, qtbot, tmp_path, monkeypatch):
+    """With a full-precision real model the previews have run its compiled encoder graph by the time the user
+    trains: the copy the worker trains must still be made (the graph is not copied)."""
+    from napari_qlora_minisam._sample_data import heart_mri
+    from napari_qlora_minisam.masks import tight_box
+
+    monkeypatch.setenv("MINISAM_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    viewer, widget, (image, reference) = open_widget(heart_mri)
+    backend = widget.model
+    assert backend.quantization is None and backend.encoder_engine() is not None  # the graph has encoded
+    draw_boxes(qtbot, widget, tight_box(reference.data == 1), tight_box(reference.data == 3))
+    widget.commit()
+    widget.training.refresh()
+    assert widget.ui.train.isEnabled(), widget.ui.train_summary.text()
+    widget.ui.train_name.setText("heart-test")
+    widget.ui.train_minutes.setValue(0.1)
+    widget.ui.train.click()
+    qtbot.waitUntil(lambda: not widget.training.active, timeout=MODEL_TIMEOUT_MS)
+    wait_idle(qtbot, widget)
+    assert "heart-test trained" in widget.message, widget.message
+    assert widget.model is backend and backend.active_adapter == "heart-test"
+    assert backend.encoder_engine() is not None  # the model in use kept its graph
