@@ -44,6 +44,21 @@ def test_button_writes_an_editable_labels_layer(heart, qtbot):
     assert not panel.progress.isVisible()
 
 
+def test_the_adapter_box_waits_for_the_run(heart, qtbot):
+    """An adapter switch mid-run would answer the later prompts with another model than the first ones."""
+    viewer, widget = heart
+    panel = widget.everything
+    panel.settings = {**LOOSE, "batch": 1}
+    states = []
+    panel.progressed.connect(lambda done, total: states.append(widget.ui.adapter.isEnabled()))
+    assert widget.ui.adapter.isEnabled()
+    panel.start_button.click()
+    qtbot.waitUntil(lambda: not panel.active, timeout=STEP_TIMEOUT_MS)
+    wait_idle(qtbot, widget)
+    assert len(states) > 1 and not any(states)  # greyed out at every progress report
+    assert widget.ui.adapter.isEnabled()
+
+
 def test_cancel_stops_and_adds_no_layer(heart, qtbot, monkeypatch):
     viewer, widget = heart
     monkeypatch.setenv(SYNC_ENV, "1")  # deterministic: Cancel is pressed from the first progress report

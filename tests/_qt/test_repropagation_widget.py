@@ -59,6 +59,27 @@ def test_repropagate_button_replaces_the_slices_beyond_in_one_undo_step(correcte
     np.testing.assert_array_equal(labels.data, before)
 
 
+def test_the_adapter_box_waits_for_a_running_propagation(corrected_volume, qtbot, monkeypatch):
+    """Switching adapters mid-run would prompt the slices beyond with another model than those before."""
+    import threading
+
+    widget, labels = corrected_volume
+    release = threading.Event()
+
+    def held(plane, intensity, box, **neighbour):
+        release.wait(30)
+        return box_fill(plane, intensity, box, **neighbour)
+
+    monkeypatch.setattr(widget.session.engine, "segment_box", held)
+    assert widget.ui.adapter.isEnabled()
+    qtbot.mouseClick(widget.propagation.options.buttons[1], Qt.MouseButton.LeftButton)
+    assert widget.propagation.active and not widget.ui.adapter.isEnabled()
+    release.set()
+    qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
+    wait_idle(qtbot, widget)
+    assert widget.ui.adapter.isEnabled()
+
+
 def test_an_unchanged_repropagation_says_it_made_no_undo_step(corrected_volume, qtbot):
     widget, labels = corrected_volume
     before = np.array(labels.data, copy=True)

@@ -122,3 +122,21 @@ def test_train_after_previews_with_the_real_model(open_widget, qtbot, tmp_path, 
     assert "heart-test trained" in widget.message, widget.message
     assert widget.model is backend and backend.active_adapter == "heart-test"
     assert backend.encoder_engine() is not None  # the model in use kept its graph
+
+
+@pytest.mark.slow
+def test_another_model_loaded_while_training_keeps_the_adapter_for_its_base(volume_with_objects, qtbot):
+    viewer, widget, adapters_dir = volume_with_objects
+    widget.ui.train_name.setText("tiny-run")
+    widget.ui.train_minutes.setValue(0.2)  # outlasts the load below
+    widget.ui.train.click()
+    assert widget.training.active
+    widget.models.load("litemedsam")  # the user loads another base before the run ends
+    qtbot.waitUntil(lambda: not widget.training.active and widget.model.source == "litemedsam",
+                    timeout=MODEL_TIMEOUT_MS)
+    wait_idle(qtbot, widget)
+    assert "tiny-run trained" in widget.message and "not active" in widget.message, widget.message
+    assert "Load tiny_hf_sam to use it" in widget.message, widget.message
+    assert widget.model.active_adapter is None and widget.ui.adapter.currentText() == "none"
+    assert not any(widget.ui.adapter.itemText(i).startswith("tiny-run") for i in range(widget.ui.adapter.count()))
+    assert (adapters_dir / "tiny-run" / "minisam_adapter.json").is_file()

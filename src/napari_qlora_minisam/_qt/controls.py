@@ -90,7 +90,8 @@ class Controls:
             "bf16 (AVX512-BF16 / AMX), where it can be ticked.")
         form.addRow("Speed", self.bf16_decoder)
         self.adapter = QComboBox()
-        self.adapter.setToolTip("LoRA modality adapter; switching does not reload the base model.")
+        self.adapter.setToolTip("LoRA modality adapter; switching does not reload the base model. Greyed out "
+                                "while a propagation or segment everything runs.")
         self.refresh_adapters = QPushButton("⟳")
         self.refresh_adapters.setToolTip("Look for new adapters (e.g. written by minisam-train adapt).")
         self.refresh_adapters.setMaximumWidth(32)

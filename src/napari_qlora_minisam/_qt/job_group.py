@@ -5,11 +5,14 @@ The precompute and segment-everything groups are both one of these; each adds wh
 
 from __future__ import annotations
 
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout
 
 
 class JobGroup(QGroupBox):
     """``start_button`` calls ``start``, ``cancel_button`` calls ``cancel``; placed above the embedding bar."""
+
+    running_changed = Signal(bool)  # set_running's argument: the form greys out what must wait for the job
 
     def __init__(self, widget, title: str, start_text: str, tooltip: str):
         super().__init__(title)
@@ -48,5 +51,6 @@ class JobGroup(QGroupBox):
         """Buttons for a job that runs (Cancel enabled) or has ended (progress hidden)."""
         self.start_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.running_changed.emit(running)
         if not running:
             self.progress.setVisible(False)

@@ -96,6 +96,7 @@ class AdapterTraining(QObject):
                                        "some are held back to measure the adapter.")
             return
         backend = w.models.engine.backend
+        self._trained_on = backend.name  # the user may load another model before it ends
         init = None
         if ui.train_start.currentIndex() == 1:
             init = backend.adapter_info.get(backend.active_adapter or "", {}).get("_path")
@@ -133,11 +134,21 @@ class AdapterTraining(QObject):
             parts.append(f"held-back Dice {p.val_dice:.2f}")
         bar.setFormat(" · ".join(parts) + f" · {p.elapsed_s:.0f} s")
 
+    _trained_on = None
+
     def _trained(self, path, meta) -> None:
         t = meta.get("training", {})
-        self.widget.models.activate_path(
-            path, f"Adapter {path.name} trained ({t.get('steps_done')} steps, {t.get('train_seconds', 0):.0f} s, "
-                  f"{t.get('stopped')}): {describe(meta)}. Saved in {path.parent}; active now.")
+        done = (f"Adapter {path.name} trained ({t.get('steps_done')} steps, {t.get('train_seconds', 0):.0f} s, "
+                f"{t.get('stopped')}): {describe(meta)}. Saved in {path.parent}")
+        models = self.widget.models
+        if models.backend is None or meta.get("base_identity") != models.backend.identity:
+            # an adapter loads only onto its own base: another model was loaded while it trained
+            in_use = "no model" if models.backend is None else models.backend.name
+            self.widget.status.info(f"{done}; not active: it was trained on {self._trained_on} and {in_use} is "
+                                    f"loaded now. Load {self._trained_on} to use it.", clears=("training",))
+            models.refresh_adapters()
+            return
+        models.activate_path(path, f"{done}; active now.")
 
     def _finished(self) -> None:
         self.worker = None

@@ -69,6 +69,7 @@ class MiniSamWidget(QWidget):
         self.intensity.changed.connect(self.live.invalidate)
         self.intensity.warning.connect(self.status.warn)
         self.propagation.ended.connect(self.objects.refresh)
+        self.everything.running_changed.connect(lambda _running: self._update())
         self.objects.refreshed.connect(self._update)
         self.objects.refreshed.connect(self.training.refresh)
         for signal, slot in ((ui.image.currentIndexChanged, self._on_image_choice),
@@ -315,6 +316,9 @@ class MiniSamWidget(QWidget):
         ui.cancel.setEnabled(self.propagation.active)
         ui.commit.setEnabled(session is not None)
         ui.redraw.setEnabled(labels is not None and not self.propagation.active)
+        # An adapter switch changes the model that a running propagation or segment-everything is prompting,
+        # slice by slice: one run, one model.
+        ui.adapter.setEnabled(not (self.propagation.active or self.everything.active))
         ui.guidance.setText(guidance(session, self.models.engine is not None, ui.objects.rowCount() > 0))
 
     # -- closing --------------------------------------------------------------------------------------
