@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
+from .hub_access import pretrained_kwargs
 from .quantization import (
     LITEMEDSAM_FP32_LAYERS,
     check_quantize,
@@ -172,12 +173,14 @@ def _hf_pretrained(src, where, dev, quantize):
             f"Model directory {src!r} has no config.json; point to a folder written by "
             "SamModel.save_pretrained (e.g. a minisam-train distill output)."
         )
+    # a hub id: from the cache without a network call, or refused at once when it cannot be downloaded
+    hub = {} if isinstance(where, Path) else pretrained_kwargs(str(where))
     try:
         # float32 whatever the stored precision: transformers would otherwise keep fp16 weights (MiniSAM ships
         # them in fp16) in fp16, which the CPU runs slowly and the fast paths do not expect.
-        kwargs = {"dtype": torch.float32}
+        kwargs = {"dtype": torch.float32, **hub}
         if quantize:
-            skip = _misaligned_for(where, dev)
+            skip = _misaligned_for(where, dev, hub)
             kwargs.update(quantization_config=nf4_config(dev, skip), device_map={"": str(dev)})
         net = SamModel.from_pretrained(str(where), **kwargs)
     except OSError as exc:
@@ -194,7 +197,7 @@ def _hf_pretrained(src, where, dev, quantize):
     return HfSamBackend(net.eval(), src, quantization=quantize)
 
 
-def _misaligned_for(where, dev) -> list[str]:
+def _misaligned_for(where, dev, hub: dict) -> list[str]:
     """Layers transformers' single NF4 block size would quantize wrongly on ``dev`` (kept fp32 instead).
 
     The shapes come from the config alone: the network is built on the meta device, no weights are read.
@@ -203,7 +206,7 @@ def _misaligned_for(where, dev) -> list[str]:
 
     from .quantization import misaligned_linears
 
-    config = SamConfig.from_pretrained(str(where))
+    config = SamConfig.from_pretrained(str(where), **hub)
     with torch.device("meta"):
         skeleton = SamModel(config)
     return misaligned_linears(skeleton, dev)

@@ -121,8 +121,8 @@ def run(cfg) -> dict:
     from ..training.checkpointing import atomic_torch_save, atomic_write_text
     from ..training.interrupts import StopOnSignal
     from ..training.prompt_loop import PromptLoop
-    from ..training.student import (StudentForDistillation, build_student_net, load_decoder_state, set_trainable,
-                                    teacher_decoder_state, warm_start_encoder)
+    from ..training.student import (StudentForDistillation, build_student_net, check_student_source,
+                                    load_decoder_state, set_trainable, teacher_decoder_state, warm_start_encoder)
     from ..training.teacher_cache import TeacherCache, fill_cache
 
     t_run = time.perf_counter()
@@ -134,6 +134,7 @@ def run(cfg) -> dict:
     progress = bool(cfg.logging.progress)
 
     # 1. data and the teacher pass (once per image, into the fp16 cache)
+    check_student_source(cfg.student.source, cfg.student.config)
     items = build_items(cfg)
     prompts = prompt_settings(cfg)
     intensity = str(cfg.data.intensity)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from napari_qlora_minisam.errors import ModelLoadError
+from napari_qlora_minisam.hub_access import pretrained_kwargs
 
 DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.", "shared_image_embedding.")
 # The affine of the encoder's last LayerNorm sets each embedding channel's scale and offset. Taking the
@@ -27,6 +28,20 @@ DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.", "shared_image_embedding.
 # a fresh LayerNorm's 1.0: a 50x feature loss the optimiser would otherwise spend hundreds of steps on).
 EMBEDDING_NORM = ("vision_encoder.neck.layer_norm2.weight", "vision_encoder.neck.layer_norm2.bias")
 _ORIGINAL_NORM = ("image_encoder.neck.3.weight", "image_encoder.neck.3.bias")  # segment-anything / LiteMedSAM
+
+
+_INSTEAD = ("give student.source a save_pretrained folder or a named spec (e.g. tiny_vit_b_shape), or set "
+            "student.config (the student's shape)")
+
+
+def check_student_source(source: str | None, config: dict | None) -> None:
+    """Raise now what :func:`build_student_net` would raise about a hub id that cannot be downloaded: the
+    distillation builds its student after the teacher pass, which can take hours."""
+    from napari_qlora_minisam.models.registry import HF_SPECS
+
+    if config or not source or source in HF_SPECS or Path(source).exists():
+        return
+    pretrained_kwargs(str(source), _INSTEAD)
 
 
 def build_student_net(source: str | None = None, config: dict | None = None, seed: int = 0):
@@ -53,8 +68,10 @@ def build_student_net(source: str | None = None, config: dict | None = None, see
     elif source:
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
             raise ModelLoadError(f"student.source={source!r} has no config.json (not a save_pretrained folder).")
+        # a hub id: from the cache without a network call, or refused at once when it cannot be downloaded
+        hub = {} if Path(source).exists() else pretrained_kwargs(str(source), _INSTEAD)
         try:
-            net = SamModel.from_pretrained(str(source))
+            net = SamModel.from_pretrained(str(source), **hub)
         except OSError as exc:
             raise ModelLoadError(
                 f"student.source={source!r} could not be loaded ({exc}). Use a named spec "
