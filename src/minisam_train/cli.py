@@ -133,6 +133,22 @@ def check_overrides(verb: str, overrides: list[str]) -> None:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown key {key!r}{hint}; minisam-train {verb} has no such setting")
+        else:
+            _check_value_kind(key, node, o.value() if not o.is_sweep_override() else None)
+
+
+def _check_value_kind(key: str, default, value) -> None:
+    """A number or true/false setting given a word is refused here, naming the key, instead of failing later
+    inside the run as ``could not convert string to float: 'abc'``."""
+    from .errors import ConfigError
+
+    if not isinstance(value, str) or value.startswith("${") or default is None:
+        return  # a typed value, an interpolation, or a setting whose kind the default does not say
+    if isinstance(default, bool):
+        raise ConfigError(f"{key}={value!r}: true or false is expected (default {str(default).lower()})")
+    if isinstance(default, (int, float)):
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise ConfigError(f"{key}={value!r}: {kind} is expected (default {default})")
 
 
 def _process_rank() -> tuple[int, int]:

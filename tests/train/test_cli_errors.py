@@ -76,6 +76,28 @@ def test_unknown_nested_key_and_missing_modality(capsys):
     assert "modality is required: --modality" in err
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("train.lr=abc", "train.lr='abc': a number is expected (default 0.001)"),
+    ("train.steps=many", "train.steps='many': a whole number is expected (default 200)"),
+    ("logging.csv=maybe", "logging.csv='maybe': true or false is expected (default true)"),
+])
+def test_a_word_for_a_number_or_switch_names_the_key(capsys, override, expected):
+    err = _fails(capsys, ["adapt", "--modality", "ct", override, "--cfg", "job"], 2)
+    assert f"error: {expected}" in err and len(_lines(err)) <= 2
+
+
+def test_numbers_nulls_and_interpolations_still_pass(capsys):
+    main(["adapt", "--modality", "ct", "train.lr=1e-4", "train.steps=5", "train.epochs=null", "logging.csv=false",
+          "train.weight_decay=${train.lr}", "--cfg", "job"])
+    assert "lr: 0.0001" in capsys.readouterr().out
+
+
+def test_missing_data_roots_are_named_with_the_launch_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = _fails(capsys, ["adapt", "--modality", "ct", "data.roots=[cosmos]", f"output_dir={tmp_path / 'out'}"], 1)
+    assert "data.roots: ['cosmos'] does not exist" in err and str(tmp_path) in err
+
+
 def test_open_mappings_and_hydra_keys_still_take_new_keys(capsys):
     main(["adapt", "--modality", "ct", "+data.modalities.Kidney=ct", "+hydra.job.env_set.FOO=1", "--cfg", "job"])
     out = capsys.readouterr().out

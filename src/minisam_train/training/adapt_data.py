@@ -70,6 +70,11 @@ def load_modality_slices(cfg_data, modality: str, seed: int):
     roots = [r for r in (cfg_data.roots or [])]
     if not roots:
         raise DataError("No data root given; set data.roots=[DIR, ...] (COSMOS layout folders).")
+    missing = [str(r) for r in roots if not Path(r).is_dir()]
+    if missing:  # else a mistyped root only shrinks the data, or reads as "no such modality"
+        raise DataError(f"data.roots: {missing} do{'es' * (len(missing) == 1)} not exist (relative paths are read "
+                        f"from {Path.cwd()}, where minisam-train was started); give existing COSMOS layout "
+                        "folders, e.g. data.roots=[/abs/path/to/cosmos_root].")
     names = datasets_for_modality(roots, modality, dict(cfg_data.modalities or {}), list(cfg_data.datasets or []))
     include = split_images(cfg_data.split_file, cfg_data.split_key) if cfg_data.split_file else None
     if include is not None:
