@@ -52,6 +52,7 @@ class AdapterTraining(QObject):
         self.ui = ui = widget.ui
         self.worker = None
         self._cancel = threading.Event()
+        self._trained_on = None  # the name of the model a run started on
         self.progress.connect(self._show_progress)
         self.trained.connect(self._trained)
         ui.train.clicked.connect(self.start)
@@ -96,7 +97,7 @@ class AdapterTraining(QObject):
                                        "some are held back to measure the adapter.")
             return
         backend = w.models.engine.backend
-        self._trained_on = backend.name  # the user may load another model before it ends
+        self._trained_on = backend.name  # the user may load another model before the run ends
         init = None
         if ui.train_start.currentIndex() == 1:
             init = backend.adapter_info.get(backend.active_adapter or "", {}).get("_path")
@@ -133,8 +134,6 @@ class AdapterTraining(QObject):
         if p.val_dice is not None:
             parts.append(f"held-back Dice {p.val_dice:.2f}")
         bar.setFormat(" · ".join(parts) + f" · {p.elapsed_s:.0f} s")
-
-    _trained_on = None
 
     def _trained(self, path, meta) -> None:
         t = meta.get("training", {})
