@@ -143,6 +143,32 @@ def test_a_deleted_prompt_layer_is_made_again_and_a_removed_image_is_dropped(tin
     assert [widget.ui.image.itemText(i) for i in range(widget.ui.image.count())] == ["b"]
 
 
+def test_deleting_the_only_volume_takes_its_prompt_layers_not_its_objects(tiny_widget, qtbot):
+    viewer, widget, _ = tiny_widget
+    flat = viewer.add_image(np.random.rand(32, 32), name="slice")
+    vol = viewer.add_image(np.random.rand(6, 32, 32), name="vol")
+    widget.set_image_layer(vol)
+    wait_idle(qtbot, widget)
+    draw_boxes(qtbot, widget, [4, 4, 20, 20], z=widget.session.z)
+    widget.commit()
+    objects = widget.layers["objects"]
+    widget.set_image_layer(flat)
+    wait_idle(qtbot, widget)
+    viewer.layers.remove(vol)
+    qtbot.waitUntil(lambda: "vol · box" not in viewer.layers, timeout=5_000)
+    wait_idle(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert not any(n in names for n in ("vol · box", "vol · points", "vol · preview")), names
+    assert objects in viewer.layers and objects.data.any()  # the user's work stays
+    assert roles(widget) == {r: f"slice · {r}" for r in ("box", "points", "preview")}
+    again = viewer.add_image(np.random.rand(4, 32, 32), name="vol2")
+    widget.set_image_layer(again)
+    wait_idle(qtbot, widget)
+    assert widget.layers["box"].ndim == 3 and widget.layers["box"].name == "vol2 · box"
+    draw_boxes(qtbot, widget, [4, 4, 20, 20], z=widget.session.z)
+    assert widget.preview is not None
+
+
 def test_a_volume_and_a_slice_side_by_side(tiny_widget, qtbot):
     viewer, widget, _ = tiny_widget
     flat = viewer.add_image(np.random.rand(32, 32), name="slice")

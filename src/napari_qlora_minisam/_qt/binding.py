@@ -173,6 +173,14 @@ class PromptLayers:
             if self.layers[role] is not None:
                 gestures.uninstall(self.layers[role])
 
+    def remove(self) -> None:
+        """Take the layers out of the viewer (no image of this dimensionality is left to lend them to)."""
+        self.close()
+        for role, layer in self.layers.items():
+            self.layers[role] = None
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+
 
 class ImageBinding:
     """An image layer, its session, its objects layer and (while picked) the prompt layers lent to it."""

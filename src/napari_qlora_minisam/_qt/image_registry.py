@@ -28,6 +28,10 @@ class ImageRegistry(QObject):
         self._queue: list[tuple] = []  # (binding, role)
         self._timer = QTimer(self, singleShot=True, interval=0)
         self._timer.timeout.connect(self._make_next)
+        # After an image is deleted: its prompt layers go too, unless an image of their dimensionality is picked
+        # by then (a series opens its next case in the same call and is lent them).
+        self._cleanup = QTimer(self, singleShot=True, interval=0)
+        self._cleanup.timeout.connect(self.drop_unused_prompt_sets)
 
     @property
     def making(self) -> bool:
@@ -122,12 +126,22 @@ class ImageRegistry(QObject):
                 self._queue = [item for item in self._queue if item[0] is not binding]
                 if binding.prompts is not None:
                     binding.prompts.owner = None
+                    self._cleanup.start()
                 return binding
             binding.forget(layer)
         return None
 
+    def drop_unused_prompt_sets(self) -> None:
+        """Remove the box, points and preview layers that no image in the viewer can use any more."""
+        in_use = {b.ndim for b in self.bindings.values()}
+        for ndim, prompts in list(self.prompt_sets.items()):
+            if prompts.owner is None and ndim not in in_use:
+                del self.prompt_sets[ndim]
+                prompts.remove()
+
     def close(self) -> None:
         self._timer.stop()
+        self._cleanup.stop()
         self._queue = []
         for binding in self.bindings.values():
             binding.disconnect()
