@@ -269,3 +269,14 @@ def test_redraw_waits_for_a_running_propagation(corrected_volume, qtbot):
     qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
     wait_idle(qtbot, widget)
     assert widget.ui.redraw.isEnabled()
+
+
+def test_slices_text_lists_the_runs_round_the_committed_slice():
+    from napari_qlora_minisam._qt.propagation import slices_text
+
+    assert slices_text([]) == "0 slices"
+    assert slices_text([12], "more ") == "1 more slice (slice 12)"
+    assert slices_text([18, 19, 20, 21, 22], "more ") == "5 more slices (slices 18–22)"
+    # both ways from slice 8: not "6–10", which would count the committed slice
+    assert slices_text([6, 7, 9, 10], "more ") == "4 more slices (slices 6–7, 9–10)"
+    assert slices_text([3, 5]) == "2 slices (slices 3, 5)"

@@ -124,12 +124,18 @@ class PropagationOptions(QWidget):
 
 
 def slices_text(zs: list[int], more: str = "") -> str:
-    """``"1 slice (slice 12)"``, ``"5 more slices (slices 18–22)"``, ``"0 slices"`` for sorted slice indices."""
+    """``"1 slice (slice 12)"``, ``"5 more slices (slices 18–22)"``, ``"4 more slices (slices 6–7, 9–10)"``
+    (both ways round the committed slice 8), ``"0 slices"`` for sorted slice indices."""
     if not zs:
         return f"0 {more}slices"
     if len(zs) == 1:
         return f"1 {more}slice (slice {zs[0]})"
-    return f"{len(zs)} {more}slices (slices {zs[0]}–{zs[-1]})"
+    runs, start = [], zs[0]
+    for prev, z in zip(zs, zs[1:] + [None]):
+        if z != prev + 1:
+            runs.append(str(start) if start == prev else f"{start}–{prev}")
+            start = z
+    return f"{len(zs)} {more}slices (slices {', '.join(runs)})"
 
 
 def _spin(spin, low, high, value, suffix: str, tip: str):
