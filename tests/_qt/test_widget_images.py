@@ -215,3 +215,16 @@ def test_objects_table_names_sizes_selection_and_delete(tiny_widget, qtbot, tmp_
     assert (labels.data == 2).any() and widget.objects.rows[1][1] == "left kidney"
     widget.objects.table.item(0, 1).setText("  ")
     assert "cannot be empty" in widget.message and widget.objects.rows[0][1] == "Liver"
+
+
+def test_an_image_the_model_cannot_take_is_explained_in_the_guidance(open_widget, qtbot, monkeypatch):
+    monkeypatch.setenv("MINISAM_NAPARI_MODEL", "tiny_hf_sam")
+    viewer, widget, _ = open_widget()  # opened first: the 4D image arrives while the widget is docked
+    viewer.add_image(np.zeros((3, 5, 32, 32), np.uint8), name="cine")
+    wait_idle(qtbot, widget)
+    assert widget.binding is None
+    text = widget.ui.guidance.text()
+    assert "'cine' cannot be segmented" in text and "4 dimensions" in text and "3D stack" in text, text
+    viewer.add_image(np.random.rand(32, 32), name="slice")  # a usable image replaces the advice
+    wait_idle(qtbot, widget)
+    assert widget.binding is not None and "cannot be segmented" not in widget.ui.guidance.text()

@@ -76,8 +76,11 @@ class StatusLine:
         self.label.setStyleSheet(style)
 
 
-def guidance(session, model_ready: bool, has_objects: bool) -> str:
-    """The next step to suggest while the user has nothing prompted (empty once prompts exist)."""
+def guidance(session, model_ready: bool, has_objects: bool, refused: str | None = None) -> str:
+    """The next step to suggest while the user has nothing prompted (empty once prompts exist); ``refused``:
+    why the image last picked cannot be segmented, while no other is."""
+    if session is None and refused:
+        return f"{refused} Pick or open a 2D image or a 3D stack."
     if session is None:
         return "Open an image (File → Open, or File → Open Sample → QLoRA MiniSAM)."
     if not model_ready:

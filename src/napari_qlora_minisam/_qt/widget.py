@@ -60,6 +60,7 @@ class MiniSamWidget(QWidget):
         # a 3D image's embeddings to disk and segment everything (workers); a folder of cases (series_panel.py)
         self.precompute, self.everything, self.series = PrecomputePanel(self), EverythingPanel(self), SeriesPanel(self)
         self._suspended = False
+        self._refused = None  # why the image last picked cannot be segmented (the guidance line says it)
 
         self.images.layer_made.connect(self._on_layer_made)
         self.models.engine_changed.connect(self._on_engine)
@@ -146,8 +147,11 @@ class MiniSamWidget(QWidget):
         try:
             binding = self.images.binding_for(layer)
         except MiniSamError as exc:
+            self._refused = f"{layer.name!r} cannot be segmented: {exc}"
             self.status.error("image", exc)
+            self._update()
             return
+        self._refused = None
         self.binding = binding
         if binding.objects is None:
             binding.find_objects()  # a layer this image had before the widget was (re)opened
@@ -319,7 +323,8 @@ class MiniSamWidget(QWidget):
         # An adapter switch changes the model that a running propagation or segment-everything is prompting,
         # slice by slice: one run, one model.
         ui.adapter.setEnabled(not (self.propagation.active or self.everything.active))
-        ui.guidance.setText(guidance(session, self.models.engine is not None, ui.objects.rowCount() > 0))
+        ui.guidance.setText(guidance(session, self.models.engine is not None, ui.objects.rowCount() > 0,
+                                     self._refused))
 
     # -- closing --------------------------------------------------------------------------------------
     def close_widget(self) -> None:
