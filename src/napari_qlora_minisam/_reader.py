@@ -35,10 +35,16 @@ def get_nifti_reader(path):
 
 
 def read_nifti_layers(path) -> list[tuple]:
+    from .annotation.objects import features_with_names
     from .io.nifti import read_nifti
+    from .series import names_file, read_names
 
     path = _single(path)
-    return [_layer(read_nifti(path), str(path))]
+    data, kwargs, kind = _layer(read_nifti(path), str(path))
+    names = read_names(names_file(path)) if kind == "labels" else {}
+    if names:  # the object names the writers put beside the file come back as the layer's features
+        kwargs["features"] = features_with_names(names)
+    return [(data, kwargs, kind)]
 
 
 def get_dicom_reader(path):

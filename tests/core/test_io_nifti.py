@@ -44,6 +44,7 @@ def test_read_transposes_to_zyx_with_spacing_and_affine(tmp_path):
 @pytest.mark.parametrize("name, dtype, labels", [
     ("liver_seg.nii.gz", np.uint8, True), ("liver_label.nii", np.int16, True),
     ("liver_labels.nii.gz", np.uint16, True), ("liver_MASK.nii.gz", np.int32, True),
+    ("case_3_objects.nii.gz", np.uint16, True),  # what the plugin's image series writes
     ("liver_mask.nii.gz", np.float32, False),  # a float "mask" is a probability map: an image
     ("liver.nii.gz", np.uint8, False), ("seg_liver.nii.gz", np.uint8, False),
 ])
@@ -118,6 +119,18 @@ def test_writer_puts_object_names_beside_the_nifti(tmp_path):
                                  {"scale": (1, 1, 1), "features": {"index": [1], "name": ["tumour"]}})
     assert written[1].endswith("objs.objects.csv")
     assert "tumour" in open(written[1]).read()
+
+
+def test_saved_objects_reopen_as_labels_with_their_names(tmp_path):
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[0, 1, 1], labels[1, 2, 2] = 1, 2
+    [out, _] = write_labels_nifti(str(tmp_path / "case_objects.nii.gz"), labels, {
+        "scale": (5.0, 0.5, 0.5), "features": {"index": [0, 1, 2], "name": ["background", "tumour", "node"]}})
+    [(data, kwargs, layer_type)] = get_nifti_reader(out)(out)
+    assert layer_type == "labels"
+    np.testing.assert_array_equal(data, labels)
+    assert dict(zip(kwargs["features"]["index"], kwargs["features"]["name"])) == {
+        0: "background", 1: "tumour", 2: "node"}
 
 
 @pytest.mark.parametrize("bad, message", [(np.full((2, 2, 2), 0.5), "integers"), (np.full((2, 2, 2), -1), "negative")])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-LABEL_NAME = re.compile(r"(_seg|_labels?|_mask)$", re.IGNORECASE)
+LABEL_NAME = re.compile(r"(_seg|_labels?|_mask|_objects)$", re.IGNORECASE)  # _objects: the plugin's own output
 
 
 @dataclass
@@ -40,7 +40,7 @@ def stem(path) -> str:
 
 
 def looks_like_labels(name: str, data: np.ndarray) -> bool:
-    """Integer volumes named ``*_seg``, ``*_label``, ``*_labels`` or ``*_mask`` are label maps."""
+    """Integer volumes named ``*_seg``, ``*_label``, ``*_labels``, ``*_mask`` or ``*_objects`` are label maps."""
     return data.dtype.kind in "iub" and LABEL_NAME.search(name) is not None
 
 
