@@ -336,3 +336,18 @@ def test_seven_models_legend_sits_outside_the_bars(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_an_empty_slot_says_why():
+    """S1 (everything) is scored by the oracle only: its deployable slot says so instead of showing nothing."""
+    import matplotlib.pyplot as plt
+
+    prompts = ["everything", "box"]
+    rows = [row("m", "1_A", "ct", "O", "i0", "box", s, 0.6) for s in ("oracle", "deployable")]
+    rows.append(row("m", "1_A", "ct", "O", "i0", "everything", "oracle", 0.4))
+    fig = report.dice_by_modality_figure(rows, ["m"], prompts, ["oracle", "deployable"])
+    oracle_ax, deployable_ax = fig.axes[0], fig.axes[1]
+    assert [t.get_text() for t in oracle_ax.texts] == []
+    assert [t.get_text() for t in deployable_ax.texts] == ["oracle\nonly"]
+    assert deployable_ax.texts[0].get_position()[0] == 0  # under the everything tick
+    plt.close("all")

@@ -269,7 +269,8 @@ def _save(fig, path) -> Path:
 
 def dice_by_modality_figure(rows, models, prompts, selections):
     """The figure of :func:`plot_dice_by_modality`. The legend sits outside the panels, to their right, and
-    the figure widens with the number of models, so bars stay readable with many models."""
+    the figure widens with the number of models, so bars stay readable with many models. A prompt mode with
+    no score in a panel says why (``everything`` is scored by the oracle only)."""
     plt = _pyplot()
     means = grouped_means(class_means(rows), "modality")
     modalities = sorted({k[3] for k in means})
@@ -282,9 +283,14 @@ def dice_by_modality_figure(rows, models, prompts, selections):
     for i, sel in enumerate(selections):
         for j, mod in enumerate(modalities):
             ax = axes[i][j]
+            scored = np.zeros(len(prompts), bool)
             for k, m in enumerate(models):
                 vals = [means.get((m, p, sel, mod), {}).get("dice", np.nan) for p in prompts]
+                scored |= np.isfinite(vals)
                 ax.bar(x + (k - (len(models) - 1) / 2) * width, vals, width, label=m)
+            for xi in np.nonzero(~scored)[0]:  # an empty slot says why, not just nothing
+                why = "oracle\nonly" if prompts[xi] == "everything" and sel != "oracle" else "no\nobjects"
+                ax.text(xi, 0.03, why, ha="center", va="bottom", fontsize=7, color="0.45")
             ax.set_xticks(x, prompts, rotation=30, ha="right", fontsize=8)
             ax.set_ylim(0, 1)
             ax.set_title(f"{mod} — {sel}", fontsize=9)
