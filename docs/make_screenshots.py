@@ -49,7 +49,14 @@ def frame(viewer, mask, zoom_margin=2.2, layer=None):
     viewer.scene.camera.zoom = min(canvas) / max(extent, 1)
 
 
-def shoot(viewer, app, name):
+def shoot(viewer, app, name, group=None):
+    """Save the window as ``docs/images/<name>``; ``group``: a control of the widget's form to scroll into view
+    (the form scrolls when the window is shorter than it)."""
+    scroll = None if group is None else group.parentWidget()
+    while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
+        scroll = scroll.parentWidget()
+    if scroll is not None:
+        scroll.ensureWidgetVisible(group, 0, 0)
     # 0.6 s of events: the preview layer's list thumbnail is redrawn 0.4 s after the last preview
     for _ in range(60):
         app.processEvents()
@@ -172,9 +179,9 @@ def main() -> None:
     pump(app, lambda: widget.is_idle)
     widget.objects.table.item(1, 1).setText("RightVentricle")
     viewer.layers.selection.active = widget.layers["objects"]
-    shoot(viewer, app, "plugin_objects.png")
+    shoot(viewer, app, "plugin_objects.png", widget.ui.objects)
     widget.ui.help.setChecked(True)
-    shoot(viewer, app, "plugin_shortcuts.png")
+    shoot(viewer, app, "plugin_shortcuts.png", widget.ui.shortcuts)
     widget.ui.help.setChecked(False)
 
     # A second image in the same viewer: the brain MRI slice (0.78 mm pixels: areas in mm²).
@@ -190,7 +197,7 @@ def main() -> None:
     widget.commit()
     pump(app, lambda: widget.is_idle)
     viewer.layers.selection.active = widget.layers["objects"]
-    shoot(viewer, app, "plugin_two_images.png")
+    shoot(viewer, app, "plugin_two_images.png", widget.ui.objects)
     viewer.close()
 
     # One click, with the shipped MRI adapter (LiteMedSAM alone was trained with boxes only).
@@ -212,7 +219,7 @@ def main() -> None:
     viewer.dims.set_current_step(0, mid - 3)
     pump(app, lambda: widget.is_idle)
     viewer.layers.selection.active = widget.layers["objects"]
-    shoot(viewer, app, "plugin_propagation.png")
+    shoot(viewer, app, "plugin_propagation.png", widget.ui.propagate)
     viewer.close()
 
 
@@ -308,12 +315,7 @@ def shoot_nifti(app) -> None:
     panel = widget.precompute
     panel.start_button.click()
     pump(app, lambda: panel.progress.value() >= 6 or not panel.active)
-    scroll = panel.parentWidget()
-    while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
-        scroll = scroll.parentWidget()
-    if scroll is not None:  # the dock scrolls: bring the Embeddings group into view
-        scroll.ensureWidgetVisible(panel)
-    shoot(viewer, app, "plugin_precompute.png")
+    shoot(viewer, app, "plugin_precompute.png", panel)
     panel.cancel()
     pump(app, lambda: not panel.active)
     viewer.close()
@@ -369,7 +371,7 @@ def shoot_correction(app) -> None:
     leaked = [z for z in range(len(image)) if z not in zs and (objects[z] == 1).any()]
     print(f"erased above slice {zs[-1]}: leaked slices {leaked}")
     viewer.layers.selection.active = widget.layers["objects"]
-    shoot(viewer, app, "plugin_redraw.png")
+    shoot(viewer, app, "plugin_redraw.png", widget.propagation.options)
     viewer.close()
 
 

