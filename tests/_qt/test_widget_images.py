@@ -251,3 +251,33 @@ def test_the_form_scrolls_so_the_dock_fits_a_laptop_screen(tiny_widget, qtbot):
     qtbot.wait(50)
     assert ui.scroll.verticalScrollBar().value() > 0  # scrolled down to it
     assert ui.scroll.viewport().width() >= ui.form.minimumSizeHint().width()  # nothing cut on the right
+
+
+def test_saved_objects_opened_again_become_the_objects_layer(tiny_widget, qtbot):
+    viewer, widget, _ = tiny_widget
+    image = viewer.add_image(np.random.rand(40, 50), name="scan")
+    widget.set_image_layer(image)
+    wait_idle(qtbot, widget)
+    saved = np.zeros((40, 50), np.int32)
+    saved[2:8, 2:8], saved[20:30, 20:30] = 1, 5
+    wrong = viewer.add_labels(np.zeros((10, 10), np.int32), name="other shape")
+    assert not widget.use_labels_layer(wrong) and "shape (10, 10)" in widget.message
+    assert not widget.use_labels_layer(image) and "Select a labels layer" in widget.message
+    labels = viewer.add_labels(saved, name="scan_objects",
+                               features={"index": [0, 1, 5], "name": ["background", "liver", "lesion"]})
+    viewer.layers.selection.active = labels
+    widget.ui.adopt.click()
+    wait_idle(qtbot, widget)
+    assert widget.layers["objects"] is labels and "now the objects layer of 'scan': 2 object(s)" in widget.message
+    assert [row[:2] for row in widget.objects.rows] == [("1", "liver"), ("5", "lesion")]
+    draw_boxes(qtbot, widget, [30, 2, 45, 12])
+    widget.commit()
+    assert set(np.unique(labels.data)) == {0, 1, 5, 6}  # the next free id; the saved objects untouched
+    assert (labels.data[2:8, 2:8] == 1).all() and (labels.data[20:30, 20:30] == 5).all()
+    widget.undo()
+    np.testing.assert_array_equal(labels.data, saved)
+    # the image's objects layer now holds objects: another labels layer is refused, nothing is lost
+    widget.commit()
+    other = viewer.add_labels(np.zeros((40, 50), np.int32), name="empty")
+    assert not widget.use_labels_layer(other) and "already holds this image's objects" in widget.message
+    assert widget.layers["objects"] is labels

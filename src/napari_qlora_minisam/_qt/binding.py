@@ -235,6 +235,14 @@ class ImageBinding:
             return layer
         return None
 
+    def adopt(self, layer) -> None:
+        """Make ``layer`` (a labels layer of this image's shape) this image's objects layer, found again by its
+        image id like one the widget made."""
+        if self.objects is not None and self.objects is not layer:
+            self.forget(self.objects)
+        layer.metadata[L.ROLE], layer.metadata[L.IMAGE_ID] = "objects", self.uid
+        self._adopt(layer)
+
     def _adopt(self, layer) -> None:
         self.objects = self.session.labels = layer
         self._events.connect(layer.events.paint, self._objects_event)

@@ -153,6 +153,10 @@ class Controls:
         self.overwrite.setToolTip("Off: a new object only fills background pixels.")
         self.delete_object = QPushButton("Delete object")
         self.delete_object.setToolTip("Erase the selected object from the objects layer (undoable).")
+        self.adopt = QPushButton("Use selected labels")
+        self.adopt.setToolTip("Make the labels layer selected in the layer list (same shape as the image, e.g. "
+                              "objects saved earlier and opened again) this image's objects layer: commits, "
+                              "propagation, the table and undo then work on it.")
         ov.addLayout(_row(self.overwrite, self.delete_object))
         self.objects = QTableWidget(0, 4)
         self.objects.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
@@ -160,6 +164,7 @@ class Controls:
         self.objects.setMinimumHeight(110)
         self.objects.setToolTip("Committed objects of this image; double-click a name to edit it.")
         ov.addWidget(self.objects)
+        ov.addLayout(_row(QLabel("Saved objects opened again?"), self.adopt))
         outer.addWidget(objects_box)
 
         volume_box = QGroupBox("3D")

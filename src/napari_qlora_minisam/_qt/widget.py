@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from functools import partialmethod
 
+import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
 from ..errors import MiniSamError
+from . import layers as L
 from . import workers
 from .controls import Controls
 from .everything_panel import EverythingPanel
@@ -79,6 +81,7 @@ class MiniSamWidget(QWidget):
                              (ui.commit.clicked, self.commit), (ui.redraw.clicked, lambda: self.redraw()),
                              (ui.undo.clicked, self.undo), (ui.redo.clicked, self.redo),
                              (ui.delete_object.clicked, self.objects.delete_selected),
+                             (ui.adopt.clicked, lambda: self.use_labels_layer()),
                              (ui.propagate.clicked, self.propagate), (ui.cancel.clicked, self.cancel_propagation),
                              (ui.help.toggled, ui.shortcuts.setVisible)):
             signal.connect(slot)
@@ -293,6 +296,40 @@ class MiniSamWidget(QWidget):
     undo = partialmethod(_history, "undo")
     redo = partialmethod(_history, "redo")
 
+    def use_labels_layer(self, layer=None) -> bool:
+        """Make ``layer`` (default: the layer selected in the layer list) the picked image's objects layer, e.g.
+        objects saved earlier and opened again. Refused, with the reason, when it is not a labels layer of the
+        image's shape, belongs to another image, or the image's own objects layer already holds objects."""
+        from napari.layers import Labels
+
+        binding = self.binding
+        layer = self.viewer.layers.selection.active if layer is None else layer
+        why = None
+        if binding is None:
+            why = "Pick an image first."
+        elif not isinstance(layer, Labels):
+            why = "Select a labels layer in the layer list first (e.g. objects saved earlier and opened again)."
+        elif layer is binding.layers["objects"]:
+            why = f"{layer.name!r} is already the objects layer of {binding.image.name!r}."
+        elif not L.fits(layer, binding.image):
+            why = (f"{layer.name!r} has shape {tuple(layer.data.shape)}, {binding.image.name!r} "
+                   f"{binding.session.shape}: a labels layer of the image's shape is needed.")
+        elif layer.metadata.get(L.ROLE) is not None and layer.metadata.get(L.IMAGE_ID) != binding.uid:
+            why = f"{layer.name!r} is a layer the widget keeps for another image."
+        elif binding.layers["objects"] is not None and np.asarray(binding.layers["objects"].data).any():
+            why = (f"{binding.layers['objects'].name!r} already holds this image's objects: delete that layer "
+                   "first (or paint the objects into it by hand).")
+        if why is not None:
+            self.status.error("objects", why)
+            return False
+        binding.adopt(layer)
+        self.objects.refresh()
+        self.status.info(f"{layer.name!r} is now the objects layer of {binding.image.name!r}: "
+                         f"{len(self.objects.rows)} object(s); new commits take the next free ids.",
+                         clears=("objects", "commit"))
+        self._update()
+        return True
+
     # -- 3D propagation -------------------------------------------------------------------------------
     def propagate(self) -> None:
         """Segment the object on the slice in view up and down through the stack, in a worker."""
@@ -319,6 +356,7 @@ class MiniSamWidget(QWidget):
         self.precompute.start_button.setEnabled(bool(session and session.depth) and not self.precompute.active)
         ui.cancel.setEnabled(self.propagation.active)
         ui.commit.setEnabled(session is not None)
+        ui.adopt.setEnabled(session is not None)
         ui.redraw.setEnabled(labels is not None and not self.propagation.active)
         # An adapter switch changes the model that a running propagation or segment-everything is prompting,
         # slice by slice: one run, one model.
