@@ -74,6 +74,9 @@ def test_the_adapter_box_waits_for_a_running_propagation(corrected_volume, qtbot
     assert widget.ui.adapter.isEnabled()
     qtbot.mouseClick(widget.propagation.options.buttons[1], Qt.MouseButton.LeftButton)
     assert widget.propagation.active and not widget.ui.adapter.isEnabled()
+    assert not widget.ui.adopt.isEnabled()  # the run writes into the objects layer when it ends
+    other = widget.viewer.add_labels(np.zeros_like(labels.data), name="other")
+    assert not widget.use_labels_layer(other) and "Wait for the propagation" in widget.message
     release.set()
     qtbot.waitUntil(lambda: not widget.propagation.active, timeout=30_000)
     wait_idle(qtbot, widget)

@@ -263,6 +263,7 @@ def test_saved_objects_opened_again_become_the_objects_layer(tiny_widget, qtbot)
     wrong = viewer.add_labels(np.zeros((10, 10), np.int32), name="other shape")
     assert not widget.use_labels_layer(wrong) and "shape (10, 10)" in widget.message
     assert not widget.use_labels_layer(image) and "Select a labels layer" in widget.message
+    assert not widget.use_labels_layer(widget.layers["preview"]) and "a layer the widget keeps" in widget.message
     labels = viewer.add_labels(saved, name="scan_objects",
                                features={"index": [0, 1, 5], "name": ["background", "liver", "lesion"]})
     viewer.layers.selection.active = labels

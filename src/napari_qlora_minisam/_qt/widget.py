@@ -314,8 +314,11 @@ class MiniSamWidget(QWidget):
         elif not L.fits(layer, binding.image):
             why = (f"{layer.name!r} has shape {tuple(layer.data.shape)}, {binding.image.name!r} "
                    f"{binding.session.shape}: a labels layer of the image's shape is needed.")
-        elif layer.metadata.get(L.ROLE) is not None and layer.metadata.get(L.IMAGE_ID) != binding.uid:
-            why = f"{layer.name!r} is a layer the widget keeps for another image."
+        elif layer.metadata.get(L.ROLE) not in (None, "objects") or \
+                layer.metadata.get(L.ROLE) == "objects" and layer.metadata.get(L.IMAGE_ID) != binding.uid:
+            why = f"{layer.name!r} is a layer the widget keeps (a preview, or another image's objects)."
+        elif self.propagation.active:
+            why = "Wait for the propagation to end (or cancel it): it writes into the objects layer."
         elif binding.layers["objects"] is not None and np.asarray(binding.layers["objects"].data).any():
             why = (f"{binding.layers['objects'].name!r} already holds this image's objects: delete that layer "
                    "first (or paint the objects into it by hand).")
@@ -356,7 +359,7 @@ class MiniSamWidget(QWidget):
         self.precompute.start_button.setEnabled(bool(session and session.depth) and not self.precompute.active)
         ui.cancel.setEnabled(self.propagation.active)
         ui.commit.setEnabled(session is not None)
-        ui.adopt.setEnabled(session is not None)
+        ui.adopt.setEnabled(session is not None and not self.propagation.active)
         ui.redraw.setEnabled(labels is not None and not self.propagation.active)
         # An adapter switch changes the model that a running propagation or segment-everything is prompting,
         # slice by slice: one run, one model.
