@@ -225,6 +225,11 @@ def test_an_image_the_model_cannot_take_is_explained_in_the_guidance(open_widget
     assert widget.binding is None
     text = widget.ui.guidance.text()
     assert "'cine' cannot be segmented" in text and "4 dimensions" in text and "3D stack" in text, text
+    viewer.layers.remove("cine")  # gone: the advice goes with it
+    wait_idle(qtbot, widget)
+    assert "cannot be segmented" not in widget.ui.guidance.text() and "Open an image" in widget.ui.guidance.text()
+    viewer.add_image(np.zeros((3, 5, 32, 32), np.uint8), name="cine")
+    wait_idle(qtbot, widget)
     viewer.add_image(np.random.rand(32, 32), name="slice")  # a usable image replaces the advice
     wait_idle(qtbot, widget)
     assert widget.binding is not None and "cannot be segmented" not in widget.ui.guidance.text()

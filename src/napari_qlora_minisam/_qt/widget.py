@@ -131,6 +131,8 @@ class MiniSamWidget(QWidget):
     # -- images ---------------------------------------------------------------------------------------
     def _refresh_image_choices(self, event=None) -> None:
         images = self.images.fill(self.ui.image)
+        if not images:
+            self._refused = None  # the image it was about has gone
         if images and (self.binding is None or self.binding.image not in images):
             self.set_image_layer(images[-1])  # the image opened last
 
