@@ -316,8 +316,8 @@ class MiniSamWidget(QWidget):
         elif not L.fits(layer, binding.image):
             why = (f"{layer.name!r} has shape {tuple(layer.data.shape)}, {binding.image.name!r} "
                    f"{binding.session.shape}: a labels layer of the image's shape is needed.")
-        elif layer.metadata.get(L.ROLE) not in (None, "objects") or \
-                layer.metadata.get(L.ROLE) == "objects" and layer.metadata.get(L.IMAGE_ID) != binding.uid:
+        elif layer.metadata.get(L.ROLE) is not None and \
+                (layer.metadata[L.ROLE], layer.metadata.get(L.IMAGE_ID)) != ("objects", binding.uid):
             why = f"{layer.name!r} is a layer the widget keeps (a preview, or another image's objects)."
         elif self.propagation.active:
             why = "Wait for the propagation to end (or cancel it): it writes into the objects layer."
